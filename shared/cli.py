@@ -1,0 +1,215 @@
+"""What every tool's command line shares: options spelled the same everywhere, quiet exit on a
+closed stdout, one-line errors (traceback with -v), the stderr summary line and progress bars."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any, TypeVar
+
+import click
+
+from .config import load_config_defaults
+from .errors import FlywheelError
+from .jsonl import ReadStats, read_jsonl
+from .records import VALIDATORS
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+ENV_PREFIX = "FLYWHEEL"
+
+
+def _quiet_stdout() -> None:
+    """After a reader closed our stdout (``| head``), make the final flush harmless."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+class ToolCommand(click.Command):
+    """A click command with the toolkit's conventions for ending.
+
+    - a closed stdout ends the tool quietly, exit 0 (``tool | head -1`` is normal use)
+    - a FlywheelError prints one line, exit 1; an unexpected error prints one line too, and the
+      traceback only with ``-v``
+    - Ctrl-C exits 130 without a traceback
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            _quiet_stdout()
+            ctx.exit(0)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+        except Exception as err:  # the last line of defence: one line, never a bare traceback
+            if ctx.params.get("verbose"):
+                traceback.print_exc()
+            raise FlywheelError(
+                f"{type(err).__name__}: {err} (run with -v for the traceback)"
+            ) from err
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except BrokenPipeError:
+            _quiet_stdout()
+            sys.exit(0)
+
+
+def tool_command(name: str) -> Callable[[F], click.Command]:
+    """``@click.command`` with the toolkit's conventions; the docstring is the help text."""
+    return click.command(
+        name=name,
+        cls=ToolCommand,
+        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
+                          "auto_envvar_prefix": None},
+    )
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        names = {p.name for p in ctx.command.params if p.name}
+        ctx.default_map = {**(ctx.default_map or {}),
+                           **load_config_defaults(value, ctx.command.name or "", names)}
+    return value
+
+
+def common_options(f: F) -> F:
+    """``-v``, ``-q`` and ``--config``, the options every tool has."""
+    f = click.option("-v", "--verbose", count=True,
+                     help="More detail on stderr; -v shows tracebacks.")(f)
+    f = click.option("-q", "--quiet", is_flag=True, help="No summary line or progress bar.")(f)
+    f = click.option(
+        "--config", type=click.Path(exists=True, dir_okay=False), is_eager=True,
+        expose_value=False, callback=_load_config,
+        help="YAML file of option defaults (flags and environment win). Also reads the seed's "
+             "astuner.task_reader.feedback_tracing section.",
+    )(f)
+    return f
+
+
+def input_options(f: F) -> F:
+    """``INPUT`` (a file, or - for stdin, the default) and ``--skip-invalid``."""
+    f = click.option(
+        "--skip-invalid", is_flag=True,
+        help="Skip bad input lines (counted in the summary) instead of stopping at the first.",
+    )(f)
+    f = click.argument("input", type=click.File("rb", lazy=False), default="-")(f)
+    return f
+
+
+def output_option(f: F) -> F:
+    """``-o FILE``: written atomically; stdout when absent."""
+    return click.option(
+        "-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+        help="Write records to FILE (atomically: complete or absent) instead of stdout.",
+    )(f)
+
+
+def input_name(stream: IO[bytes]) -> str:
+    name = getattr(stream, "name", "<stdin>")
+    return "<stdin>" if name in ("-", "<stdin>", 0) else str(name)
+
+
+def hint_if_waiting(stream: IO[bytes], tool: str) -> None:
+    """One line on stderr when the tool sits waiting for a human to type JSONL."""
+    if input_name(stream) == "<stdin>" and sys.stdin.isatty():
+        click.echo(f"{tool}: reading JSONL from stdin (Ctrl-D to end, --help for usage)", err=True)
+
+
+def read_input(
+    stream: IO[bytes],
+    kind: str | None,
+    *,
+    skip_invalid: bool,
+    stats: ReadStats,
+    tool: str,
+    verbose: int = 0,
+) -> Iterator[dict]:
+    """The records of a tool's input, validated as ``kind`` (task, rollout, sample) records."""
+    hint_if_waiting(stream, tool)
+    validate = VALIDATORS[kind] if kind else None
+    warn = (lambda msg: click.echo(f"{tool}: {msg}", err=True)) if verbose else None
+    return read_jsonl(stream, input_name(stream), validate=validate, skip_invalid=skip_invalid,
+                      stats=stats, warn=warn)
+
+
+class Summary:
+    """The closing line on stderr: ``412 read, 377 kept, 35 dropped, 0 invalid in 3.1 s``.
+
+    Counts are printed in the order first touched; ``invalid`` reasons are spelled out.
+    """
+
+    def __init__(self, tool: str, *keys: str):
+        self.tool = tool
+        self.counts: Counter = Counter({k: 0 for k in keys})
+        self.reasons: dict[str, Counter] = {}
+        self.extra: list[str] = []
+        self.started = time.monotonic()
+
+    def add(self, key: str, n: int = 1, reason: str | None = None) -> None:
+        self.counts[key] += n
+        if reason:
+            self.reasons.setdefault(key, Counter())[reason] += n
+
+    def absorb(self, stats: ReadStats) -> None:
+        """Take a reader's invalid-line counts into the summary."""
+        self.counts["invalid"] += stats.invalid
+        for reason, n in stats.reasons.items():
+            self.reasons.setdefault("invalid", Counter())[reason] += n
+
+    def line(self) -> str:
+        parts = []
+        for key, n in self.counts.items():
+            text = f"{n} {key}"
+            if self.reasons.get(key):
+                why = self.reasons[key].most_common()
+                text += " (" + ", ".join(f"{c} {r}" for r, c in why) + ")"
+            parts.append(text)
+        parts.extend(self.extra)
+        return f"{self.tool}: " + ", ".join(parts) + f" in {time.monotonic() - self.started:.1f} s"
+
+    def print(self, quiet: bool = False) -> None:
+        if not quiet:
+            click.echo(self.line(), err=True)
+
+
+def progress(items: Iterable[T], *, total: int | None = None, desc: str = "",
+             quiet: bool = False, unit: str = "rec") -> Iterable[T]:
+    """A progress bar on stderr when stderr is a terminal; the items unchanged otherwise."""
+    if quiet or not sys.stderr.isatty():
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
+
+
+def not_built_yet(tool: str, issue: int) -> None:
+    """What a tool whose issue is still open says, after checking its input."""
+    raise FlywheelError(f"{tool} is not built yet (issue #{issue}); see tools/{tool}/README.md")
+
+
+def check_input_then_stop(tool: str, issue: int, kind: str, stream: IO[bytes], *,
+                          skip_invalid: bool, quiet: bool, verbose: int) -> None:
+    """A tool whose issue is open: validate its input like the real tool will, then say so."""
+    stats = ReadStats()
+    summary = Summary(tool, "read")
+    for _ in progress(read_input(stream, kind, skip_invalid=skip_invalid, stats=stats,
+                                 tool=tool, verbose=verbose), desc=tool, quiet=quiet):
+        pass
+    summary.add("read", stats.records)
+    summary.absorb(stats)
+    summary.print(quiet)
+    not_built_yet(tool, issue)

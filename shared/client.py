@@ -1,0 +1,172 @@
+"""OpenAI-compatible endpoints: settings (flags, then environment, then config file), a client
+factory, retries with exponential backoff and jitter, and bounded concurrency that keeps input
+order. API keys never appear in messages: ``redact`` scrubs them from any text we print."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+import openai
+
+from .errors import FlywheelError
+
+T = TypeVar("T")
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
+
+RETRYABLE = (
+    openai.RateLimitError,          # 429
+    openai.InternalServerError,     # 5xx
+    openai.APITimeoutError,
+    openai.APIConnectionError,      # refused, reset: a server restarting
+)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where to send chat completions. ``api_key`` is kept out of repr and messages."""
+
+    base_url: str | None
+    model: str | None
+    api_key: str | None = None
+    timeout: float = 60.0
+    retries: int = 4
+
+    def __repr__(self) -> str:
+        return f"Endpoint(base_url={self.base_url!r}, model={self.model!r}, api_key=***)"
+
+    def redact(self, text: str) -> str:
+        return redact(text, self.api_key)
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def endpoint_options(f: F) -> F:
+    """``--base-url``, ``--model``, ``--api-key``, ``--timeout``, ``--retries``: flags, then the
+    environment (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``, ``FLYWHEEL_MODEL``), then --config."""
+    f = click.option("--retries", type=click.IntRange(0), default=4, show_default=True,
+                     help="Retries of a request that failed with 429, 5xx or a timeout.")(f)
+    f = click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+                     show_default=True, help="Seconds to wait for one response.")(f)
+    f = click.option("--api-key", envvar="OPENAI_API_KEY", show_envvar=True,
+                     help="API key of the endpoint (never logged).")(f)
+    f = click.option("--model", envvar="FLYWHEEL_MODEL", show_envvar=True,
+                     help="Model name at the endpoint.")(f)
+    f = click.option("--base-url", envvar="OPENAI_BASE_URL", show_envvar=True,
+                     help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.")(f)
+    return f
+
+
+def make_client(endpoint: Endpoint) -> openai.OpenAI:
+    """An OpenAI client whose own retries are off: ``call_with_retries`` does them, counted."""
+    if not endpoint.base_url:
+        raise FlywheelError("no endpoint: give --base-url or set OPENAI_BASE_URL")
+    return openai.OpenAI(
+        base_url=endpoint.base_url,
+        api_key=endpoint.api_key or "EMPTY",  # vLLM without --api-key accepts any key
+        timeout=endpoint.timeout,
+        max_retries=0,
+    )
+
+
+def backoff_delay(attempt: int, base: float = 0.5, cap: float = 20.0) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
+    return random.uniform(0, min(cap, base * (2 ** attempt)))
+
+
+def _retry_after(err: Exception) -> float | None:
+    response = getattr(err, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def call_with_retries(
+    fn: Callable[[], R],
+    *,
+    retries: int = 4,
+    base_delay: float = 0.5,
+    max_delay: float = 20.0,
+    on_retry: Callable[[int, Exception, float], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> R:
+    """Run ``fn``; on 429, 5xx, timeouts and dropped connections wait and try again, up to
+    ``retries`` more times. A server's Retry-After is honoured (within ``max_delay``)."""
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except RETRYABLE as err:
+            if attempt == retries:
+                raise
+            delay = _retry_after(err)
+            delay = min(delay, max_delay) if delay is not None else backoff_delay(
+                attempt, base_delay, max_delay)
+            if on_retry is not None:
+                on_retry(attempt + 1, err, delay)
+            sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def describe_api_error(err: Exception, endpoint: Endpoint) -> str:
+    """One line for an endpoint failure, with the key scrubbed."""
+    status = getattr(err, "status_code", None)
+    kind = f"HTTP {status}" if status else type(err).__name__
+    return endpoint.redact(f"{endpoint.base_url}: {kind}: {err}")
+
+
+def bounded_map(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    workers: int,
+    ordered: bool = True,
+) -> Iterator[tuple[T, R | BaseException]]:
+    """Apply ``fn`` to ``items`` on ``workers`` threads; yield ``(item, result or exception)``.
+
+    At most ``2 * workers`` items are in flight, so memory stays bounded however long the input.
+    With ``ordered`` results come in input order, else as they finish. Exceptions are yielded,
+    not raised, so the caller can write every finished result before it stops.
+    """
+    window = max(1, 2 * workers)
+    it = iter(items)
+    pending: deque[tuple[T, cf.Future]] = deque()
+    with cf.ThreadPoolExecutor(max_workers=workers) as pool:
+        def fill() -> None:
+            while len(pending) < window:
+                try:
+                    item = next(it)
+                except StopIteration:
+                    return
+                pending.append((item, pool.submit(fn, item)))
+
+        fill()
+        try:
+            while pending:
+                if ordered:
+                    item, fut = pending.popleft()
+                    cf.wait([fut])
+                else:
+                    done, _ = cf.wait([f for _, f in pending], return_when=cf.FIRST_COMPLETED)
+                    index = next(i for i, (_, f) in enumerate(pending) if f in done)
+                    item, fut = pending[index]
+                    del pending[index]
+                exc = fut.exception()
+                yield item, (exc if exc is not None else fut.result())
+                fill()
+        finally:
+            for _, fut in pending:
+                fut.cancel()

@@ -1,0 +1,141 @@
+"""JSONL in and out: a lazy reader that names the file and line of every bad record, and a
+writer that streams to stdout or writes a file atomically (temporary file, then rename)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import DataError, RecordError
+
+SKIP_HINT = "use --skip-invalid to skip bad lines"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+@dataclass
+class ReadStats:
+    """What a reader saw: every non-blank line is either yielded or counted as invalid."""
+
+    records: int = 0
+    invalid: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+
+def _problem(line: bytes, validate: Callable[[dict], dict] | None) -> tuple[dict | None, str, str]:
+    """Parse one line: (record, "", "") or (None, reason kind, message)."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return None, "not UTF-8", f"not valid UTF-8 at byte {err.start}"
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        return None, "bad JSON", f"invalid JSON: {err.msg} at column {err.colno}"
+    if not isinstance(obj, dict):
+        return None, "not an object", f"expected a JSON object, got {type(obj).__name__}"
+    if validate is not None:
+        try:
+            obj = validate(obj)
+        except RecordError as err:
+            return None, "bad record", str(err)
+    return obj, "", ""
+
+
+def read_jsonl(
+    stream: IO[bytes] | IO[str],
+    name: str | None = None,
+    *,
+    validate: Callable[[dict], dict] | None = None,
+    skip_invalid: bool = False,
+    stats: ReadStats | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Iterator[dict]:
+    """Yield the JSON object on each non-blank line, lazily.
+
+    A bad line raises DataError naming the file and line, unless ``skip_invalid``: then it is
+    counted in ``stats`` (and reported through ``warn``) and reading goes on.
+    """
+    name = name or getattr(stream, "name", "<stdin>")
+    stats = stats if stats is not None else ReadStats()
+    for lineno, line in enumerate(stream, start=1):
+        if isinstance(line, str):
+            line = line.encode("utf-8", "surrogateescape")
+        if not line.strip():
+            continue
+        record, kind, message = _problem(line, validate)
+        if record is not None:
+            stats.records += 1
+            yield record
+            continue
+        if not skip_invalid:
+            raise DataError(name, lineno, message, SKIP_HINT)
+        stats.invalid += 1
+        stats.reasons[kind] += 1
+        if warn is not None:
+            warn(f"{name}:{lineno}: skipped: {message}")
+
+
+def dumps(record: Any) -> str:
+    """One record as one line of JSON (UTF-8 kept as is, no spaces wasted)."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+class JsonlWriter:
+    """Writes one record per line; counts them. Flushes each record when streaming to a pipe."""
+
+    def __init__(self, stream: IO[bytes], *, flush_each: bool):
+        self._stream = stream
+        self._flush_each = flush_each
+        self.count = 0
+
+    def write(self, record: Any) -> None:
+        self._stream.write(dumps(record).encode("utf-8") + b"\n")
+        if self._flush_each:
+            self._stream.flush()
+        self.count += 1
+
+    def write_all(self, records: Iterable[Any]) -> int:
+        for record in records:
+            self.write(record)
+        return self.count
+
+
+@contextlib.contextmanager
+def open_output(path: str | os.PathLike | None) -> Iterator[JsonlWriter]:
+    """A JSONL writer on stdout (``None`` or ``-``) or on ``path``, written atomically.
+
+    The file appears under its final name only when the block ends without an exception, so a
+    crash never leaves half a file where a finished one is expected.
+    """
+    if path is None or str(path) == "-":
+        yield JsonlWriter(sys.stdout.buffer, flush_each=True)
+        sys.stdout.buffer.flush()
+        return
+    with atomic_path(path) as tmp, open(tmp, "wb") as stream:
+        yield JsonlWriter(stream, flush_each=False)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` that is renamed to it when the block succeeds."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a finished file gets the usual mode
+    try:
+        yield Path(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

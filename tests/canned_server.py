@@ -1,0 +1,72 @@
+"""A local HTTP server that answers from a script of canned replies, for injecting faults (429,
+500, slow answers, malformed bodies) into client code. Never a stand-in for the real path."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+Reply = tuple[int, dict, "dict | str"]  # status, headers, body
+
+
+def chat_completion(content: str = "ok", model: str = "m") -> dict:
+    return {
+        "id": "chatcmpl-canned", "object": "chat.completion", "created": 0, "model": model,
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+class CannedServer:
+    """``replies(n)`` gives the reply to the n-th request (0-based); ``delay(n)`` its delay."""
+
+    def __init__(self, replies: Callable[[int], Reply],
+                 delay: Callable[[int], float] = lambda n: 0):
+        self.requests: list[dict] = []
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length)
+                with outer._lock:
+                    n = len(outer.requests)
+                    outer.requests.append({"path": self.path, "headers": dict(self.headers),
+                                           "body": json.loads(body or b"{}")})
+                time.sleep(delay(n))
+                status, headers, payload = replies(n)
+                text = payload if isinstance(payload, str) else json.dumps(payload)
+                data = text.encode()
+                try:
+                    self.send_response(status)
+                    for k, v in {"content-type": "application/json", **headers}.items():
+                        self.send_header(k, v)
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> CannedServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,39 @@
+"""Shared fixtures: the embedded model, and one real vLLM server for the whole session."""
+
+from __future__ import annotations
+
+import pytest
+
+from flywheel.models import EMBEDDED_MODEL, resolve_model
+from flywheel.vllm import VLLMServer
+
+TOOLS = ["trace-export", "trace-filter", "task-augment", "rollout", "ctx-merge", "train"]
+JSONL_TOOLS = {  # tools that read JSONL, and the record kind they read
+    "trace-filter": "task",
+    "task-augment": "task",
+    "rollout": "task",
+    "ctx-merge": "rollout",
+    "train": "sample",
+}
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir():
+    """The embedded SmolLM2 as a model directory (converted once, then cached)."""
+    return resolve_model(EMBEDDED_MODEL)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory, embedded_model_dir):
+    """A real vLLM server (CPU build here) with the embedded model, shared by every test:
+    it takes 30-60 s to start. `make test` installs it; without it these tests fail, loudly."""
+    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    with VLLMServer(EMBEDDED_MODEL, log_file=log) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tokenizer(embedded_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(embedded_model_dir)

@@ -1,0 +1,129 @@
+"""Behaviour every tool shares, tested once for all tools (STYLE.md): --help with an example,
+malformed input named by line with a non-zero exit, empty input, a closed stdout."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import JSONL_TOOLS, TOOLS
+
+
+def tool_main(name: str):
+    (ep,) = [ep for ep in entry_points(group="console_scripts") if ep.name == name]
+    return ep.load()
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_every_tool_answers_help_with_an_example(name):
+    result = CliRunner().invoke(tool_main(name), ["--help"])
+    assert result.exit_code == 0, result.output
+    assert f"Usage: {name}" in result.output
+    assert "Example:" in result.output
+    assert "--config" in result.output
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_every_tool_is_installed_as_a_command(name):
+    exe = shutil.which(name) or str(__import__("pathlib").Path(sys.executable).parent / name)
+    proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"Usage: {name}" in proc.stdout
+
+
+@pytest.mark.parametrize("name", sorted(JSONL_TOOLS))
+def test_malformed_line_is_reported_with_its_number(name):
+    result = CliRunner().invoke(tool_main(name), [], input='\n{"id": 1\n')
+    assert result.exit_code == 1
+    assert "<stdin>:2: invalid JSON" in result.output
+    assert "--skip-invalid" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name", sorted(JSONL_TOOLS))
+def test_record_of_the_wrong_kind_is_reported_with_its_number(name, tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"hello": "world"}\n')
+    result = CliRunner().invoke(tool_main(name), [str(path)])
+    assert result.exit_code == 1
+    assert f"{path}:1: not a valid {JSONL_TOOLS[name]} record" in result.output
+
+
+@pytest.mark.parametrize("name", sorted(JSONL_TOOLS))
+def test_skip_invalid_counts_bad_lines_in_the_summary(name):
+    result = CliRunner().invoke(tool_main(name), ["--skip-invalid"], input="{bad\n[1]\n")
+    assert "0 read, 2 invalid (1 bad JSON, 1 not an object)" in result.output
+
+
+@pytest.mark.parametrize("name", sorted(JSONL_TOOLS))
+def test_missing_input_file_is_a_usage_error(name, tmp_path):
+    result = CliRunner().invoke(tool_main(name), [str(tmp_path / "nope.jsonl")])
+    assert result.exit_code == 2
+    assert "nope.jsonl" in result.output and "No such file" in result.output
+
+
+@pytest.mark.parametrize("name", sorted(JSONL_TOOLS))
+def test_tools_not_built_yet_say_so_after_checking_input(name):
+    result = CliRunner().invoke(tool_main(name), [], input="")
+    assert result.exit_code == 1
+    assert "not built yet" in result.output
+
+
+def test_trace_export_reports_a_missing_database(tmp_path):
+    result = CliRunner().invoke(tool_main("trace-export"), [str(tmp_path / "none.sqlite")])
+    assert result.exit_code == 2
+    assert "none.sqlite" in result.output
+
+
+WRITER = textwrap.dedent("""
+    from flywheel.cli import common_options, output_option, tool_command
+    from flywheel.jsonl import open_output
+
+    @tool_command("numbers")
+    @common_options
+    @output_option
+    def main(output, quiet, verbose):
+        '''Writes many records.'''
+        with open_output(output) as out:
+            for i in range(200_000):
+                out.write({"n": i, "pad": "x" * 50})
+
+    main()
+""")
+
+
+def test_closed_stdout_ends_a_tool_quietly(tmp_path):
+    """`tool | head -1`: the shared command class turns the broken pipe into a quiet exit."""
+    script = tmp_path / "many_records.py"
+    script.write_text(WRITER)
+    proc = subprocess.run(
+        f"'{sys.executable}' '{script}' | head -1", shell=True, capture_output=True, text=True,
+        timeout=120, executable="/bin/bash",
+    )
+    assert proc.stdout == '{"n":0,"pad":"' + "x" * 50 + '"}\n'
+    assert proc.stderr == ""
+
+
+@pytest.mark.parametrize("name", sorted(JSONL_TOOLS))
+def test_real_tools_piped_into_head_print_no_traceback(name, tmp_path):
+    big = tmp_path / "big.jsonl"
+    big.write_text("{bad\n" * 50_000)
+    exe = str(__import__("pathlib").Path(sys.executable).parent / name)
+    proc = subprocess.run(f"'{exe}' --skip-invalid '{big}' | head -1", shell=True,
+                          capture_output=True, text=True, timeout=120, executable="/bin/bash")
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_each_tool_readme_shows_its_current_help(name):
+    """The help text is the manual's source: a README out of date with --help fails here."""
+    result = CliRunner().invoke(tool_main(name), ["--help"], terminal_width=100)
+    readme = (Path(__file__).parent.parent / "tools" / name / "README.md").read_text()
+    assert result.output.rstrip() in readme, "run `make docs` to update the README from --help"

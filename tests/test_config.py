@@ -1,0 +1,100 @@
+"""--config files: option defaults below flags and environment; the seed's astuner section."""
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from flywheel.cli import common_options, tool_command
+from flywheel.client import endpoint_options
+
+
+@tool_command("trace-filter")
+@common_options
+@endpoint_options
+@click.option("--rubrics")
+@click.option("--max-thread", type=int, default=4)
+@click.option("--temperature", type=float, default=0.0)
+def probe(**opts):
+    """Prints the settings it got."""
+    for key in ("base_url", "model", "rubrics", "max_thread", "temperature"):
+        click.echo(f"{key}={opts[key]}")
+
+
+def run(args, env=None):
+    result = CliRunner().invoke(probe, args, env=env or {})
+    return result, dict(line.split("=", 1) for line in result.output.splitlines() if "=" in line)
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "flywheel.yaml"
+    path.write_text(
+        "model: from-top-level\n"
+        "base-url: http://config/v1\n"
+        "trace-filter:\n"
+        "  max-thread: 7\n"
+        "rollout:\n"
+        "  samples: 4\n"
+    )
+    return path
+
+
+def test_flags_beat_environment_beats_config(config):
+    _, got = run(["--config", str(config)], env={"OPENAI_BASE_URL": ""})
+    assert got["base_url"] == "http://config/v1" and got["model"] == "from-top-level"
+    assert got["max_thread"] == "7"
+    _, got = run(["--config", str(config)], env={"OPENAI_BASE_URL": "http://env/v1"})
+    assert got["base_url"] == "http://env/v1"
+    _, got = run(["--config", str(config), "--base-url", "http://flag/v1", "--max-thread", "2"],
+                 env={"OPENAI_BASE_URL": "http://env/v1"})
+    assert got["base_url"] == "http://flag/v1" and got["max_thread"] == "2"
+
+
+def test_seed_astuner_section_is_understood(tmp_path):
+    path = tmp_path / "seed.yaml"
+    path.write_text(
+        "astuner:\n"
+        "  task_reader:\n"
+        "    type: tracing\n"
+        "    feedback_tracing:\n"
+        "      base_url: ./database.sqlite\n"
+        "      alien_llm_model: qwen3-235b-a22b-instruct-2507\n"
+        "      alien_llm_response_length: 2048\n"
+        "      filters:\n"
+        "        - type: llm_evaluate\n"
+        "          enabled: true\n"
+        "          params:\n"
+        "            custom_rubrics: |\n"
+        "              1. Drop the task if the answer is wrong.\n"
+        "            temperature: 0.5\n"
+        "            max_thread: 16\n"
+    )
+    result, got = run(["--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert got["model"] == "qwen3-235b-a22b-instruct-2507"
+    assert got["rubrics"].startswith("1. Drop the task")
+    assert got["temperature"] == "0.5" and got["max_thread"] == "16"
+
+
+def test_unknown_option_in_a_tool_section_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("trace-filter:\n  max-threads: 3\n")
+    result, _ = run(["--config", str(path)])
+    assert result.exit_code == 1
+    assert "unknown option(s): max-threads" in result.output
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model: a\nbase-url: [unclosed\n")
+    result, _ = run(["--config", str(path)])
+    assert result.exit_code == 1
+    assert f"{path}:" in result.output and "not valid YAML" in result.output
+
+
+def test_yaml_is_never_executed(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("model: !!python/object/apply:os.system ['echo pwned']\n")
+    result, _ = run(["--config", str(path)])
+    assert result.exit_code == 1
+    assert "not valid YAML" in result.output

@@ -1,0 +1,163 @@
+"""The real vLLM server (CPU build) with the embedded model, through the shared launcher."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+import openai
+import pytest
+import torch
+
+from flywheel.errors import FlywheelError
+from flywheel.vllm import CHAT_TEMPLATE, VLLMServer, check
+
+pytestmark = pytest.mark.vllm
+
+CALCULATOR = {
+    "type": "function",
+    "function": {
+        "name": "calculator",
+        "description": "Evaluate an arithmetic expression.",
+        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
+                       "required": ["expression"]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def client(vllm_server):
+    return openai.OpenAI(base_url=vllm_server.base_url, api_key="EMPTY", max_retries=0)
+
+
+def test_server_binds_loopback_and_names_the_model(vllm_server, client):
+    assert vllm_server.host == "127.0.0.1"
+    assert [m.id for m in client.models.list().data] == ["smollm2-135m"]
+
+
+def test_completion_carries_prompt_ids_completion_ids_and_logprobs(vllm_server, client, tokenizer):
+    messages = [{"role": "user", "content": "What is 6 times 7?"}]
+    resp = client.chat.completions.create(
+        model="smollm2-135m", messages=messages, max_tokens=12, temperature=1.0, seed=1,
+        logprobs=True, extra_body={"return_token_ids": True})
+    choice = resp.choices[0]
+    prompt_ids = resp.model_extra["prompt_token_ids"]
+    completion_ids = choice.model_extra["token_ids"]
+    logprobs = [t.logprob for t in choice.logprobs.content]
+
+    assert len(logprobs) == len(completion_ids) == resp.usage.completion_tokens > 0
+    assert all(lp <= 0.0 for lp in logprobs)
+    # The prompt is exactly our chat template rendered by the model's own tokenizer.
+    expected = tokenizer.apply_chat_template(
+        messages, chat_template=CHAT_TEMPLATE.read_text(), add_generation_prompt=True,
+        tokenize=True, return_dict=False)
+    assert prompt_ids == list(expected)
+    # The completion ids decode to the text the agent sees.
+    text = tokenizer.decode(completion_ids, skip_special_tokens=True)
+    assert text == choice.message.content
+
+
+def test_recorded_logprobs_match_the_model_in_transformers(vllm_server, client, embedded_model_dir):
+    """The served weights are the converted ones: vLLM's sampled-token logprobs agree with a
+    forward pass of the same model in transformers (what GRPO's old log-probs rely on)."""
+    from transformers import AutoModelForCausalLM
+
+    resp = client.chat.completions.create(
+        model="smollm2-135m", messages=[{"role": "user", "content": "Name a colour."}],
+        max_tokens=8, temperature=1.0, seed=3, logprobs=True,
+        extra_body={"return_token_ids": True})
+    prompt_ids = resp.model_extra["prompt_token_ids"]
+    completion_ids = resp.choices[0].model_extra["token_ids"]
+    served = torch.tensor([t.logprob for t in resp.choices[0].logprobs.content])
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32)
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt_ids) - 1:-1]
+    local = torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion_ids)[:, None])[:, 0]
+    assert torch.allclose(served, local, atol=0.05), (served, local)
+
+
+def test_tools_reach_the_model_and_calls_come_back_parsed(vllm_server, client, tokenizer):
+    """Tool schemas, earlier calls and tool results are rendered into the prompt; the model's
+    <tool_call> comes back as an OpenAI tool call (vLLM's hermes parser)."""
+    earlier = {"id": "c1", "type": "function",
+               "function": {"name": "calculator", "arguments": '{"expression": "2 + 2"}'}}
+    messages = [
+        {"role": "user", "content": "What is 2 + 2? Use the calculator."},
+        {"role": "assistant", "content": None, "tool_calls": [earlier]},
+        {"role": "tool", "tool_call_id": "c1", "content": "4"},
+        {"role": "assistant", "content": "2 + 2 = 4"},
+        {"role": "user", "content": "What is 12 * 4? Use the calculator."},
+    ]
+    resp = client.chat.completions.create(
+        model="smollm2-135m", max_tokens=60, temperature=0, messages=messages, tools=[CALCULATOR],
+        tool_choice={"type": "function", "function": {"name": "calculator"}},
+        extra_body={"return_token_ids": True})
+    prompt = tokenizer.decode(resp.model_extra["prompt_token_ids"])
+    assert "<tools>" in prompt and '"name": "calculator"' in prompt
+    assert '<tool_call>\n{"name": "calculator", "arguments": {"expression": "2 + 2"}}' in prompt
+    assert "<tool_response>\n4\n</tool_response>" in prompt
+    (call,) = resp.choices[0].message.tool_calls
+    assert call.function.name == "calculator"
+    assert isinstance(json.loads(call.function.arguments), dict)
+
+
+def test_agentscope_streaming_works_with_the_pinned_openai(vllm_server):
+    """agentscope 1.0.x streaming broke with openai 3.x (TypeError on delta.audio)."""
+    from agentscope.model import OpenAIChatModel
+
+    model = OpenAIChatModel("smollm2-135m", api_key="EMPTY", stream=True,
+                            client_kwargs={"base_url": vllm_server.base_url},
+                            generate_kwargs={"max_tokens": 12, "temperature": 0})
+
+    async def run():
+        last = None
+        chunks = 0
+        async for response in await model([{"role": "user", "content": "Say hello."}]):
+            last, chunks = response, chunks + 1
+        return last, chunks
+
+    last, chunks = asyncio.run(run())
+    assert chunks > 1
+    text = "".join(block["text"] for block in last.content if block["type"] == "text")
+    assert text.strip()
+
+
+def test_check_reports_token_level_figures(vllm_server):
+    report = check(vllm_server)
+    assert report["prompt_ids"] > 0 and report["completion_ids"] == report["logprobs"] > 0
+
+
+def test_launcher_reports_a_server_that_dies_while_starting(tmp_path, monkeypatch):
+    """Fault injection: an interpreter that fails at once stands in for a broken vLLM install."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'ImportError: no module named vllm' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("FLYWHEEL_VLLM_PYTHON", str(fake))
+    server = VLLMServer("smollm2-135m", log_file=tmp_path / "v.log")
+    with pytest.raises(FlywheelError, match=r"vLLM exited with status 3(.|\n)*no module named"):
+        server.start()
+    assert server.process is None
+
+
+def test_launcher_stops_the_whole_process_group(tmp_path, monkeypatch):
+    """A server whose children ignore the leader's death must still be gone after stop()."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f"'{sys.executable}' -m http.server --bind 127.0.0.1 \"$(echo \"$@\" | "
+        "sed -E 's/.*--port ([0-9]+).*/\\1/')\" &\n"
+        "sleep 300 &\nwait\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("FLYWHEEL_VLLM_PYTHON", str(fake))
+    server = VLLMServer("smollm2-135m", log_file=tmp_path / "v.log", startup_timeout=60)
+    # http.server answers 404 on /v1/models, so wait for the port instead of readiness.
+    monkeypatch.setattr(VLLMServer, "_wait_ready", lambda self: None)
+    server.start()
+    pgid = server.process.pid
+    server.stop(timeout=5)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)  # signal 0: does the group still exist?

@@ -1,0 +1,1 @@
+"""rollout: Run an agent workflow on each task N times against a recording vLLM endpoint."""

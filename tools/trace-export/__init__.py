@@ -1,0 +1,1 @@
+"""trace-export: AgentScope Studio databases to task records."""
