@@ -67,7 +67,7 @@ bench: install vllm model ## benchmarks (print figures; never part of the tests)
 
 flywheel: install vllm model ## the whole loop on the embedded defaults (the parts built so far)
 	$(BIN)/python -m flywheel.vllm --check
-	@echo "flywheel: vLLM and the embedded model work; the loop's tools arrive with issues 3-9"
+	@echo "flywheel: vLLM and the embedded model work; trace-export is built; the rest of the loop arrives with issues 4-9"
 
 clean: ## remove run outputs (keeps the environments and the model cache)
 	rm -rf runs .pytest_cache

@@ -16,7 +16,6 @@ import click
 from .config import load_config_defaults
 from .errors import FlywheelError
 from .jsonl import ReadStats, read_jsonl
-from .records import VALIDATORS
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -139,6 +138,8 @@ def read_input(
     verbose: int = 0,
 ) -> Iterator[dict]:
     """The records of a tool's input, validated as ``kind`` (task, rollout, sample) records."""
+    from .records import VALIDATORS  # pydantic: imported only by tools that validate records
+
     hint_if_waiting(stream, tool)
     validate = VALIDATORS[kind] if kind else None
     warn = (lambda msg: click.echo(f"{tool}: {msg}", err=True)) if verbose else None

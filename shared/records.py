@@ -6,14 +6,16 @@ pass through untouched, so a tool validates, then adds its own fields to the sam
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import RecordError
+from .ids import stable_id
+
+__all__ = ["Task", "Rollout", "Sample", "Call", "Message", "stable_id", "validate_task",
+           "validate_rollout", "validate_sample", "task_messages", "VALIDATORS"]
 
 Role = Literal["system", "user", "assistant", "tool", "developer", "function"]
 
@@ -93,12 +95,6 @@ class Sample(_Open):
         if self.logprobs is not None and len(self.logprobs) != n:
             raise ValueError(f"logprobs has {len(self.logprobs)} entries for {n} input_ids")
         return self
-
-
-def stable_id(*parts: Any, prefix: str = "") -> str:
-    """Same parts, same id, on every run and machine (caches and resumption rely on it)."""
-    blob = json.dumps(parts, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return prefix + hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
 def _describe(err: ValidationError, kind: str) -> str:

@@ -1,0 +1,333 @@
+"""trace-export against the real Studio databases in ../shared/fixtures/studio and their
+manifests (ground truth written when the databases were made)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from flywheel.records import validate_task
+from flywheel_tools.trace_export.cli import main as trace_export
+from flywheel_tools.trace_export.reprparse import ReprError, parse_msg, parse_repr
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "studio"
+DATABASES = sorted(FIXTURES.glob("*.sqlite"))
+LEGACY_DB = FIXTURES / "studio-1.0.5_agentscope-1.0.7.sqlite"
+
+pytestmark = pytest.mark.skipif(not DATABASES, reason=f"no Studio fixtures in {FIXTURES}")
+
+
+def export(*args, ok=True):
+    result = CliRunner().invoke(trace_export, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    return result, records
+
+
+def manifest(db: Path) -> dict:
+    return json.loads(db.with_suffix(".manifest.json").read_text())
+
+
+def expected_query(turn: dict) -> str:
+    given = turn["input"]
+    return given["text"] if given["kind"] == "user" else given["messages"][-1]["text"]
+
+
+@pytest.fixture(scope="module", params=DATABASES, ids=lambda p: p.stem)
+def exported(request):
+    _, records = export(request.param)
+    by_run = defaultdict(list)
+    for record in records:
+        by_run[record["source"]["run_id"]].append(record)
+    return manifest(request.param), by_run, records
+
+
+def test_every_record_is_a_valid_task(exported):
+    _, _, records = exported
+    for record in records:
+        validate_task(record)
+    assert len({r["id"] for r in records}) == len(records)
+
+
+def test_every_turn_is_found_with_its_exact_text_agent_project_and_run_name(exported):
+    truth, by_run, _ = exported
+    for run in truth["runs"]:
+        got = by_run[run["run_id"]]
+        assert len(got) == len(run["turns"]), run["run_id"]
+        for turn, record in zip(run["turns"], got, strict=True):
+            assert record["query"] == expected_query(turn)
+            assert record["source"]["agent"] == turn["agent"]
+            assert record["source"]["project"] == run["project"]
+            assert record["source"]["run_name"] == run["run_name"]
+        queries = [r["query"] for r in got]
+        for user_turn in run["user_turns"]:
+            assert user_turn["text"] in queries
+
+
+def test_answers_are_exact_and_failed_turns_have_none(exported):
+    truth, by_run, _ = exported
+    for run in truth["runs"]:
+        for turn, record in zip(run["turns"], by_run[run["run_id"]], strict=True):
+            if turn["error"]:
+                assert record["answer"] is None
+                assert record["status"] == "error" and record["error"]
+            else:
+                assert record["answer"] == turn["scripted_final_answer"]
+                assert record["status"] == "ok"
+
+
+def test_llm_and_tool_calls_are_counted_and_errors_marked(exported):
+    truth, by_run, _ = exported
+    for run in truth["runs"]:
+        for turn, record in zip(run["turns"], by_run[run["run_id"]], strict=True):
+            llm = [c for c in record["trajectory"] if c["type"] == "llm"]
+            tools = [c for c in record["trajectory"] if c["type"] == "tool" and not c["framework"]]
+            assert len(llm) == turn["llm_calls"] == record["source"]["llm_calls"]
+            assert len(tools) == turn["tool_calls"] == record["source"]["tool_calls"]
+            assert sum(c["status"] == "error" for c in llm) == turn["llm_errors"]
+            assert [t["name"] for t in tools] == [d["name"] for d in turn["tool_calls_detail"]]
+            assert [t["arguments"] for t in tools] == [d["arguments"]
+                                                      for d in turn["tool_calls_detail"]]
+            assert all(t["result"] is not None for t in tools)
+
+
+def test_feedback_is_what_came_next_for_the_same_agent(exported):
+    truth, by_run, _ = exported
+    for run in truth["runs"]:
+        records = by_run[run["run_id"]]
+        for i, (turn, record) in enumerate(zip(run["turns"], records, strict=True)):
+            later = [t for t in run["turns"][i + 1:] if t["agent"] == turn["agent"]]
+            feedback = [m["content"] for m in record["feedback"]]
+            if later:
+                assert expected_query(later[0]) == feedback[-1]
+            else:
+                assert feedback == []
+
+
+def test_user_feedback_lands_on_the_turn_it_judges(exported):
+    """'That's wrong, the answer is 48.' is feedback on the answer before it."""
+    truth, by_run, _ = exported
+    seen = 0
+    for run in truth["runs"]:
+        records = by_run[run["run_id"]]
+        for i, turn in enumerate(run["turns"]):
+            if turn["user_feedback_in_this_input"] and turn["input"]["kind"] == "user":
+                previous = records[i - 1]
+                assert previous["feedback"][-1]["content"] == turn["input"]["text"]
+                seen += 1
+    assert seen >= 5
+
+
+def test_context_ends_with_the_request_and_keeps_the_system_prompt(exported):
+    _, _, records = exported
+    for record in records:
+        assert record["messages"][0]["role"] == "system"
+        assert record["query"] in record["messages"][-1]["content"]
+
+
+def test_multi_turn_context_includes_earlier_turns(exported):
+    truth, by_run, _ = exported
+    run = next(r for r in truth["runs"] if "4_turns" in r["tags"])
+    records = by_run[run["run_id"]]
+    last = records[-1]
+    contents = [m.get("content") or "" for m in last["messages"]]
+    for earlier in records[:-1]:
+        assert earlier["query"] in contents
+
+
+def test_units_call_and_run(exported):
+    truth, _, records = exported
+    db = FIXTURES / truth["file"]
+    _, calls = export(db, "--unit", "call")
+    assert len(calls) == sum(len([c for c in r["trajectory"] if c["type"] == "llm"])
+                             for r in records)
+    assert all(len(c["trajectory"]) == 1 for c in calls)
+    _, runs = export(db, "--unit", "run")
+    assert len(runs) == len(truth["runs"])
+    assert len({r["id"] for r in calls}) == len(calls)
+
+
+def test_ids_are_stable_across_runs():
+    _, first = export(LEGACY_DB)
+    _, second = export(LEGACY_DB)
+    assert [r["id"] for r in first] == [r["id"] for r in second]
+
+
+def test_filters():
+    truth = manifest(LEGACY_DB)
+    _, staged = export(LEGACY_DB, "--project", "math-agent-staging")
+    assert staged and {r["source"]["project"] for r in staged} == {"math-agent-staging"}
+    _, batch = export(LEGACY_DB, "--run", "eval-batch-01")
+    assert len(batch) == sum(len(r["turns"]) for r in truth["runs"]
+                             if r["run_name"] == "eval-batch-01")
+    _, checker = export(LEGACY_DB, "--agent", "Checker")
+    assert len(checker) == 2 and {r["source"]["agent"] for r in checker} == {"Checker"}
+    _, failed = export(LEGACY_DB, "--status", "error")
+    assert len(failed) == sum(1 for r in truth["runs"] for t in r["turns"] if t["error"])
+    _, everything = export(LEGACY_DB)
+    times = sorted(r["source"]["time"] for r in everything)
+    middle = times[len(times) // 2]
+    _, late = export(LEGACY_DB, "--since", middle)
+    _, early = export(LEGACY_DB, "--until", middle)
+    assert len(late) + len(early) == len(everything) and late and early
+
+
+def test_state_exports_each_turn_once_and_only_new_ones(tmp_path):
+    full = tmp_path / "full.sqlite"
+    before = tmp_path / "before.sqlite"
+    shutil.copy(LEGACY_DB, full)
+    shutil.copy(LEGACY_DB, before)
+    truth = manifest(LEGACY_DB)
+    added = [r["run_id"] for r in truth["runs"][-3:]]
+    with sqlite3.connect(before) as conn:
+        for run_id in added:
+            conn.execute("DELETE FROM span_table WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM run_table WHERE id = ?", (run_id,))
+    state = tmp_path / "export.state"
+
+    _, first = export(before, "--state", state)
+    _, again = export(before, "--state", state)
+    _, new = export(full, "--state", state)
+    assert again == []
+    assert {r["source"]["run_id"] for r in new} == set(added)
+    assert len(new) == sum(len(r["turns"]) for r in truth["runs"] if r["run_id"] in added)
+    assert len(first) + len(new) == sum(len(r["turns"]) for r in truth["runs"])
+
+
+def test_state_holds_back_the_last_turn_of_a_run_in_progress(tmp_path):
+    db = tmp_path / "live.sqlite"
+    shutil.copy(LEGACY_DB, db)
+    run = next(r for r in manifest(LEGACY_DB)["runs"] if len(r["turns"]) == 3)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE run_table SET status = 'running' WHERE id = ?", (run["run_id"],))
+    state = tmp_path / "s.json"
+    result, records = export(db, "--state", state, "--settle", "1e12")
+    mine = [r for r in records if r["source"]["run_id"] == run["run_id"]]
+    assert len(mine) == 2  # the last turn may still get feedback
+    assert "1 in progress" in result.stderr
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE run_table SET status = 'done' WHERE id = ?", (run["run_id"],))
+    _, later = export(db, "--state", state, "--settle", "1e12")
+    assert [r["query"] for r in later] == [expected_query(run["turns"][-1])]
+
+
+def test_database_is_never_written(tmp_path):
+    db = tmp_path / "db.sqlite"
+    shutil.copy(LEGACY_DB, db)
+    digest = hashlib.sha256(db.read_bytes()).hexdigest()
+    export(db, "--state", tmp_path / "s", "--unit", "run")
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db.sqlite", "s"]
+
+
+def test_clear_errors_for_files_that_are_not_studio_databases(tmp_path):
+    result, _ = export(tmp_path / "missing.sqlite", ok=False)
+    assert result.exit_code == 2 and "missing.sqlite' does not exist" in result.output
+    text = tmp_path / "notes.txt"
+    text.write_text("hello " * 200)
+    result, _ = export(text, ok=False)
+    assert result.exit_code == 1 and "not an SQLite database" in result.output
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE customers (id)")
+        conn.execute("CREATE TABLE orders (id)")
+    result, _ = export(other, ok=False)
+    assert result.exit_code == 1
+    assert "not an AgentScope Studio database" in result.output
+    assert "tables found: customers, orders" in result.output
+
+
+def test_locked_database_is_reported_after_the_timeout(tmp_path):
+    db = tmp_path / "db.sqlite"
+    shutil.copy(LEGACY_DB, db)
+    holder = sqlite3.connect(db)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        result, _ = export(db, "--timeout", "0.2", ok=False)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert result.exit_code == 1
+    assert "database is locked" in result.output and "--timeout" in result.output
+
+
+def test_corrupt_attributes_are_counted_with_the_span_id_and_the_rest_goes_on(tmp_path):
+    db = tmp_path / "db.sqlite"
+    shutil.copy(LEGACY_DB, db)
+    with sqlite3.connect(db) as conn:
+        span_id = conn.execute(
+            "SELECT id FROM span_table WHERE spanKind = 'TOOL' LIMIT 1").fetchone()[0]
+        conn.execute("UPDATE span_table SET attributes = '{\"input\": [' WHERE id = ?",
+                     (span_id,))
+    result, records = export(db)
+    _, clean = export(LEGACY_DB)
+    assert len(records) == len(clean)
+    assert f"span {span_id}: attributes is not valid JSON" in result.stderr
+    assert "1 corrupt spans" in result.stderr
+
+
+def test_output_file_is_written_atomically(tmp_path):
+    out = tmp_path / "tasks.jsonl"
+    result, _ = export(LEGACY_DB, "-o", out)
+    assert len(out.read_text().splitlines()) == 57
+    assert "57 written" in result.stderr
+
+
+def test_piped_into_head_exits_quietly():
+    exe = Path(sys.executable).parent / "trace-export"
+    proc = subprocess.run(f"'{exe}' '{LEGACY_DB}' | head -1", shell=True, capture_output=True,
+                          text=True, timeout=120, executable="/bin/bash")
+    assert json.loads(proc.stdout)["source"]["kind"] == "studio"
+    assert "Traceback" not in proc.stderr
+
+
+# --- the repr parser ------------------------------------------------------------------------
+
+def test_repr_parser_reads_quotes_apostrophes_brackets_cjk_and_emoji():
+    text = ("Msg(id='a', name='user', content=\"It's 'quoted' [x] {y} (z) — りんご 🍎\\n\", "
+            "role='user', metadata=None, timestamp='t', invocation_id='None')")
+    msg = parse_msg(text)
+    assert msg["content"] == "It's 'quoted' [x] {y} (z) — りんご 🍎\n"
+    assert msg["role"] == "user" and msg["metadata"] is None
+
+
+def test_repr_parser_reads_multi_block_content():
+    text = ("Msg(id='a', name='A', role='assistant', content=[{'type': 'thinking', 'thinking': "
+            "'hmm'}, {'type': 'text', 'text': 'x'}, {'type': 'tool_use', 'id': 'c', 'name': 't', "
+            "'input': {'n': -1, 'f': 1.5, 'ok': True, 'l': [1, (2, 3)]}}])")
+    blocks = parse_msg(text)["content"]
+    assert [b["type"] for b in blocks] == ["thinking", "text", "tool_use"]
+    assert blocks[2]["input"] == {"n": -1, "f": 1.5, "ok": True, "l": [1, [2, 3]]}
+
+
+@pytest.mark.parametrize("hostile", [
+    "__import__('os').system('touch /tmp/pwned')",
+    "Msg(content=open('/etc/passwd').read())",
+    "Msg(**{'a': 1})",
+    "[x for x in range(10)]",
+    "Msg(id='a', content=" + "[" * 5000 + "]" * 5000 + ")",
+])
+def test_repr_parser_never_evaluates(hostile):
+    with pytest.raises(ReprError):
+        parse_repr(hostile)
+
+
+def test_seed_config_names_the_database_and_the_output(tmp_path):
+    out = tmp_path / "tasks.jsonl"
+    config = tmp_path / "seed.yaml"
+    config.write_text(
+        "astuner:\n  task_reader:\n    type: tracing\n    feedback_tracing:\n"
+        f"      base_url: {LEGACY_DB}\n      train_output_path: {out}\n")
+    result = CliRunner().invoke(trace_export, ["--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert len(out.read_text().splitlines()) == 57

@@ -1,0 +1,123 @@
+"""Reading a Studio database safely: read-only, with a busy timeout, in one read transaction
+(one consistent snapshot), never writing. Spans come out grouped by run, one run at a time, so
+memory stays bounded by the largest run, not the database."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from flywheel.errors import FlywheelError
+
+from .spans import CorruptAttributes, Span, legacy_span, otel_span
+from .turns import Run
+
+LEGACY, OTEL = "1.0.5", "1.0.9"
+
+
+@dataclass
+class Schema:
+    version: str           # Studio schema: 1.0.5 (legacy spans) or 1.0.9 (OpenTelemetry)
+    run_column: str        # the span column naming the run
+    order_column: str      # the span column to order by time
+    has_run_table: bool
+    columns: list[str]     # the span columns read (events, links, ... are not)
+
+
+_WANTED = ["id", "spanId", "traceId", "parentSpanId", "name", "spanKind", "operationName",
+           "attributes", "startTime", "endTime", "startTimeUnixNano", "endTimeUnixNano",
+           "status", "statusMessage", "statusCode", "run_id", "conversationId", "model",
+           "serviceName", "resource"]
+
+
+def open_readonly(path: str, timeout: float) -> sqlite3.Connection:
+    """A read-only connection; clear errors for a missing file or one that is not SQLite."""
+    p = Path(path)
+    if not p.exists():
+        raise FlywheelError(f"{path}: no such file")
+    if p.is_dir():
+        raise FlywheelError(f"{path}: is a directory, not a Studio database")
+    uri = f"file:{quote(str(p.resolve()))}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as err:
+        conn.close()
+        if "locked" in str(err) or "busy" in str(err):
+            raise FlywheelError(f"{path}: database is locked (waited {timeout:g} s; "
+                                f"raise --timeout)") from None
+        raise FlywheelError(f"{path}: not an SQLite database ({err})") from None
+    return conn
+
+
+def detect_schema(conn: sqlite3.Connection, path: str) -> Schema:
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "span_table" not in tables:
+        found = ", ".join(sorted(tables)) or "none"
+        raise FlywheelError(f"{path}: not an AgentScope Studio database "
+                            f"(no span_table; tables found: {found})")
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(span_table)")}
+    has_runs = "run_table" in tables
+    read = [c for c in _WANTED if c in columns]
+    if {"spanKind", "run_id", "startTime"} <= columns:
+        return Schema(LEGACY, "run_id", "startTime", has_runs, read)
+    if {"conversationId", "spanId", "startTimeUnixNano"} <= columns:
+        return Schema(OTEL, "conversationId", "startTimeUnixNano", has_runs, read)
+    raise FlywheelError(f"{path}: span_table has an unknown layout "
+                        f"(columns: {', '.join(sorted(columns))})")
+
+
+def load_runs(conn: sqlite3.Connection, schema: Schema) -> dict[str, Run]:
+    if not schema.has_run_table:
+        return {}
+    return {r["id"]: Run(r["id"], r["project"], r["name"], r["status"], r["timestamp"])
+            for r in conn.execute("SELECT id, project, name, status, timestamp FROM run_table")}
+
+
+def iter_runs(
+    conn: sqlite3.Connection,
+    schema: Schema,
+    runs: dict[str, Run],
+    *,
+    on_corrupt: Callable[[str, str], None],
+    run_ids: set[str] | None = None,
+) -> Iterator[tuple[Run, list[Span]]]:
+    """Each run with its spans, in run order. A span with corrupt JSON is reported through
+    ``on_corrupt(span_id, problem)`` and left out; the rest of its run goes on."""
+    make = legacy_span if schema.version == LEGACY else otel_span
+    columns = schema.columns
+    cursor = conn.cursor()
+    cursor.row_factory = None  # plain tuples: cheaper than sqlite3.Row for millions of rows
+    rows = cursor.execute(
+        f"SELECT {', '.join(columns)} FROM span_table "
+        f"ORDER BY {schema.run_column}, {schema.order_column}")
+    run_index = columns.index(schema.run_column)
+    for run_id, group in itertools.groupby(rows, key=lambda r: r[run_index]):
+        if run_ids is not None and run_id not in run_ids:
+            continue
+        spans = []
+        for values in group:
+            row = dict(zip(columns, values, strict=True))
+            try:
+                spans.append(make(row))
+            except (CorruptAttributes, ValueError, KeyError, TypeError) as err:
+                on_corrupt(row["id"], str(err))
+        run = runs.get(run_id) or _run_from_spans(run_id, spans)
+        yield run, spans
+
+
+def _run_from_spans(run_id: str, spans: list[Span]) -> Run:
+    """AgentScope 2.x registers no run: the project is the service name, the run name the
+    resource attribute deployment.environment."""
+    for span in spans:
+        if span.service or span.resource:
+            env = (span.resource.get("deployment") or {}).get("environment")
+            project = span.service or (span.resource.get("service") or {}).get("name")
+            return Run(run_id, project, env)
+    return Run(run_id, None, None)
