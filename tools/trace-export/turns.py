@@ -151,6 +151,8 @@ def _turn_record(run: Run, turn: Turn, following: Turn | None, extra: dict) -> d
             "kind": "studio", **extra, "project": run.project, "run_id": run.id,
             "run_name": run.name, "trace_id": span.trace, "span_id": span.id,
             "agent": turn.agent, "time": span.started,
+            # AgentScope 2.x names the reply; 1.x spans do not carry it.
+            "reply_id": (span.attrs.get("agentscope") or {}).get("agent", {}).get("reply_id"),
             "llm_calls": sum(1 for s in turn.calls if s.op == CHAT),
             "tool_calls": sum(1 for c in trajectory if c["type"] == "tool" and not c["framework"]),
         },
