@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "studio"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "studio"
 DEFAULT_FIXTURE = FIXTURES / "studio-1.0.9_agentscope-1.0.21.sqlite"
 
 FLOOR = """

@@ -1,5 +1,5 @@
-"""trace-export against the real Studio databases in ../shared/fixtures/studio and their
-manifests (ground truth written when the databases were made)."""
+"""trace-export against real Studio databases and their manifests (ground truth written when the
+databases were made), copied from the team's shared fixtures into tests/fixtures/studio."""
 
 from __future__ import annotations
 
@@ -19,11 +19,17 @@ from flywheel.records import validate_task
 from flywheel_tools.trace_export.cli import main as trace_export
 from flywheel_tools.trace_export.reprparse import ReprError, parse_msg, parse_repr
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "studio"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "studio"
 DATABASES = sorted(FIXTURES.glob("*.sqlite"))
 LEGACY_DB = FIXTURES / "studio-1.0.5_agentscope-1.0.7.sqlite"
 
-pytestmark = pytest.mark.skipif(not DATABASES, reason=f"no Studio fixtures in {FIXTURES}")
+
+def test_all_three_fixture_databases_are_here():
+    assert [p.name for p in DATABASES] == [
+        "studio-1.0.5_agentscope-1.0.7.sqlite",
+        "studio-1.0.9_agentscope-1.0.21.sqlite",
+        "studio-1.0.9_agentscope-2.x.sqlite",
+    ]
 
 
 def export(*args, ok=True):
