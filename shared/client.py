@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import click
@@ -134,39 +135,105 @@ def bounded_map(
     *,
     workers: int,
     ordered: bool = True,
+    ready: Callable[[T], Any] | None = None,
 ) -> Iterator[tuple[T, R | BaseException]]:
     """Apply ``fn`` to ``items`` on ``workers`` threads; yield ``(item, result or exception)``.
 
-    At most ``2 * workers`` items are in flight, so memory stays bounded however long the input.
-    With ``ordered`` results come in input order, else as they finish. Exceptions are yielded,
-    not raised, so the caller can write every finished result before it stops.
+    At most ``2 * workers`` calls are in flight and at most that many finished results wait
+    behind a slow one, so memory stays bounded however long the input. With ``ordered`` results
+    come in input order, else as they finish. ``ready(item)``, when given and not None, is the
+    item's result without a call (a cache hit, a rule's verdict): it costs no thread. Exceptions
+    are yielded, not raised, so the caller can write every finished result before it stops.
     """
     window = max(1, 2 * workers)
     it = iter(items)
-    pending: deque[tuple[T, cf.Future]] = deque()
+    pending: deque[list] = deque()  # [item, future or None, result]
+    in_flight = 0
     with cf.ThreadPoolExecutor(max_workers=workers) as pool:
         def fill() -> None:
-            while len(pending) < window:
+            nonlocal in_flight
+            while in_flight < window and len(pending) < 4 * window:
                 try:
                     item = next(it)
                 except StopIteration:
                     return
-                pending.append((item, pool.submit(fn, item)))
+                known = ready(item) if ready is not None else None
+                if known is not None:
+                    pending.append([item, None, known])
+                else:
+                    pending.append([item, pool.submit(fn, item), None])
+                    in_flight += 1
+
+        def outcome(entry: list) -> Any:
+            nonlocal in_flight
+            fut = entry[1]
+            if fut is None:
+                return entry[2]
+            in_flight -= 1
+            exc = fut.exception()
+            return exc if exc is not None else fut.result()
 
         fill()
         try:
             while pending:
                 if ordered:
-                    item, fut = pending.popleft()
-                    cf.wait([fut])
+                    entry = pending.popleft()
+                    if entry[1] is not None:
+                        cf.wait([entry[1]])
                 else:
-                    done, _ = cf.wait([f for _, f in pending], return_when=cf.FIRST_COMPLETED)
-                    index = next(i for i, (_, f) in enumerate(pending) if f in done)
-                    item, fut = pending[index]
+                    index = next((i for i, e in enumerate(pending)
+                                  if e[1] is None or e[1].done()), None)
+                    if index is None:
+                        cf.wait([e[1] for e in pending], return_when=cf.FIRST_COMPLETED)
+                        index = next(i for i, e in enumerate(pending) if e[1].done())
+                    entry = pending[index]
                     del pending[index]
-                exc = fut.exception()
-                yield item, (exc if exc is not None else fut.result())
+                yield entry[0], outcome(entry)
                 fill()
         finally:
-            for _, fut in pending:
-                fut.cancel()
+            for entry in pending:
+                if entry[1] is not None:
+                    entry[1].cancel()
+
+
+class LazyClient:
+    """The client of an endpoint, made on first use (thread-safe).
+
+    With no base URL, the embedded model (or ``serve``, a model name or directory) is served by
+    the vLLM launcher for this run: started only when the first request needs it (an input
+    that the rules settle, or an empty one, starts nothing) and stopped by ``close()``.
+    """
+
+    def __init__(self, endpoint: Endpoint, *, serve: str | None = None,
+                 echo: Callable[[str], None] = lambda msg: None):
+        self.endpoint = endpoint
+        self.serve = serve
+        self.echo = echo
+        self.server: Any = None
+        self._client: openai.OpenAI | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> openai.OpenAI:
+        with self._lock:
+            if self._client is None:
+                if not self.endpoint.base_url and self.serve:
+                    from .vllm import VLLMServer
+
+                    self.echo(f"no --base-url: serving {self.serve} with vLLM for this run")
+                    self.server = VLLMServer(self.serve).start()
+                    self.endpoint = replace(self.endpoint, base_url=self.server.base_url)
+                    self.echo(f"vLLM ready at {self.server.base_url} in "
+                              f"{self.server.startup_seconds:.0f} s")
+                self._client = make_client(self.endpoint)
+            return self._client
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def __enter__(self) -> LazyClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

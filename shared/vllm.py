@@ -11,6 +11,7 @@ and is stopped with its whole process group (vLLM starts engine worker processes
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -46,16 +48,66 @@ def vllm_python() -> Path:
     )
 
 
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def has_cuda() -> bool:
     return shutil.which("nvidia-smi") is not None
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+# Servers run in their own process group, so a signal to the tool does not reach them: stop
+# them when the tool exits, however it exits (SIGTERM included).
+_LIVE: set = set()
+
+
+def _stop_all() -> None:
+    for server in list(_LIVE):
+        server.stop(timeout=10)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    _stop_all()
+    raise SystemExit(128 + signum)
+
+
+def _watch_exit() -> None:
+    """Once per process, when the first server starts: stop servers at exit and on SIGTERM
+    (unless the program handles SIGTERM itself)."""
+    if getattr(_watch_exit, "done", False):
+        return
+    _watch_exit.done = True  # type: ignore[attr-defined]
+    atexit.register(_stop_all)
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``; Linux's /proc, else none known.
+
+    A zombie has freed its memory but still counts for ``killpg``: where PID 1 does not reap
+    orphans (some containers), signalling the group would say it is still there.
+    """
+    members = []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+            fields = stat[stat.rfind(")") + 2:].split()
+            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry))
+    return members
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -111,7 +163,9 @@ class VLLMServer:
         return self.url + "/v1"
 
     def command(self) -> list[str]:
-        dtype = self.dtype or ("auto" if has_cuda() or cpu_has_bf16() else "float32")
+        # On a CPU, "auto" downcasts float32 weights to bf16 where the CPU has it: the sampled
+        # logprobs would then drift from the float32 trainer's (GRPO's ratios rely on them).
+        dtype = self.dtype or ("auto" if has_cuda() else "float32")
         cmd = [
             str(vllm_python()), "-m", ENTRYPOINT,
             "--model", str(self.model_dir),
@@ -140,6 +194,9 @@ class VLLMServer:
     def start(self) -> VLLMServer:
         if self.process is not None:
             raise FlywheelError("this vLLM server is already started")
+        if self.port and not port_is_free(self.host, self.port):
+            # Else the readiness check would find whatever already answers there.
+            raise FlywheelError(f"port {self.port} on {self.host} is already in use")
         self.port = self.port or free_port(self.host)
         if self.log_path is None:
             fd, name = tempfile.mkstemp(prefix="vllm-", suffix=".log")
@@ -159,6 +216,8 @@ class VLLMServer:
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - started
+        _watch_exit()
+        _LIVE.add(self)
         return self
 
     def _wait_ready(self) -> None:
@@ -192,6 +251,7 @@ class VLLMServer:
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM to the whole process group, SIGKILL after ``timeout`` seconds."""
         proc, self.process = self.process, None
+        _LIVE.discard(self)
         if proc is None or proc.poll() is not None:
             return
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
@@ -204,9 +264,13 @@ class VLLMServer:
                 break
             except subprocess.TimeoutExpired:
                 continue
-        # Workers that outlived the leader still hold memory: clear the group.
+        # Workers that outlived the leader still hold memory: clear the group, and return only
+        # once they are gone, so a server started next finds the memory free.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10.0
+        while group_members(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def __enter__(self) -> VLLMServer:
         return self.start()

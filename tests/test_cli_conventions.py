@@ -16,6 +16,8 @@ from click.testing import CliRunner
 
 from conftest import JSONL_TOOLS, TOOLS
 
+BUILT = {"trace-filter"}
+
 
 def tool_main(name: str):
     (ep,) = [ep for ep in entry_points(group="console_scripts") if ep.name == name]
@@ -60,7 +62,7 @@ def test_record_of_the_wrong_kind_is_reported_with_its_number(name, tmp_path):
 @pytest.mark.parametrize("name", sorted(JSONL_TOOLS))
 def test_skip_invalid_counts_bad_lines_in_the_summary(name):
     result = CliRunner().invoke(tool_main(name), ["--skip-invalid"], input="{bad\n[1]\n")
-    assert "0 read, 2 invalid (1 bad JSON, 1 not an object)" in result.output
+    assert re.search(r": 0 read, .*2 invalid \(1 bad JSON, 1 not an object\)", result.output)
 
 
 @pytest.mark.parametrize("name", sorted(JSONL_TOOLS))
@@ -70,7 +72,7 @@ def test_missing_input_file_is_a_usage_error(name, tmp_path):
     assert "nope.jsonl" in result.output and "No such file" in result.output
 
 
-@pytest.mark.parametrize("name", sorted(JSONL_TOOLS))
+@pytest.mark.parametrize("name", sorted(set(JSONL_TOOLS) - BUILT))
 def test_tools_not_built_yet_say_so_after_checking_input(name):
     result = CliRunner().invoke(tool_main(name), [], input="")
     assert result.exit_code == 1

@@ -16,8 +16,7 @@ from flywheel.client import (
     make_client,
     redact,
 )
-
-from canned_server import CannedServer, chat_completion
+from flywheel.testing import CannedServer, chat_completion
 
 SECRET = "sk-test-0123456789abcdef"
 

@@ -6,13 +6,15 @@ import asyncio
 import json
 import os
 import sys
+import time
+from pathlib import Path
 
 import openai
 import pytest
 import torch
 
 from flywheel.errors import FlywheelError
-from flywheel.vllm import CHAT_TEMPLATE, VLLMServer, check
+from flywheel.vllm import CHAT_TEMPLATE, VLLMServer, check, group_members
 
 pytestmark = pytest.mark.vllm
 
@@ -158,6 +160,47 @@ def test_launcher_stops_the_whole_process_group(tmp_path, monkeypatch):
     monkeypatch.setattr(VLLMServer, "_wait_ready", lambda self: None)
     server.start()
     pgid = server.process.pid
+    time.sleep(0.5)  # let the shell start its children
+    assert len(group_members(pgid)) >= 3  # the shell, http.server and sleep
     server.stop(timeout=5)
-    with pytest.raises(ProcessLookupError):
-        os.killpg(pgid, 0)  # signal 0: does the group still exist?
+    assert group_members(pgid) == []
+
+
+def test_a_port_in_use_is_refused_not_mistaken_for_a_ready_server(vllm_server):
+    server = VLLMServer("smollm2-135m", port=vllm_server.port)
+    with pytest.raises(FlywheelError, match=f"port {vllm_server.port} .* already in use"):
+        server.start()
+
+
+def _servers_on(port: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_text().split("\0")
+            except OSError:
+                continue
+            if any("api_server" in part for part in cmdline) and str(port) in cmdline:
+                pids.append(int(entry))
+    return pids
+
+
+def test_sigterm_to_the_tool_stops_its_server(tmp_path):
+    """vLLM runs in its own process group: killing the tool must not orphan it."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-m", "flywheel.vllm",
+                             "--log-file", str(tmp_path / "serve.log")],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = proc.stdout.readline().strip()  # printed once the server is ready
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        assert _servers_on(port)
+        proc.terminate()
+        assert proc.wait(timeout=60) == 143
+    finally:
+        proc.kill()
+    deadline = time.monotonic() + 30
+    while _servers_on(port) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _servers_on(port) == []
