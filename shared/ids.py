@@ -7,7 +7,19 @@ import hashlib
 import json
 from typing import Any
 
+import orjson
+
+
+def _canonical(parts: Any) -> bytes:
+    # Compact, sorted keys, UTF-8 as is: the bytes json.dumps writes with those settings (but
+    # for exponents of floats), several times faster. What orjson refuses (non-string keys,
+    # ints past 64 bits) takes the standard library's way: the same parts still give one id.
+    try:
+        return orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return json.dumps(parts, ensure_ascii=False, sort_keys=True,
+                          separators=(",", ":")).encode("utf-8")
+
 
 def stable_id(*parts: Any, prefix: str = "") -> str:
-    blob = json.dumps(parts, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return prefix + hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+    return prefix + hashlib.sha256(_canonical(parts)).hexdigest()[:16]

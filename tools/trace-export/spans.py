@@ -12,6 +12,7 @@ Three layouts occur (DESIGN.md section 5; the fixtures' README):
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
@@ -42,15 +43,6 @@ class Span:
     attrs: dict[str, Any]
     model: str | None = None
     service: str | None = None
-    resource_json: str | None = None
-
-    @property
-    def resource(self) -> dict[str, Any]:
-        """OpenTelemetry resource attributes (parsed on demand: only 2.x runs need them)."""
-        try:
-            return _json(self.resource_json, "resource").get("attributes", {})
-        except CorruptAttributes:
-            return {}
 
     @property
     def fn(self) -> dict[str, Any]:
@@ -63,12 +55,17 @@ class Span:
 
     @cached_property
     def started(self) -> str:
-        return datetime.fromtimestamp(self.start_ns / 1e9, tz=timezone.utc).isoformat(
-            timespec="milliseconds").replace("+00:00", "Z")
+        return iso_utc(self.start_ns)
 
     @property
     def latency_ms(self) -> float:
         return round((self.end_ns - self.start_ns) / 1e6, 3)
+
+
+def iso_utc(ns: int) -> str:
+    """Nanoseconds since the epoch as ``2026-11-22T03:50:00.123Z`` (millisecond precision)."""
+    seconds, ms = divmod(ns // 1_000_000, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
 
 
 class CorruptAttributes(ValueError):
@@ -129,7 +126,6 @@ def otel_span(row: dict) -> Span:
         end_ns=int(row.get("endTimeUnixNano") or row["startTimeUnixNano"]),
         ok=ok, error=None if ok else (status.get("message") or "error"), attrs=attrs,
         model=row.get("model"), service=row.get("serviceName"),
-        resource_json=row.get("resource"),
     )
 
 
@@ -253,12 +249,12 @@ def chat_prompt(span: Span) -> list[dict]:
 
 def _flatten_openai(message: dict) -> dict:
     """OpenAI message with list-of-text-parts content made plain text (what training reads)."""
-    out = dict(message)
     content = message.get("content")
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
-                                         for p in content):
-        out["content"] = "".join(p.get("text") or "" for p in content)
-    return out
+    if not isinstance(content, list):
+        return message  # parsed from this span's JSON alone: nothing else shares it
+    if all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+        return {**message, "content": "".join(p.get("text") or "" for p in content)}
+    return message
 
 
 def chat_tools(span: Span) -> list[dict] | None:

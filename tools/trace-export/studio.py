@@ -5,6 +5,7 @@ memory stays bounded by the largest run, not the database."""
 from __future__ import annotations
 
 import itertools
+import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from flywheel.errors import FlywheelError
+from flywheel.jsonl import loads
 
 from .spans import CorruptAttributes, Span, legacy_span, otel_span
 from .turns import Run
@@ -31,7 +33,7 @@ class Schema:
 _WANTED = ["id", "spanId", "traceId", "parentSpanId", "name", "spanKind", "operationName",
            "attributes", "startTime", "endTime", "startTimeUnixNano", "endTimeUnixNano",
            "status", "statusMessage", "statusCode", "run_id", "conversationId", "model",
-           "serviceName", "resource"]
+           "serviceName"]
 
 
 def open_readonly(path: str, timeout: float) -> sqlite3.Connection:
@@ -108,16 +110,23 @@ def iter_runs(
                 spans.append(make(row))
             except (CorruptAttributes, ValueError, KeyError, TypeError) as err:
                 on_corrupt(row["id"], str(err))
-        run = runs.get(run_id) or _run_from_spans(run_id, spans)
+        run = runs.get(run_id) or _run_from_resource(conn, schema, run_id)
         yield run, spans
 
 
-def _run_from_spans(run_id: str, spans: list[Span]) -> Run:
+def _run_from_resource(conn: sqlite3.Connection, schema: Schema, run_id: str) -> Run:
     """AgentScope 2.x registers no run: the project is the service name, the run name the
-    resource attribute deployment.environment."""
-    for span in spans:
-        if span.service or span.resource:
-            env = (span.resource.get("deployment") or {}).get("environment")
-            project = span.service or (span.resource.get("service") or {}).get("name")
-            return Run(run_id, project, env)
-    return Run(run_id, None, None)
+    resource attribute deployment.environment. Read from one span of the run, not every row
+    (the resource column is large and the same on every span)."""
+    if schema.version != OTEL:
+        return Run(run_id, None, None)
+    row = conn.execute(
+        "SELECT serviceName, resource FROM span_table WHERE conversationId = ? "
+        "ORDER BY startTimeUnixNano LIMIT 1", (run_id,)).fetchone()
+    service, resource = (row[0], row[1]) if row else (None, None)
+    try:
+        attrs = (loads(resource) or {}).get("attributes", {}) if resource else {}
+    except json.JSONDecodeError:
+        attrs = {}
+    project = service or (attrs.get("service") or {}).get("name")
+    return Run(run_id, project, (attrs.get("deployment") or {}).get("environment"))
