@@ -236,6 +236,31 @@ def test_database_is_never_written(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["db.sqlite", "s"]
 
 
+def test_studio_can_write_while_an_export_runs_and_the_export_is_one_snapshot(tmp_path):
+    """Studio's database uses a rollback journal: a reader holding a transaction for the whole
+    export would make Studio's writes fail. Between batches no lock is held; spans written
+    after the export began wait for the next export."""
+    from flywheel_tools.trace_export.cli import export as export_records
+
+    db = tmp_path / "live.sqlite"
+    shutil.copy(LEGACY_DB, db)
+    records = export_records(str(db))
+    first = next(records)  # the export is under way
+    studio = sqlite3.connect(db, timeout=0)  # Studio with no patience at all
+    with studio:
+        run_id = studio.execute("SELECT run_id FROM span_table ORDER BY run_id DESC").fetchone()[0]
+        studio.execute("INSERT INTO span_table SELECT id || '-late', traceId, parentSpanId, "
+                       "name, spanKind, attributes, startTime, endTime, latencyMs, status, "
+                       "statusMessage, events, 'zzz-late-run' FROM span_table WHERE run_id = ?",
+                       (run_id,))
+    studio.close()
+    rest = list(records)
+    assert len(rest) + 1 == len(export(LEGACY_DB)[1])
+    assert "zzz-late-run" not in {r["source"]["run_id"] for r in [first, *rest]}
+    _, later = export(db, "--run", "zzz-late-run")
+    assert later  # the next export sees it
+
+
 def test_clear_errors_for_files_that_are_not_studio_databases(tmp_path):
     result, _ = export(tmp_path / "missing.sqlite", ok=False)
     assert result.exit_code == 2 and "missing.sqlite' does not exist" in result.output

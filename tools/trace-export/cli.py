@@ -14,7 +14,7 @@ from flywheel.cli import Summary, common_options, output_option, progress, tool_
 from flywheel.errors import FlywheelError
 from flywheel.jsonl import atomic_path, open_output
 
-from .studio import detect_schema, iter_runs, load_runs, open_readonly
+from .studio import detect_schema, iter_runs, open_readonly
 
 UNITS = ("turn", "call", "run")
 
@@ -76,8 +76,6 @@ def export(
     conn = open_readonly(database, timeout)
     try:
         schema = detect_schema(conn, database)
-        conn.execute("BEGIN")  # one read transaction: one consistent snapshot
-        run_table = load_runs(conn, schema)
         now_ns = datetime.now(timezone.utc).timestamp() * 1e9
         extra = {"database": os.path.basename(database), "studio_schema": schema.version}
 
@@ -85,7 +83,12 @@ def export(
             summary.add("corrupt spans")
             warn(f"{database}: span {span_id}: {problem}; skipped")
 
-        for run, spans in progress(iter_runs(conn, schema, run_table, on_corrupt=corrupt),
+        def orphans(n: int) -> None:
+            summary.add("spans without a run", n)
+            warn(f"{database}: {n} spans have no run id; they belong to no turn and are skipped")
+
+        for run, spans in progress(iter_runs(conn, schema, on_corrupt=corrupt,
+                                             on_orphans=orphans),
                                    desc="trace-export", unit="run", quiet=quiet):
             summary.add("runs")
             if projects and run.project not in projects:
@@ -119,7 +122,6 @@ def export(
                 if record["status"] == "error":
                     summary.add("errored")
                 yield record
-        conn.execute("COMMIT")
     finally:
         conn.close()
 

@@ -1,9 +1,11 @@
-"""Reading a Studio database safely: read-only, with a busy timeout, in one read transaction
-(one consistent snapshot), never writing. Spans come out grouped by run, one run at a time, so
-memory stays bounded by the largest run, not the database."""
+"""Reading a Studio database safely: read-only, with a busy timeout, in short read transactions
+over one snapshot (what was there when the export began), never writing. Spans come out grouped
+by run, a batch of runs at a time, so memory stays bounded by the largest batch, not the
+database."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import sqlite3
@@ -82,36 +84,69 @@ def load_runs(conn: sqlite3.Connection, schema: Schema) -> dict[str, Run]:
             for r in conn.execute("SELECT id, project, name, status, timestamp FROM run_table")}
 
 
+@contextlib.contextmanager
+def read_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One short read transaction. While it is open, a rollback-journal database (Studio's
+    default) cannot commit a write: Studio would wait, or fail, so keep each one brief."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")
+
+
 def iter_runs(
     conn: sqlite3.Connection,
     schema: Schema,
-    runs: dict[str, Run],
     *,
     on_corrupt: Callable[[str, str], None],
-    run_ids: set[str] | None = None,
+    on_orphans: Callable[[int], None] = lambda n: None,
+    batch: int = 64,
 ) -> Iterator[tuple[Run, list[Span]]]:
-    """Each run with its spans, in run order. A span with corrupt JSON is reported through
-    ``on_corrupt(span_id, problem)`` and left out; the rest of its run goes on."""
+    """Each run with its spans, in run-id order, read as of the moment the export began.
+
+    Runs are read ``batch`` at a time, each batch in its own short read transaction, so Studio
+    can go on writing between them; spans that arrive after the start (a higher rowid) are left
+    for the next export, so the export is one snapshot however long it runs. A span with
+    corrupt JSON is reported through ``on_corrupt(span_id, problem)`` and left out; spans with
+    no run id are counted through ``on_orphans``.
+    """
     make = legacy_span if schema.version == LEGACY else otel_span
-    columns = schema.columns
+    run_col, columns = schema.run_column, schema.columns
+    with read_transaction(conn):
+        runs = load_runs(conn, schema)
+        bound = conn.execute("SELECT max(rowid) FROM span_table").fetchone()[0] or 0
+        orphans = conn.execute(f"SELECT count(*) FROM span_table WHERE {run_col} IS NULL "
+                               f"OR {run_col} = ''").fetchone()[0]
+    if orphans:
+        on_orphans(orphans)
     cursor = conn.cursor()
     cursor.row_factory = None  # plain tuples: cheaper than sqlite3.Row for millions of rows
-    rows = cursor.execute(
-        f"SELECT {', '.join(columns)} FROM span_table "
-        f"ORDER BY {schema.run_column}, {schema.order_column}")
-    run_index = columns.index(schema.run_column)
-    for run_id, group in itertools.groupby(rows, key=lambda r: r[run_index]):
-        if run_ids is not None and run_id not in run_ids:
-            continue
-        spans = []
-        for values in group:
-            row = dict(zip(columns, values, strict=True))
-            try:
-                spans.append(make(row))
-            except (CorruptAttributes, ValueError, KeyError, TypeError) as err:
-                on_corrupt(row["id"], str(err))
-        run = runs.get(run_id) or _run_from_resource(conn, schema, run_id)
-        yield run, spans
+    run_index = columns.index(run_col)
+    after = ""
+    while True:
+        with read_transaction(conn):
+            ids = [r[0] for r in cursor.execute(
+                f"SELECT DISTINCT {run_col} FROM span_table WHERE {run_col} > ? "
+                f"ORDER BY {run_col} LIMIT ?", (after, batch))]
+            if not ids:
+                return
+            rows = cursor.execute(
+                f"SELECT {', '.join(columns)} FROM span_table "
+                f"WHERE {run_col} IN ({', '.join('?' * len(ids))}) AND rowid <= ? "
+                f"ORDER BY {run_col}, {schema.order_column}", (*ids, bound)).fetchall()
+            found = {run_id: runs.get(run_id) or _run_from_resource(conn, schema, run_id)
+                     for run_id in dict.fromkeys(r[run_index] for r in rows)}
+        after = ids[-1]
+        for run_id, group in itertools.groupby(rows, key=lambda r: r[run_index]):
+            spans = []
+            for values in group:
+                row = dict(zip(columns, values, strict=True))
+                try:
+                    spans.append(make(row))
+                except (CorruptAttributes, ValueError, KeyError, TypeError) as err:
+                    on_corrupt(row["id"], str(err))
+            yield found[run_id], spans
 
 
 def _run_from_resource(conn: sqlite3.Connection, schema: Schema, run_id: str) -> Run:
