@@ -1,0 +1,317 @@
+"""trace-filter: rule filters and dedup on the real fixture exports, the judge against injected
+faults (a canned local server), and the real vLLM judge on a few records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from flywheel.testing import CannedServer, chat_completion
+from flywheel_tools.trace_export.cli import main as trace_export
+from flywheel_tools.trace_filter.cli import main as trace_filter
+from flywheel_tools.trace_filter.judge import BASE_CRITERIA
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "studio"
+LEGACY_DB = FIXTURES / "studio-1.0.5_agentscope-1.0.7.sqlite"
+KEEP = json.dumps({"verdict": "keep", "reason": "fine"})
+DROP = json.dumps({"verdict": "drop", "reason": "wrong"})
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLYWHEEL_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module", params=sorted(FIXTURES.glob("*.sqlite")), ids=lambda p: p.stem)
+def exported(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "tasks.jsonl"
+    result = CliRunner().invoke(trace_export, [str(request.param), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    return request.param, out
+
+
+@pytest.fixture(scope="module")
+def legacy_tasks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "tasks.jsonl"
+    CliRunner().invoke(trace_export, [str(LEGACY_DB), "-o", str(out)])
+    return out
+
+
+def run(args, input_path=None, input_text=None):
+    result = CliRunner().invoke(trace_filter, [str(a) for a in args] +
+                                ([str(input_path)] if input_path else []), input=input_text)
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    return result, records
+
+
+def task(i, query="What is 2+2?", answer="4", **extra):
+    return {"id": f"t{i}", "query": query, "answer": answer,
+            "messages": [{"role": "user", "content": query}], **extra}
+
+
+def jsonl(*records):
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+# --- rule filters on real exports ------------------------------------------------------------
+
+def test_require_boxed_keeps_exactly_the_boxed_answers(exported):
+    db, tasks = exported
+    truth = json.loads(db.with_suffix(".manifest.json").read_text())
+    boxed = {t["scripted_final_answer"] for r in truth["runs"] for t in r["turns"]
+             if t["has_boxed"] and not t["error"]}
+    result, kept = run(["--no-judge", "--require-boxed"], tasks)
+    assert result.exit_code == 0, result.output
+    assert {r["answer"] for r in kept} == boxed
+    expected = sum(1 for r in truth["runs"] for t in r["turns"]
+                   if t["has_boxed"] and not t["error"])
+    assert len(kept) == expected
+
+
+def test_drop_errors_and_invert_partition_the_input(legacy_tasks):
+    _, kept = run(["--no-judge", "--drop-errors"], legacy_tasks)
+    _, dropped = run(["--no-judge", "--drop-errors", "--invert"], legacy_tasks)
+    assert {r["status"] for r in dropped} == {"error"} and len(dropped) == 2
+    everything = legacy_tasks.read_text().splitlines()
+    assert len(kept) + len(dropped) == len(everything)
+    assert not {r["id"] for r in kept} & {r["id"] for r in dropped}
+
+
+def test_annotate_keeps_every_record_with_its_verdict(legacy_tasks):
+    result, records = run(["--no-judge", "--require-boxed", "--annotate"], legacy_tasks)
+    assert len(records) == 57
+    drops = [r for r in records if r["judge"]["verdict"] == "drop"]
+    assert drops and all(r["judge"]["by"] == "rule:require-boxed" for r in drops)
+    assert "57 read, 43 kept, 14 dropped (14 rule:require-boxed)" in result.stderr
+
+
+def test_regex_and_length_rules():
+    records = [task(1, answer="The answer is 42."), task(2, answer="no idea"),
+               task(3, answer="x" * 500)]
+    _, kept = run(["--no-judge", "--require-regex", r"\d+"], input_text=jsonl(*records))
+    assert [r["id"] for r in kept] == ["t1"]
+    _, kept = run(["--no-judge", "--min-len", "8", "--max-len", "100"],
+                  input_text=jsonl(*records))
+    assert [r["id"] for r in kept] == ["t1"]
+
+
+def test_dedup_exact_near_and_against_a_corpus(tmp_path):
+    long_q = ("A bakery sells 45 muffins per day at $3 each and 30 cakes per day at $12 each. "
+              "What is its revenue over a 5-day work week?")
+    records = [task(1, long_q), task(2, long_q.upper().replace("?", " ?!")),
+               task(3, long_q.replace("5-day", "6-day")), task(4, "Something else entirely.")]
+    result, kept = run(["--no-judge", "--dedup"], input_text=jsonl(*records))
+    assert [r["id"] for r in kept] == ["t1", "t4"]
+    assert "1 dedup:exact" in result.stderr and "1 dedup:near" in result.stderr
+    _, kept = run(["--no-judge", "--dedup", "--similarity", "1"], input_text=jsonl(*records))
+    assert [r["id"] for r in kept] == ["t1", "t3", "t4"]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(jsonl(task(99, "something ELSE, entirely")))
+    _, kept = run(["--no-judge", "--dedup", "--against", corpus], input_text=jsonl(*records))
+    assert [r["id"] for r in kept] == ["t1"]
+
+
+def test_same_follow_up_in_different_conversations_is_not_a_duplicate(legacy_tasks):
+    _, kept = run(["--no-judge", "--dedup"], legacy_tasks)
+    assert len(kept) == 57
+
+
+def test_incompatible_options_are_usage_errors():
+    result, _ = run(["--no-judge", "--annotate", "--invert"], input_text="")
+    assert result.exit_code == 2 and "--annotate and --invert" in result.output
+    result, _ = run(["--no-judge", "--against", __file__], input_text="")
+    assert result.exit_code == 2 and "--against needs --dedup" in result.output
+
+
+# --- the judge against a canned endpoint -----------------------------------------------------
+
+def judge_args(server, *more):
+    return ["--base-url", server.base_url, "--model", "judge-m", "--max-thread", "1", *more]
+
+
+def test_judge_sees_query_answer_tools_feedback_and_the_rubrics(tmp_path):
+    record = task(1, "What is 6*7?", "\\boxed{42}",
+                  feedback=[{"role": "user", "content": "That's wrong, the answer is 48."}],
+                  trajectory=[{"type": "tool", "name": "execute_python_code",
+                               "arguments": {"code": "print(6*7)"}, "result": "42"}])
+    rubrics = tmp_path / "rubrics.txt"
+    rubrics.write_text("1. Drop the task if the answer is wrong.\n")
+    with CannedServer(lambda n: (200, {}, chat_completion(KEEP))) as server:
+        result, kept = run(judge_args(server, "--rubrics", rubrics), input_text=jsonl(record))
+        body = server.requests[0]["body"]
+    assert result.exit_code == 0, result.output
+    system, user = body["messages"][0]["content"], body["messages"][1]["content"]
+    assert BASE_CRITERIA in system and "# Custom rubrics" in system
+    assert "1. Drop the task if the answer is wrong." in system
+    for part in ("What is 6*7?", "\\boxed{42}", "That's wrong, the answer is 48.",
+                 "execute_python_code", "print(6*7)"):
+        assert part in user
+    assert body["response_format"]["type"] == "json_schema"
+    assert [r["id"] for r in kept] == ["t1"]
+
+
+def test_second_run_is_answered_from_the_cache_drops_included():
+    records = [task(i, f"question {i}") for i in range(6)]
+    with CannedServer(lambda n: (200, {}, chat_completion(KEEP if n % 2 else DROP))) as server:
+        _, first = run(judge_args(server, "--annotate"), input_text=jsonl(*records))
+        asked = len(server.requests)
+        result, second = run(judge_args(server, "--annotate"), input_text=jsonl(*records))
+        assert len(server.requests) == asked == 6
+    assert [r["judge"] for r in first] == [r["judge"] for r in second]
+    assert {r["judge"]["verdict"] for r in second} == {"keep", "drop"}
+    assert "6 cached" in result.stderr
+
+
+def test_cache_key_includes_rubrics_and_model():
+    records = [task(1)]
+    with CannedServer(lambda n: (200, {}, chat_completion(KEEP))) as server:
+        run(judge_args(server), input_text=jsonl(*records))
+        run(judge_args(server, "--rubrics", "Be strict."), input_text=jsonl(*records))
+        run(judge_args(server, "--model", "other-judge"), input_text=jsonl(*records))
+        run(judge_args(server, "--temperature", "0.3"), input_text=jsonl(*records))
+        assert len(server.requests) == 4
+
+
+def test_429_and_500_are_retried():
+    script = [(429, {}, {"error": "slow"}), (500, {}, {"error": "boom"}),
+              (200, {}, chat_completion(KEEP))]
+    with CannedServer(lambda n: script[n]) as server:
+        result, kept = run(judge_args(server), input_text=jsonl(task(1)))
+    assert result.exit_code == 0, result.output
+    assert len(kept) == 1 and "2 retries" in result.stderr
+
+
+def test_an_endpoint_that_stays_down_stops_after_writing_what_was_judged():
+    def reply(n):
+        return (200, {}, chat_completion(KEEP)) if n < 2 else (503, {}, {"error": "down"})
+
+    records = [task(i, f"q{i}") for i in range(5)]
+    with CannedServer(reply) as server:
+        result, kept = run(judge_args(server, "--retries", "1"), input_text=jsonl(*records))
+        _, resumed = run(judge_args(server, "--retries", "1"), input_text=jsonl(*records))
+    assert result.exit_code == 1
+    assert [r["id"] for r in kept] == ["t0", "t1"]
+    assert "did not answer" in result.output and "run again to resume" in result.output
+    assert [r["id"] for r in resumed] == ["t0", "t1"]  # from the cache, then down again
+
+
+def test_timeouts_are_retried():
+    with CannedServer(lambda n: (200, {}, chat_completion(KEEP)),
+                      delay=lambda n: 3 if n == 0 else 0) as server:
+        result, kept = run(judge_args(server, "--timeout", "0.5"), input_text=jsonl(task(1)))
+    assert result.exit_code == 0, result.output
+    assert len(kept) == 1
+
+
+@pytest.mark.parametrize("bad", ["not json at all", '{"verdict": "ke', '{"verdict": "maybe"}',
+                                 "[1, 2]", ""])
+def test_unparseable_verdicts_are_retried_then_counted_as_errors(bad):
+    with CannedServer(lambda n: (200, {}, chat_completion(bad))) as server:
+        result, kept = run(judge_args(server, "--parse-retries", "2"), input_text=jsonl(task(1)))
+        assert len(server.requests) == 3
+        _, annotated = run(judge_args(server, "--parse-retries", "0", "--annotate"),
+                           input_text=jsonl(task(1)))
+    assert result.exit_code == 0 and kept == []
+    assert "1 error" in result.stderr and "t1: no verdict" in result.stderr
+    assert annotated[0]["judge"]["verdict"] == "error"
+
+
+def test_a_fenced_verdict_after_a_bad_one_is_accepted():
+    script = ["garbage", "```json\n" + DROP + "\n```"]
+    with CannedServer(lambda n: (200, {}, chat_completion(script[n]))) as server:
+        result, dropped = run(judge_args(server, "--invert"), input_text=jsonl(task(1)))
+        temperatures = [r["body"]["temperature"] for r in server.requests]
+    assert [r["id"] for r in dropped] == ["t1"]
+    assert temperatures == [0.0, 0.7]  # a retry samples; temperature 0 would repeat itself
+
+
+def test_endpoints_without_structured_output_are_parsed_strictly():
+    def reply(n):
+        return (400, {}, {"error": {"message": "response_format is not supported"}}) if n == 0 \
+            else (200, {}, chat_completion(KEEP))
+
+    with CannedServer(reply) as server:
+        result, kept = run(judge_args(server), input_text=jsonl(task(1), task(2, "q2")))
+        assert "response_format" not in server.requests[1]["body"]
+        assert "response_format" not in server.requests[2]["body"]
+    assert len(kept) == 2
+
+
+def test_a_refused_request_is_a_clear_error_without_the_key():
+    secret = "sk-very-secret-key-123"
+    with CannedServer(lambda n: (401, {}, {"error": {"message": f"bad key {secret}"}})) as server:
+        result, _ = run(judge_args(server, "--api-key", secret), input_text=jsonl(task(1)))
+    assert result.exit_code == 1
+    assert "refused the request" in result.output and "HTTP 401" in result.output
+    assert secret not in result.output
+
+
+def test_seed_config_section_sets_the_judge(tmp_path):
+    config = tmp_path / "seed.yaml"
+    config.write_text(
+        "astuner:\n  task_reader:\n    feedback_tracing:\n      alien_llm_model: seed-judge\n"
+        "      alien_llm_response_length: 77\n      filters:\n        - type: llm_evaluate\n"
+        "          enabled: true\n          params:\n            custom_rubrics: SEED RUBRIC\n"
+        "            temperature: 0.5\n            max_thread: 3\n")
+    with CannedServer(lambda n: (200, {}, chat_completion(KEEP))) as server:
+        result, _ = run(["--config", config, "--base-url", server.base_url],
+                        input_text=jsonl(task(1)))
+        body = server.requests[0]["body"]
+    assert result.exit_code == 0, result.output
+    assert body["model"] == "seed-judge" and body["max_tokens"] == 77
+    assert body["temperature"] == 0.5 and "SEED RUBRIC" in body["messages"][0]["content"]
+
+
+def test_unordered_writes_every_record_once():
+    records = [task(i, f"q{i}") for i in range(20)]
+    with CannedServer(lambda n: (200, {}, chat_completion(KEEP)),
+                      delay=lambda n: 0.05 * (n % 3)) as server:
+        result, kept = run(["--base-url", server.base_url, "--model", "m", "--max-thread", "4",
+                            "--unordered"], input_text=jsonl(*records))
+    assert sorted(r["id"] for r in kept) == sorted(r["id"] for r in records)
+
+
+# --- the real judge --------------------------------------------------------------------------
+
+@pytest.mark.vllm
+def test_real_vllm_judge_gives_a_verdict_for_each_record(vllm_server, legacy_tasks):
+    lines = legacy_tasks.read_text().splitlines()[:3]
+    args = ["--base-url", vllm_server.base_url, "--model", "smollm2-135m", "--annotate",
+            "--max-tokens", "64", "--max-thread", "3", "--rubrics",
+            "1. Check the answer and drop the task if it does not answer or answer is wrong."]
+    result, records = run(args, input_text="\n".join(lines) + "\n")
+    assert result.exit_code == 0, result.output
+    assert len(records) == 3
+    assert all(r["judge"]["verdict"] in ("keep", "drop", "error") for r in records)
+    assert all(r["judge"]["model"] == "smollm2-135m" for r in records)
+    again, _ = run(args, input_text="\n".join(lines) + "\n")
+    judged = sum(r["judge"]["verdict"] != "error" for r in records)
+    assert f"{judged} cached" in again.stderr
+
+
+def test_a_rubrics_file_that_is_not_there_is_a_usage_error():
+    result, _ = run(["--rubrics", "rubircs.txt"], input_text=jsonl(task(1)))
+    assert result.exit_code == 2 and "no such file: rubircs.txt" in result.output
+
+
+def test_records_the_rules_settle_start_no_judge(monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.setenv("FLYWHEEL_VLLM_PYTHON", "/nonexistent/python")  # would fail if started
+    result, kept = run(["--require-boxed"], input_text=jsonl(task(1, answer="no box")))
+    assert result.exit_code == 0, result.output
+    assert kept == [] and "serving" not in result.output
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_with_no_endpoint_the_embedded_model_judges(monkeypatch, embedded_model_dir):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    result, records = run(["--annotate", "--max-tokens", "48"],
+                          input_text=jsonl(task(1, "What is 2+2?", "\\boxed{4}")))
+    assert result.exit_code == 0, result.output
+    assert "no --base-url: serving smollm2-135m with vLLM" in result.stderr
+    assert records[0]["judge"]["model"] == "smollm2-135m"
+    assert records[0]["judge"]["verdict"] in ("keep", "drop", "error")

@@ -1,0 +1,197 @@
+"""The LLM judge: what it is shown, what it is asked, and how strictly its verdict is read."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flywheel.client import Endpoint, call_with_retries, chat, message_text
+from flywheel.ids import stable_id
+
+if TYPE_CHECKING:
+    import openai
+
+PROMPT_VERSION = 1  # part of every cache key: a new prompt makes old verdicts stale
+
+BASE_CRITERIA = """\
+Drop the task when any of these holds:
+1. There is no answer, or the answer is empty.
+2. The answer is a non-answer: it refuses without reason, only asks back, or says nothing useful.
+3. The answer is off-topic: it does not address the request.
+4. The answer contradicts itself, or contradicts the results of the tools it called.
+5. The answer is unsafe or harmful.
+6. The answer is in a different language from the request.
+7. The user's feedback after the answer shows it was wrong or unhelpful. Feedback is strong
+   evidence, not proof: users can be wrong too, so check it against the answer and the tools.
+Keep the task when the answer is a good, correct response to the request."""
+
+SYSTEM = """\
+You are a strict reviewer of an AI agent's conversations. Decide whether one agent turn is good
+enough to train on.
+
+# Base criteria
+{base}
+{custom}
+# Output
+Reply with one JSON object and nothing else:
+{{"verdict": "keep" or "drop", "reason": "<one sentence>"}}"""
+
+VERDICT_SCHEMA = {
+    "type": "object",
+    "properties": {"verdict": {"type": "string", "enum": ["keep", "drop"]},
+                   "reason": {"type": "string"}},
+    "required": ["verdict", "reason"],
+    "additionalProperties": False,
+}
+
+_MAX_FIELD = 4000  # characters of one part of a record shown to the judge
+
+
+class VerdictError(ValueError):
+    """A judge reply that is not a verdict."""
+
+
+def system_prompt(rubrics: str | None) -> str:
+    custom = f"\n# Custom rubrics (from the user; they win over the base criteria)\n" \
+             f"{rubrics.strip()}\n" if rubrics and rubrics.strip() else ""
+    return SYSTEM.format(base=BASE_CRITERIA, custom=custom)
+
+
+def _clip(text: str) -> str:
+    if len(text) <= _MAX_FIELD:
+        return text
+    half = _MAX_FIELD // 2
+    return f"{text[:half]}\n[... {len(text) - _MAX_FIELD} characters left out ...]\n{text[-half:]}"
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return "" if content is None else json.dumps(content, ensure_ascii=False)
+
+
+def _tool_summary(trajectory: list[dict]) -> list[str]:
+    lines = []
+    for call in trajectory or []:
+        if call.get("type") == "tool" and not call.get("framework"):
+            args = json.dumps(call.get("arguments"), ensure_ascii=False)
+            result = _text(call.get("result"))
+            lines.append(f"- {call.get('name')}({args[:500]}) -> {result[:500]}"
+                         f"{' [failed]' if call.get('status') == 'error' else ''}")
+        elif call.get("type") == "llm" and call.get("status") == "error":
+            lines.append(f"- LLM call failed: {call.get('error')}")
+    return lines
+
+
+def record_view(record: dict) -> str:
+    """The record as the judge sees it: context, request, tools, answer, feedback."""
+    messages = record.get("messages") or []
+    context = [m for m in messages[:-1] if m.get("role") != "system"]
+    parts = []
+    if context:
+        parts.append("## Earlier conversation\n" + _clip("\n".join(
+            f"[{m.get('role')}] {_text(m.get('content'))}" for m in context)))
+    parts.append("## Request\n" + _clip(_text(record.get("query"))))
+    tools = _tool_summary(record.get("trajectory") or [])
+    if tools:
+        parts.append("## Tool calls the agent made\n" + _clip("\n".join(tools)))
+    answer = record.get("answer")
+    parts.append("## Agent's answer\n" + (_clip(answer) if answer else "(no answer)"))
+    feedback = record.get("feedback") or []
+    if feedback:
+        parts.append("## What the user said next\n" + _clip("\n".join(
+            _text(m.get("content")) for m in feedback)))
+    return "\n\n".join(parts)
+
+
+def parse_verdict(text: str | None) -> dict:
+    """A strict read: one JSON object (a ```json fence is tolerated) with verdict keep|drop."""
+    if not text or not text.strip():
+        raise VerdictError("empty reply")
+    body = text.strip()
+    fence = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", body, re.S)
+    if fence:
+        body = fence.group(1)
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as err:
+        raise VerdictError(f"not JSON ({err.msg}): {body[:120]!r}") from None
+    if not isinstance(data, dict):
+        raise VerdictError(f"not a JSON object: {body[:120]!r}")
+    verdict = data.get("verdict")
+    if verdict not in ("keep", "drop"):
+        raise VerdictError(f"verdict must be keep or drop, got {verdict!r}")
+    reason = data.get("reason")
+    return {"verdict": verdict, "reason": reason if isinstance(reason, str) else ""}
+
+
+@dataclass
+class JudgeSettings:
+    endpoint: Endpoint
+    rubrics: str | None
+    temperature: float = 0.0
+    max_tokens: int = 512
+    parse_retries: int = 2
+    structured: bool = True
+
+    @property
+    def rubric_hash(self) -> str:
+        return stable_id(self.rubrics or "")
+
+    def key(self, record: dict) -> str:
+        """Cache key: what the judge sees, the prompt, the model and every parameter."""
+        return stable_id(PROMPT_VERSION, record_view(record), self.rubrics or "",
+                         self.endpoint.model, self.temperature, self.max_tokens)
+
+
+class Judge:
+    """``client()`` gives the OpenAI client (a LazyClient: the embedded server starts on the
+    first question, not before)."""
+
+    def __init__(self, settings: JudgeSettings, client: Callable[[], openai.OpenAI],
+                 on_retry=None):
+        self.settings = settings
+        self.client = client
+        self.system = system_prompt(settings.rubrics)
+        self.on_retry = on_retry
+        self.structured = settings.structured
+
+    def _ask(self, record: dict, temperature: float) -> str | None:
+        import openai  # not at the top: a run answered from the cache never loads it
+
+        s = self.settings
+        body: dict[str, Any] = dict(
+            model=s.endpoint.model, temperature=temperature, max_tokens=s.max_tokens,
+            messages=[{"role": "system", "content": self.system},
+                      {"role": "user", "content": record_view(record)}])
+        if self.structured:
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "verdict", "schema": VERDICT_SCHEMA, "strict": True}}
+        try:
+            reply = call_with_retries(lambda: chat(self.client(), body),
+                                      retries=s.endpoint.retries, on_retry=self.on_retry)
+        except openai.BadRequestError as err:
+            if self.structured and "response_format" in str(err):
+                self.structured = False  # this endpoint has no structured output: parse strictly
+                return self._ask(record, temperature)
+            raise
+        return message_text(reply)
+
+    def __call__(self, record: dict) -> dict:
+        """A verdict ``{"verdict", "reason"}``; VerdictError after the parse retries; endpoint
+        errors (after their own retries) propagate."""
+        problem = None
+        for attempt in range(self.settings.parse_retries + 1):
+            # Asking again at temperature 0 would give the same reply: retries sample.
+            temperature = self.settings.temperature if attempt == 0 else max(
+                self.settings.temperature, 0.7)
+            try:
+                return parse_verdict(self._ask(record, temperature))
+            except VerdictError as err:
+                problem = err
+        raise VerdictError(f"no verdict after {self.settings.parse_retries + 1} tries: {problem}")
