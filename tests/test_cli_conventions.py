@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from conftest import JSONL_TOOLS, TOOLS
 
-BUILT = {"trace-filter"}
+BUILT = {"trace-filter", "ctx-merge"}
 
 
 def tool_main(name: str):
