@@ -3,12 +3,21 @@
 Modules, by what they hold:
 
 - ``records``   the record contracts (task, rollout, sample) with validation
-- ``jsonl``     streaming JSONL reader with line numbers, atomic writer
+- ``jsonl``     streaming JSONL reader with line numbers, atomic writer, stdout kept for records
 - ``cli``       click options and behaviour every tool shares, the summary line, progress
 - ``config``    ``--config`` YAML files (including the seed's ``astuner`` section)
-- ``client``    OpenAI-compatible client factory, retries, bounded concurrency
+- ``client``    OpenAI-compatible endpoints: settings, retries, bounded concurrency, lazy
+                embedded serving
+- ``judge``     the LLM judge (trace-filter's filter, rollout's judge reward)
+- ``answers``   ``\\boxed{}`` answers: extraction, normalisation, comparison
+- ``cache``     a persistent SQLite cache for results that cost an LLM call
+- ``dedup``     exact and near-duplicate detection of task texts
+- ``workflow``  the workflow contract (Handle, Result) and loading workflows
+- ``sandbox``   running model-written code in a limited child process
 - ``models``    model resolution, the embedded SmolLM2 model
 - ``vllm``      the vLLM server launcher
+- ``testing``   a canned local HTTP server for fault-injection tests and benchmarks
+- ``ids``       stable ids
 """
 
 __version__ = "0.1.0"

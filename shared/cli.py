@@ -67,21 +67,54 @@ class ToolCommand(click.Command):
             sys.exit(0)
 
 
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100,
+                    "auto_envvar_prefix": None}
+
+
 def tool_command(name: str) -> Callable[[F], click.Command]:
     """``@click.command`` with the toolkit's conventions; the docstring is the help text."""
-    return click.command(
-        name=name,
-        cls=ToolCommand,
-        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
-                          "auto_envvar_prefix": None},
-    )
+    return click.command(name=name, cls=ToolCommand, context_settings=CONTEXT_SETTINGS)
+
+
+class ToolGroup(click.Group):
+    """A tool with subcommands whose first one is the default: ``rollout [OPTIONS] INPUT``
+    means ``rollout run [OPTIONS] INPUT``; ``rollout record ...`` names another. ``--help``
+    shows the default command's help, which points at the others."""
+
+    def __init__(self, *args: Any, default: str, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.default = default
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or args[0] not in self.commands:
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except BrokenPipeError:
+            _quiet_stdout()
+            sys.exit(0)
+
+
+def tool_group(name: str, default: str) -> Callable[[F], click.Group]:
+    """``@click.group`` for a tool whose subcommands are ``ToolCommand`` and whose ``default``
+    subcommand runs when none is named."""
+    return click.group(name=name, cls=ToolGroup, default=default,
+                       context_settings=CONTEXT_SETTINGS)
+
+
+def _tool_name(ctx: click.Context) -> str:
+    """The tool's name, also for a subcommand (``rollout record`` reads the rollout section)."""
+    return ctx.find_root().command.name or ""
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     if value is not None:
         names = {p.name for p in ctx.command.params if p.name}
         ctx.default_map = {**(ctx.default_map or {}),
-                           **load_config_defaults(value, ctx.command.name or "", names)}
+                           **load_config_defaults(value, _tool_name(ctx), names)}
     return value
 
 

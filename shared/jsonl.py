@@ -126,15 +126,18 @@ class JsonlWriter:
 
 
 @contextlib.contextmanager
-def open_output(path: str | os.PathLike | None) -> Iterator[JsonlWriter]:
+def open_output(path: str | os.PathLike | None,
+                stdout: IO[bytes] | None = None) -> Iterator[JsonlWriter]:
     """A JSONL writer on stdout (``None`` or ``-``) or on ``path``, written atomically.
 
     The file appears under its final name only when the block ends without an exception, so a
-    crash never leaves half a file where a finished one is expected.
+    crash never leaves half a file where a finished one is expected. ``stdout`` replaces
+    ``sys.stdout`` (see ``records_stdout``).
     """
     if path is None or str(path) == "-":
-        yield JsonlWriter(sys.stdout.buffer, flush_each=True)
-        sys.stdout.buffer.flush()
+        stream = stdout or sys.stdout.buffer
+        yield JsonlWriter(stream, flush_each=True)
+        stream.flush()
         return
     if os.path.exists(path) and not os.path.isfile(path):
         # /dev/null, a FIFO: write into it; renaming over it would replace the device itself.
@@ -160,3 +163,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def records_stdout() -> Iterator[IO[bytes]]:
+    """The real stdout, kept for records, while file descriptor 1 and ``sys.stdout`` point at
+    stderr: code the tool runs (a user's workflow, an agent printing its messages, a library,
+    a child process) cannot write into the JSONL stream. Under a test runner whose stdout is
+    not a file, the stream is just ``sys.stdout``'s."""
+    try:
+        fd = sys.stdout.fileno()
+        err_fd = sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):
+        yield sys.stdout.buffer
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    records = os.fdopen(os.dup(saved), "wb")
+    os.dup2(err_fd, fd)
+    previous, sys.stdout = sys.stdout, sys.stderr
+    try:
+        yield records
+    finally:
+        sys.stdout = previous
+        os.dup2(saved, fd)
+        os.close(saved)
+        with contextlib.suppress(BrokenPipeError, OSError):
+            records.close()

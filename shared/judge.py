@@ -1,4 +1,5 @@
-"""The LLM judge: what it is shown, what it is asked, and how strictly its verdict is read."""
+"""The LLM judge (trace-filter's filter, rollout's judge reward): what it is shown, what it is
+asked, and how strictly its verdict is read."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flywheel.client import Endpoint, call_with_retries, chat, message_text
-from flywheel.ids import stable_id
+import click
+
+from .client import Endpoint, call_with_retries, chat, message_text
+from .ids import stable_id
 
 if TYPE_CHECKING:
     import openai
@@ -48,6 +52,19 @@ VERDICT_SCHEMA = {
 }
 
 _MAX_FIELD = 4000  # characters of one part of a record shown to the judge
+
+
+def rubrics_text(value: str | None) -> str | None:
+    """--rubrics is a file when such a file exists, else the rubric text itself; a lone word
+    that names a file (``rubric.txt``, ``conf/r.md``) but finds none is a typo, not a rubric."""
+    if value is None:
+        return None
+    path = Path(value)
+    if len(value) < 4096 and "\n" not in value and path.is_file():
+        return path.read_text(encoding="utf-8")
+    if not any(c.isspace() for c in value) and ("/" in value or path.suffix):
+        raise click.BadParameter(f"no such file: {value}", param_hint="--rubrics")
+    return value
 
 
 class VerdictError(ValueError):

@@ -14,13 +14,27 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 Reply = tuple[int, dict, "dict | str"]  # status, headers, body
 
 
-def chat_completion(content: str = "ok", model: str = "m") -> dict:
-    return {
+def chat_completion(content: str = "ok", model: str = "m", *, token_ids: bool = False,
+                    tool_calls: list[dict] | None = None) -> dict:
+    """A chat completion reply; with ``token_ids``, shaped like vLLM's when asked for
+    ``return_token_ids`` and ``logprobs`` (one made-up id and logprob per character)."""
+    message: dict = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    choice: dict = {"index": 0, "finish_reason": "tool_calls" if tool_calls else "stop",
+                    "message": message, "logprobs": None}
+    reply: dict = {
         "id": "chatcmpl-canned", "object": "chat.completion", "created": 0, "model": model,
-        "choices": [{"index": 0, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": content}}],
+        "choices": [choice],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     }
+    if token_ids:
+        ids = [ord(c) for c in content or "x"]
+        choice["token_ids"] = ids
+        choice["logprobs"] = {"content": [{"token": chr(i), "logprob": -0.5, "bytes": [],
+                                           "top_logprobs": []} for i in ids]}
+        reply["prompt_token_ids"] = [1, 2, 3]
+    return reply
 
 
 class CannedServer:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from flywheel.models import EMBEDDED_MODEL, resolve_model
@@ -14,6 +16,11 @@ JSONL_TOOLS = {  # tools that read JSONL, and the record kind they read
     "rollout": "task",
     "ctx-merge": "rollout",
     "train": "sample",
+}
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_WORKFLOW = f"{ROOT / 'examples' / 'math_agent.py'}:run"
+REQUIRED_ARGS = {  # what a tool needs besides its input to get as far as reading it
+    "rollout": ["--workflow", EXAMPLE_WORKFLOW],
 }
 
 

@@ -14,9 +14,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import JSONL_TOOLS, TOOLS
+from conftest import JSONL_TOOLS, REQUIRED_ARGS, TOOLS
 
-BUILT = {"trace-filter", "ctx-merge"}
+BUILT = {"trace-filter", "ctx-merge", "rollout"}
+
+
+def args(name: str, *more: str) -> list[str]:
+    """The arguments a tool needs to get as far as reading its input, then ``more``."""
+    return [*REQUIRED_ARGS.get(name, []), *more]
 
 
 def tool_main(name: str):
@@ -43,7 +48,7 @@ def test_every_tool_is_installed_as_a_command(name):
 
 @pytest.mark.parametrize("name", sorted(JSONL_TOOLS))
 def test_malformed_line_is_reported_with_its_number(name):
-    result = CliRunner().invoke(tool_main(name), [], input='\n{"id": 1\n')
+    result = CliRunner().invoke(tool_main(name), args(name), input='\n{"id": 1\n')
     assert result.exit_code == 1
     assert "<stdin>:2: invalid JSON" in result.output
     assert "--skip-invalid" in result.output
@@ -54,27 +59,28 @@ def test_malformed_line_is_reported_with_its_number(name):
 def test_record_of_the_wrong_kind_is_reported_with_its_number(name, tmp_path):
     path = tmp_path / "in.jsonl"
     path.write_text('{"hello": "world"}\n')
-    result = CliRunner().invoke(tool_main(name), [str(path)])
+    result = CliRunner().invoke(tool_main(name), args(name, str(path)))
     assert result.exit_code == 1
     assert f"{path}:1: not a valid {JSONL_TOOLS[name]} record" in result.output
 
 
 @pytest.mark.parametrize("name", sorted(JSONL_TOOLS))
 def test_skip_invalid_counts_bad_lines_in_the_summary(name):
-    result = CliRunner().invoke(tool_main(name), ["--skip-invalid"], input="{bad\n[1]\n")
+    result = CliRunner().invoke(tool_main(name), args(name, "--skip-invalid"),
+                                input="{bad\n[1]\n")
     assert re.search(r": 0 read, .*2 invalid \(1 bad JSON, 1 not an object\)", result.output)
 
 
 @pytest.mark.parametrize("name", sorted(JSONL_TOOLS))
 def test_missing_input_file_is_a_usage_error(name, tmp_path):
-    result = CliRunner().invoke(tool_main(name), [str(tmp_path / "nope.jsonl")])
+    result = CliRunner().invoke(tool_main(name), args(name, str(tmp_path / "nope.jsonl")))
     assert result.exit_code == 2
     assert "nope.jsonl" in result.output and "No such file" in result.output
 
 
 @pytest.mark.parametrize("name", sorted(set(JSONL_TOOLS) - BUILT))
 def test_tools_not_built_yet_say_so_after_checking_input(name):
-    result = CliRunner().invoke(tool_main(name), [], input="")
+    result = CliRunner().invoke(tool_main(name), args(name), input="")
     assert result.exit_code == 1
     assert "not built yet" in result.output
 
@@ -119,7 +125,8 @@ def test_real_tools_piped_into_head_print_no_traceback(name, tmp_path):
     big = tmp_path / "big.jsonl"
     big.write_text("{bad\n" * 50_000)
     exe = str(__import__("pathlib").Path(sys.executable).parent / name)
-    proc = subprocess.run(f"'{exe}' --skip-invalid '{big}' | head -1", shell=True,
+    extra = " ".join(f"'{a}'" for a in REQUIRED_ARGS.get(name, []))
+    proc = subprocess.run(f"'{exe}' {extra} --skip-invalid '{big}' | head -1", shell=True,
                           capture_output=True, text=True, timeout=120, executable="/bin/bash")
     assert "Traceback" not in proc.stderr
 

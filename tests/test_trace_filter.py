@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from flywheel.judge import BASE_CRITERIA
 from flywheel.testing import CannedServer, chat_completion
 from flywheel_tools.trace_export.cli import main as trace_export
 from flywheel_tools.trace_filter.cli import main as trace_filter
-from flywheel_tools.trace_filter.judge import BASE_CRITERIA
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "studio"
 LEGACY_DB = FIXTURES / "studio-1.0.5_agentscope-1.0.7.sqlite"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO, Any
 
 import click
@@ -30,23 +29,10 @@ from flywheel.client import (
 )
 from flywheel.errors import FlywheelError
 from flywheel.jsonl import ReadStats, open_output, read_jsonl
+from flywheel.judge import Judge, JudgeSettings, VerdictError, rubrics_text
 from flywheel.models import EMBEDDED_MODEL
 
 from . import rules
-from .judge import Judge, JudgeSettings, VerdictError
-
-
-def _rubrics_text(value: str | None) -> str | None:
-    """--rubrics is a file when such a file exists, else the rubric text itself; a lone word
-    that names a file (``rubric.txt``, ``conf/r.md``) but finds none is a typo, not a rubric."""
-    if value is None:
-        return None
-    path = Path(value)
-    if len(value) < 4096 and "\n" not in value and path.is_file():
-        return path.read_text(encoding="utf-8")
-    if not any(c.isspace() for c in value) and ("/" in value or path.suffix):
-        raise click.BadParameter(f"no such file: {value}", param_hint="--rubrics")
-    return value
 
 
 def _rule_list(require_boxed: bool, require_regex: str | None, min_len: int | None,
@@ -174,7 +160,7 @@ def main(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, 
             endpoint = Endpoint(base_url, model or EMBEDDED_MODEL, api_key, timeout, retries)
             client = stack.enter_context(
                 LazyClient(endpoint, serve=None if base_url else EMBEDDED_MODEL, echo=echo))
-            settings = JudgeSettings(endpoint, _rubrics_text(rubrics), temperature, max_tokens,
+            settings = JudgeSettings(endpoint, rubrics_text(rubrics), temperature, max_tokens,
                                      parse_retries, structured=not no_structured)
             judge = Judge(settings, client, on_retry=lambda n, err, d: summary.add("retries"))
             if not no_cache:

@@ -7,23 +7,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from flywheel.answers import boxed_values
+
 Rule = Callable[[dict], "str | None"]
-
-
-def boxed_values(text: str) -> list[str]:
-    r"""The contents of every ``\boxed{...}`` in ``text``, nested braces included."""
-    values = []
-    for match in re.finditer(r"\\boxed\s*\{", text):
-        depth, start = 1, match.end()
-        for i in range(start, len(text)):
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-                if depth == 0:
-                    values.append(text[start:i])
-                    break
-    return values
 
 
 def answer_text(record: dict) -> str:

@@ -1,0 +1,400 @@
+"""rollout: the recording endpoint and the workflow runner against canned upstreams (faults,
+the workflow contract), and the example ReActAgent through the real vLLM CPU server."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+import pytest
+from click.testing import CliRunner
+
+from flywheel.testing import CannedServer, chat_completion
+from flywheel.vllm import CHAT_TEMPLATE
+from flywheel_tools.rollout.cli import main as rollout
+from flywheel_tools.rollout.recorder import Recorder, split_path
+
+from conftest import ROOT
+
+WORKFLOWS = Path(__file__).resolve().parent / "fixtures" / "rollout" / "workflows.py"
+EXAMPLE = ROOT / "examples" / "math_agent.py"
+LEGACY_DB = Path(__file__).resolve().parent / "fixtures" / "studio" / \
+    "studio-1.0.5_agentscope-1.0.7.sqlite"
+
+
+def wf(name: str) -> str:
+    return f"{WORKFLOWS}:{name}"
+
+
+def jsonl(*records) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def tasks(n: int, **extra) -> str:
+    return jsonl(*({"id": f"t{i}", "query": f"What is {i} + {i}?", **extra} for i in range(n)))
+
+
+def run(args, input_text="", ok=True):
+    result = CliRunner().invoke(rollout, [str(a) for a in args], input=input_text)
+    if ok:
+        assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    return result, records
+
+
+def canned(content="4", **kw):
+    return CannedServer(lambda n: (200, {}, chat_completion(content, token_ids=True, **kw)))
+
+
+def base(server, *more):
+    return ["--base-url", server.base_url, "--model", "m", *more]
+
+
+# --- the recording endpoint --------------------------------------------------------------------
+
+def test_session_and_agent_come_from_the_path():
+    assert split_path("/v1/chat/completions") == ("default", None, "/v1/chat/completions")
+    assert split_path("/s/abc/v1/models") == ("abc", None, "/v1/models")
+    assert split_path("/s/abc/agent/Checker/v1/chat/completions") == (
+        "abc", "Checker", "/v1/chat/completions")
+
+
+def test_recorder_asks_for_ids_and_gives_the_agent_an_ordinary_reply():
+    calls = []
+    with canned("hello") as up, Recorder(up.base_url, on_call=calls.append) as rec:
+        client = openai.OpenAI(base_url=rec.base_url("s1", "Solver"), api_key="k",
+                               max_retries=0)
+        reply = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], temperature=0.3,
+            max_tokens=5)
+        sent = up.requests[0]["body"]
+    assert sent["logprobs"] is True and sent["return_token_ids"] is True
+    assert reply.choices[0].message.content == "hello"
+    assert reply.choices[0].logprobs is None  # not asked for: not given
+    assert (reply.model_extra or {}).get("prompt_token_ids") is None
+    (call,) = calls
+    assert call["session"] == "s1" and call["agent"] == "Solver" and call["status"] == "ok"
+    assert call["completion_ids"] == [ord(c) for c in "hello"]
+    assert call["logprobs"] == [-0.5] * 5 and call["prompt_ids"] == [1, 2, 3]
+    assert call["params"] == {"temperature": 0.3, "max_tokens": 5}
+    assert call["output"] == {"role": "assistant", "content": "hello"}
+
+
+def test_an_agent_that_asks_for_logprobs_gets_them():
+    with canned("yo") as up, Recorder(up.base_url, on_call=lambda c: None) as rec:
+        client = openai.OpenAI(base_url=rec.base_url(), api_key="k", max_retries=0)
+        reply = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], logprobs=True)
+    assert [t.logprob for t in reply.choices[0].logprobs.content] == [-0.5, -0.5]
+
+
+def test_recorder_retries_transient_upstream_failures():
+    script = [(503, {}, {"error": "busy"}), (429, {}, {"error": "slow"}),
+              (200, {}, chat_completion("ok", token_ids=True))]
+    calls = []
+    with CannedServer(lambda n: script[n]) as up, \
+            Recorder(up.base_url, on_call=calls.append, retries=3) as rec:
+        client = openai.OpenAI(base_url=rec.base_url(), api_key="k", max_retries=0)
+        reply = client.chat.completions.create(model="m",
+                                               messages=[{"role": "user", "content": "x"}])
+        assert len(up.requests) == 3
+    assert reply.choices[0].message.content == "ok" and calls[0]["status"] == "ok"
+
+
+def test_a_refused_request_reaches_the_agent_and_is_recorded_as_failed():
+    calls = []
+    with CannedServer(lambda n: (400, {}, {"error": {"message": "bad"}})) as up, \
+            Recorder(up.base_url, on_call=calls.append) as rec:
+        client = openai.OpenAI(base_url=rec.base_url(), api_key="k", max_retries=0)
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+        assert len(up.requests) == 1  # a 400 is not retried
+    assert calls[0]["status"] == "error" and "HTTP 400" in calls[0]["error"]
+
+
+def test_an_upstream_without_token_ids_is_named_in_the_record():
+    calls = []
+    with CannedServer(lambda n: (200, {}, chat_completion("no ids"))) as up, \
+            Recorder(up.base_url, on_call=calls.append) as rec:
+        openai.OpenAI(base_url=rec.base_url(), api_key="k", max_retries=0).chat.completions \
+            .create(model="m", messages=[{"role": "user", "content": "x"}])
+    assert calls[0]["status"] == "error" and "return_token_ids" in calls[0]["error"]
+
+
+def test_recorder_binds_loopback_by_default_and_keeps_the_upstream_key():
+    with canned() as up, Recorder(up.base_url, on_call=lambda c: None,
+                                  api_key="sk-upstream-secret") as rec:
+        assert rec.host == "127.0.0.1"
+        openai.OpenAI(base_url=rec.base_url(), api_key="client-key", max_retries=0) \
+            .chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+        assert up.requests[0]["headers"]["Authorization"] == "Bearer sk-upstream-secret"
+
+
+# --- the runner --------------------------------------------------------------------------------
+
+def test_each_task_runs_n_times_in_order_with_its_calls():
+    with canned("8") as up:
+        result, records = run(["-w", wf("one_call"), "-n", "3", *base(up)], tasks(2))
+    assert [r["id"] for r in records] == ["t0/0", "t0/1", "t0/2", "t1/0", "t1/1", "t1/2"]
+    assert all(r["group"] == r["task_id"] for r in records)
+    assert all(r["status"] == "ok" and r["final"] == "8" for r in records)
+    assert all(len(r["calls"]) == 1 for r in records)
+    call = records[0]["calls"][0]
+    assert call["messages"] == [{"role": "user", "content": "What is 0 + 0?"}]
+    assert call["completion_ids"] == [ord("8")] and call["logprobs"] == [-0.5]
+    assert "2 read, 6 rollouts, 6 ok" in result.stderr
+
+
+def test_every_rollout_record_is_valid():
+    from flywheel.records import validate_rollout
+
+    with canned() as up:
+        _, records = run(["-w", wf("two_agents"), *base(up)], tasks(2))
+    for record in records:
+        validate_rollout(record)
+    assert [c["agent"] for c in records[0]["calls"]] == ["Solver", "Checker"]
+
+
+def test_agentscope_models_from_the_handle_are_recorded_streaming_or_not():
+    with canned("twelve") as up:
+        _, plain = run(["-w", wf("agentscope_call"), *base(up)], tasks(1))
+        _, streamed = run(["-w", wf("agentscope_stream"), *base(up)], tasks(1))
+    assert plain[0]["final"] == "twelve" and plain[0]["calls"][0]["stream"] is False
+    assert plain[0]["calls"][0]["params"]["temperature"] == 1.0
+
+
+def test_workflow_rewards_results_and_reward_functions():
+    with canned("abc") as up:
+        _, own = run(["-w", wf("scored"), *base(up)], tasks(1))
+        _, as_dict = run(["-w", wf("scored_dict"), *base(up)], tasks(1))
+        _, fn = run(["-w", wf("one_call"), "--reward", wf("length_reward"), *base(up)],
+                    tasks(1))
+    assert own[0]["reward"] == 0.25 and own[0]["metadata"] == {"note": "scored itself"}
+    assert as_dict[0]["reward"] == 1 and as_dict[0]["final"] == "abc"
+    assert fn[0]["reward"] == 3.0 and fn[0]["reward_info"]["measured"] == "characters"
+
+
+def test_boxed_reward_compares_with_the_reference():
+    with canned("so \\boxed{7,006,652}") as up:
+        result, records = run(["-w", wf("one_call"), "--reward", "boxed", "-n", "2", *base(up)],
+                              jsonl({"id": "a", "query": "q", "reference": "7006652"},
+                                    {"id": "b", "query": "q", "reference": "12"},
+                                    {"id": "c", "query": "q"}))
+    assert [r["reward"] for r in records] == [1.0, 1.0, 0.0, 0.0, None, None]
+    assert records[4]["reward_info"]["reason"] == "the task has no reference"
+    assert "2 of 2 groups with equal rewards" in result.stderr
+    assert "2 without a reward" in result.stderr
+
+
+def test_failures_and_timeouts_are_written_not_dropped():
+    with canned() as up:
+        result, failed = run(["-w", wf("fails"), *base(up)], tasks(1))
+        _, slow = run(["-w", wf("slow"), "--rollout-timeout", "0.5", *base(up)], tasks(1))
+    assert failed[0]["status"] == "error"
+    assert failed[0]["error"].startswith("ValueError: the agent gave up (at ")
+    assert len(failed[0]["calls"]) == 1  # what it did before failing is kept
+    assert "t0/0: error: ValueError" in result.stderr
+    assert slow[0]["status"] == "timeout" and "0.5 s" in slow[0]["error"]
+
+
+def test_concurrency_keeps_output_order_and_unordered_writes_everything():
+    with canned() as up:
+        started = time.monotonic()
+        _, ordered = run(["-w", wf("sleepy_sync"), "-j", "8", *base(up)], tasks(8))
+        elapsed = time.monotonic() - started
+        _, unordered = run(["-w", wf("sleepy_sync"), "-j", "4", "--unordered", *base(up)],
+                           tasks(8))
+    assert [r["task_id"] for r in ordered] == [f"t{i}" for i in range(8)]
+    assert sorted(r["task_id"] for r in unordered) == [f"t{i}" for i in range(8)]
+    assert elapsed < 8 * 0.2 + 5  # not one after another (generous: a shared machine)
+
+
+def test_seed_gives_each_rollout_a_fixed_seed():
+    with canned() as up:
+        run(["-w", wf("one_call"), "-n", "2", "--seed", "7", *base(up)], tasks(1))
+        run(["-w", wf("one_call"), "-n", "2", "--seed", "7", *base(up)], tasks(1))
+        seeds = [r["body"]["seed"] for r in up.requests]
+    assert set(seeds[:2]) == set(seeds[2:]) and len(set(seeds)) == 2  # (requests race)
+
+
+def test_a_broken_workflow_is_reported_before_anything_starts(tmp_path):
+    result, _ = run(["-w", f"{tmp_path}/nope.py:run"], tasks(1), ok=False)
+    assert result.exit_code == 1 and "no such file" in result.output
+    result, _ = run(["-w", f"{WORKFLOWS}:missing"], tasks(1), ok=False)
+    assert result.exit_code == 1 and "has no missing" in result.output
+    result, _ = run(["-w", "no_colon"], tasks(1), ok=False)
+    assert "expected FILE.py:FUNCTION or MODULE:FUNCTION" in result.output
+
+
+def test_incompatible_options_are_usage_errors():
+    result, _ = run(["-w", wf("one_call"), "--serve", "x", "--base-url", "http://h/v1"],
+                    ok=False)
+    assert result.exit_code == 2 and "--serve and --base-url" in result.output
+    result, _ = run(["-w", wf("one_call"), "--rubrics", "be strict"], ok=False)
+    assert result.exit_code == 2 and "--reward judge" in result.output
+
+
+def test_empty_input_starts_nothing(monkeypatch):
+    monkeypatch.setenv("FLYWHEEL_VLLM_PYTHON", "/nonexistent/python")
+    result, records = run(["-w", wf("one_call")], "")
+    assert records == [] and "serving" not in result.output
+
+
+def test_prints_of_the_workflow_do_not_reach_the_records(tmp_path):
+    """A real process: agents and libraries print to stdout; only records may go there."""
+    with canned("4") as up:
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "rollout"), "-w", wf("chatty"), *base(up)],
+            input=tasks(2), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["id"] for line in proc.stdout.splitlines()] == ["t0/0", "t1/0"]
+    assert proc.stderr.count("hello from the workflow") == 2
+
+
+def test_rollout_record_writes_calls_until_stopped():
+    with canned("hi there") as up:
+        port = _free_port()
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "rollout"), "record", "--upstream", up.base_url,
+             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert "recording at" in proc.stderr.readline()
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/s/x/v1", api_key="k",
+                                   max_retries=0)
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "a"}])
+            list(client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "b"}], stream=False)
+                 .choices)
+        finally:
+            proc.terminate()
+            out, err = proc.communicate(timeout=30)
+    calls = [json.loads(line) for line in out.splitlines()]
+    assert proc.returncode == 0, err
+    assert [c["session"] for c in calls] == ["x", "x"]
+    assert "rollout record: 2 calls, 0 failed" in err
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- the real thing ----------------------------------------------------------------------------
+
+def _fixture_tasks(n: int) -> str:
+    """Real tasks from a Studio database, with the manifest's answers as references."""
+    out = subprocess.run([str(Path(sys.executable).parent / "trace-export"), "-q",
+                          str(LEGACY_DB), "--status", "ok"],
+                         capture_output=True, text=True, check=True).stdout
+    manifest = json.loads(LEGACY_DB.with_suffix(".manifest.json").read_text())
+    answers = {t["input"].get("text"): t["expected_answer"] for r in manifest["runs"]
+               for t in r["turns"] if t["input"]["kind"] == "user"}
+    chosen = []
+    for line in out.splitlines():
+        task = json.loads(line)
+        if answers.get(task["query"]) and len(task["messages"]) == 2:
+            chosen.append({**task, "reference": answers[task["query"]]})
+        if len(chosen) == n:
+            break
+    return jsonl(*chosen)
+
+
+@pytest.fixture(scope="module")
+def react_rollouts(vllm_server, tmp_path_factory):
+    result, records = run(["-w", f"{EXAMPLE}:run_tool_first", "-n", "2", "--seed", "3",
+                           "--max-tokens", "96", "--reward", "boxed", "-j", "4",
+                           "--base-url", vllm_server.base_url, "--model", "smollm2-135m"],
+                          _fixture_tasks(2))
+    return result, records
+
+
+@pytest.mark.vllm
+def test_example_agent_calls_carry_ids_that_decode_to_what_was_recorded(react_rollouts,
+                                                                        tokenizer):
+    result, records = react_rollouts
+    assert len(records) == 4 and all(r["status"] == "ok" for r in records), result.stderr
+    assert all(r["reward"] in (0.0, 1.0) for r in records)
+    template = CHAT_TEMPLATE.read_text()
+    calls = [c for r in records for c in r["calls"]]
+    assert any(c["output"].get("tool_calls") for c in calls)  # the tool was called
+    for call in calls:
+        assert len(call["logprobs"]) == len(call["completion_ids"]) > 0
+        assert all(lp <= 0.0 for lp in call["logprobs"])
+        # The prompt ids are the recorded messages and tools, rendered by the template (vLLM
+        # reads the tools into its own models first, which orders their keys as below).
+        tools = [{"type": t["type"], "function": {k: t["function"][k] for k in (
+            "name", "description", "parameters") if k in t["function"]}}
+            for t in call["tools"] or []] or None
+        rendered = tokenizer.apply_chat_template(
+            call["messages"], tools=tools, chat_template=template,
+            add_generation_prompt=True, tokenize=True, return_dict=False)
+        assert call["prompt_ids"] == list(rendered)
+        text = tokenizer.decode(call["completion_ids"], skip_special_tokens=True)
+        output = call["output"]
+        if output.get("tool_calls"):
+            sampled = [json.loads(m) for m in
+                       re.findall(r"<tool_call>\s*(.*?)\s*</tool_call>", text, re.S)]
+            assert [s["name"] for s in sampled] == \
+                [t["function"]["name"] for t in output["tool_calls"]]
+            assert [s["arguments"] for s in sampled] == \
+                [json.loads(t["function"]["arguments"]) for t in output["tool_calls"]]
+        else:
+            assert text == output["content"]
+
+
+@pytest.mark.vllm
+def test_example_agent_later_prompts_extend_earlier_calls(react_rollouts, tokenizer):
+    """Each later call's prompt extends the earlier call's prompt; where it also extends the
+    earlier completion, token-level merging is exact; where the template re-renders what the
+    model wrote (a tool call's JSON), ctx-merge names the mismatch (see test_ctx_merge)."""
+    _, records = react_rollouts
+    multi = [r for r in records if len(r["calls"]) >= 2]
+    assert multi, "no rollout made two calls"
+    report = {"extends": 0, "re-rendered": 0}
+    for record in multi:
+        for earlier, later in zip(record["calls"], record["calls"][1:], strict=False):
+            assert later["prompt_ids"][:len(earlier["prompt_ids"])] == earlier["prompt_ids"]
+            context = earlier["prompt_ids"] + earlier["completion_ids"]
+            if later["prompt_ids"][:len(context)] == context:
+                report["extends"] += 1
+            else:
+                report["re-rendered"] += 1
+                assert earlier["output"].get("tool_calls") or \
+                    earlier["finish_reason"] == "length", earlier["output"]
+    print(f"consecutive calls: {report}")
+
+
+@pytest.mark.vllm
+def test_example_agent_plain_workflow_streams_through_the_recorder(vllm_server):
+    with_stream = run(["-w", wf("agentscope_stream"), "--max-tokens", "16",
+                       "--base-url", vllm_server.base_url, "--model", "smollm2-135m"],
+                      tasks(1))[1]
+    call = with_stream[0]["calls"][0]
+    assert call["stream"] is True and len(call["completion_ids"]) == len(call["logprobs"]) > 0
+    assert with_stream[0]["final"]
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_ray_runs_the_workflows_as_tasks_recorded_through_the_same_endpoint(vllm_server):
+    result, records = run(["-w", f"{EXAMPLE}:run", "--ray", "-n", "2", "--max-tokens", "48",
+                           "--base-url", vllm_server.base_url, "--model", "smollm2-135m"],
+                          _fixture_tasks(1))
+    assert [r["status"] for r in records] == ["ok", "ok"], result.stderr
+    assert all(r["calls"] and r["calls"][0]["prompt_ids"] for r in records)
+
+
+def test_a_config_file_section_sets_rollout_options(tmp_path):
+    config = tmp_path / "flywheel.yaml"
+    config.write_text("rollout:\n  samples: 3\n  temperature: 0.5\n")
+    with canned() as up:
+        _, records = run(["--config", config, "-w", wf("one_call"), *base(up)], tasks(1))
+        assert {r["body"]["temperature"] for r in up.requests} == {0.5}
+    assert len(records) == 3
