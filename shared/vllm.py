@@ -305,7 +305,9 @@ def check(server: VLLMServer) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """python -m flywheel.vllm [MODEL]: serve MODEL (default: the embedded model) on 127.0.0.1
-    until Ctrl-C, printing its base URL on stdout; with --check, ask one question and stop."""
+    until Ctrl-C, printing its base URL on stdout; with --check, ask one question and stop;
+    with --exec CMD..., run CMD with OPENAI_BASE_URL and FLYWHEEL_MODEL pointing at the server,
+    then stop it (so several steps share one server, and none outlives them)."""
     import argparse
     import json
 
@@ -314,17 +316,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--log-file", default=None)
+    parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--check", action="store_true",
                         help="start, check one completion carries token ids and logprobs, stop")
+    parser.add_argument("--exec", dest="command", nargs=argparse.REMAINDER,
+                        help="run this command (and its arguments) against the server, then "
+                             "stop it; its exit status is this one's")
     args = parser.parse_args(argv)
     try:
-        with VLLMServer(args.model, host=args.host, port=args.port,
-                        log_file=args.log_file) as server:
+        with VLLMServer(args.model, host=args.host, port=args.port, log_file=args.log_file,
+                        max_model_len=args.max_model_len) as server:
             print(f"vLLM ready at {server.base_url} in {server.startup_seconds:.1f} s; "
                   f"log {server.log_path}", file=sys.stderr, flush=True)
             if args.check:
                 print(json.dumps(check(server), ensure_ascii=False), flush=True)
                 return 0
+            if args.command:
+                env = {**os.environ, "OPENAI_BASE_URL": server.base_url,
+                       "FLYWHEEL_MODEL": server.model_name}
+                return subprocess.run(args.command, env=env).returncode
             print(server.base_url, flush=True)
             while server.process and server.process.poll() is None:
                 time.sleep(1)

@@ -362,3 +362,22 @@ def test_seed_config_names_the_database_and_the_output(tmp_path):
     result = CliRunner().invoke(trace_export, ["--config", str(config)])
     assert result.exit_code == 0, result.output
     assert len(out.read_text().splitlines()) == 57
+
+
+def test_references_fill_in_by_id_then_by_unambiguous_query(tmp_path):
+    _, records = export(LEGACY_DB)
+    first, second = records[0], records[1]
+    refs = tmp_path / "refs.jsonl"
+    refs.write_text(json.dumps({"id": first["id"], "reference": "72"}) + "\n" +
+                    json.dumps({"query": second["query"], "reference": 10}) + "\n" +
+                    json.dumps({"query": "Please try again.", "reference": "150"}) + "\n" +
+                    json.dumps({"query": "Please try again.", "reference": "151"}) + "\n")
+    result, filled = export(LEGACY_DB, "--references", refs)
+    assert filled[0]["reference"] == "72" and filled[1]["reference"] == "10"
+    assert all(r["reference"] is None for r in filled if r["query"] == "Please try again.")
+    assert "2 with a reference" in result.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"reference": "1"}\n')
+    result, _ = export(LEGACY_DB, "--references", bad, ok=False)
+    assert result.exit_code == 1 and f"{bad}:1: a reference record needs an `id` or a" \
+        in result.output

@@ -88,6 +88,14 @@ def test_annotate_keeps_every_record_with_its_verdict(legacy_tasks):
     assert "57 read, 43 kept, 14 dropped (14 rule:require-boxed)" in result.stderr
 
 
+def test_require_reference_keeps_tasks_with_a_reference():
+    records = [task(1, reference="4"), task(2, reference=None), task(3, reference=" "),
+               task(4)]
+    result, kept = run(["--no-judge", "--require-reference"], input_text=jsonl(*records))
+    assert [r["id"] for r in kept] == ["t1"]
+    assert "3 dropped (3 rule:require-reference)" in result.stderr
+
+
 def test_regex_and_length_rules():
     records = [task(1, answer="The answer is 42."), task(2, answer="no idea"),
                task(3, answer="x" * 500)]

@@ -14,6 +14,7 @@ from flywheel.cli import Summary, common_options, output_option, progress, tool_
 from flywheel.errors import FlywheelError
 from flywheel.jsonl import atomic_path, open_output
 
+from .references import References
 from .studio import detect_schema, iter_runs, open_readonly
 
 UNITS = ("turn", "call", "run")
@@ -63,6 +64,7 @@ def export(
     until: datetime | None = None,
     status: str | None = None,
     state: State | None = None,
+    references: References | None = None,
     settle_seconds: float = 300.0,
     timeout: float = 30.0,
     summary: Summary | None = None,
@@ -121,6 +123,9 @@ def export(
                     state.done.add(record["id"])
                 if record["status"] == "error":
                     summary.add("errored")
+                if references is not None and record["reference"] is None:
+                    record["reference"] = references.reference_for(record)
+                    summary.add("with a reference", record["reference"] is not None)
                 yield record
     finally:
         conn.close()
@@ -146,10 +151,13 @@ def export(
                    "finished (runs marked done count at once).")
 @click.option("--timeout", type=float, default=30.0, show_default=True,
               help="Seconds to wait for a database that Studio is writing to.")
+@click.option("--references", "references_path", type=click.Path(exists=True, dir_okay=False),
+              help="Known-good answers (JSONL: reference + id or query) to fill in tasks' "
+                   "reference.")
 def main(database: str, output: str | None, unit: str, projects: tuple[str, ...],
          runs: tuple[str, ...], agents: tuple[str, ...], since: str | None, until: str | None,
-         status: str | None, state_path: str | None, settle: float, timeout: float, quiet: bool,
-         verbose: int) -> None:
+         status: str | None, state_path: str | None, settle: float, timeout: float,
+         references_path: str | None, quiet: bool, verbose: int) -> None:
     """Read an AgentScope Studio database and write one task record per agent turn.
 
     Both Studio schemas (1.0.5 and 1.0.9) and the span formats of AgentScope 1.0.7+, 1.0.9+
@@ -167,6 +175,7 @@ def main(database: str, output: str | None, unit: str, projects: tuple[str, ...]
         database, unit=unit, projects=projects, runs=runs, agents=agents,
         since=_parse_time(since, "--since"), until=_parse_time(until, "--until"),
         status=status, state=state, settle_seconds=settle, timeout=timeout, summary=summary,
+        references=References(references_path) if references_path else None,
         warn=lambda msg: click.echo(f"trace-export: {msg}", err=True), quiet=quiet)
     with open_output(output) as out:
         for record in records:

@@ -36,10 +36,13 @@ from . import rules
 
 
 def _rule_list(require_boxed: bool, require_regex: str | None, min_len: int | None,
-               max_len: int | None, drop_errors: bool) -> list[tuple[str, rules.Rule]]:
+               max_len: int | None, drop_errors: bool,
+               require_reference: bool) -> list[tuple[str, rules.Rule]]:
     chosen: list[tuple[str, rules.Rule]] = []
     if drop_errors:
         chosen.append(("drop-errors", rules.drop_errors))
+    if require_reference:
+        chosen.append(("require-reference", rules.require_reference))
     if min_len is not None or max_len is not None:
         chosen.append(("length", rules.length_between(min_len, max_len)))
     if require_boxed:
@@ -96,6 +99,8 @@ def _drop(by: str, reason: str) -> dict:
 @click.option("--min-len", type=click.IntRange(0), help="Drop answers shorter than N characters.")
 @click.option("--max-len", type=click.IntRange(0), help="Drop answers longer than N characters.")
 @click.option("--drop-errors", is_flag=True, help="Drop failed turns and turns without an answer.")
+@click.option("--require-reference", is_flag=True,
+              help="Drop tasks without a reference answer (a boxed reward needs one).")
 @click.option("--dedup", is_flag=True,
               help="Drop tasks whose conversation repeats an earlier one (exact after "
                    "normalising, or near: MinHash similarity at least --similarity).")
@@ -115,7 +120,8 @@ def main(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, 
          retries: int, rubrics: str | None, use_judge: bool, temperature: float,
          max_tokens: int, max_thread: int, parse_retries: int, no_structured: bool,
          print_reason: bool, require_boxed: bool, require_regex: str | None,
-         min_len: int | None, max_len: int | None, drop_errors: bool, dedup: bool,
+         min_len: int | None, max_len: int | None, drop_errors: bool,
+         require_reference: bool, dedup: bool,
          similarity: float, against: str | None, annotate: bool, invert: bool, unordered: bool,
          cache_path: str | None, no_cache: bool) -> None:
     """Keep the good tasks, drop the bad ones: rule filters, dedup, then an LLM judge with your
@@ -138,7 +144,8 @@ def main(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, 
     if against and not dedup:
         raise click.UsageError("--against needs --dedup")
     summary = Summary("trace-filter", "read", "kept", "dropped", "error", "invalid")
-    rule_list = _rule_list(require_boxed, require_regex, min_len, max_len, drop_errors)
+    rule_list = _rule_list(require_boxed, require_regex, min_len, max_len, drop_errors,
+                           require_reference)
     deduper = None
     if dedup:
         from flywheel.dedup import Deduper  # datasketch imports scipy: only when asked

@@ -50,3 +50,8 @@ def drop_errors(record: dict) -> str | None:
     if record.get("answer") is None:
         return "no answer"
     return None
+
+
+def require_reference(record: dict) -> str | None:
+    reference = record.get("reference")
+    return None if reference is not None and str(reference).strip() else "no reference"

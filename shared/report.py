@@ -1,0 +1,219 @@
+"""``python -m flywheel.report RUN_DIR``: what a flywheel run did and whether the agent got
+better, as ``RUN_DIR/report.md`` with plots (``reward.png``, ``training.png``).
+
+It reads the files the Makefile's steps leave in the run folder (any may be missing: the
+report says so): the task sets, and per iteration ``iter-N/`` the rollouts, samples, training
+metrics and the held-out evaluation (``iter-0/eval.jsonl`` is the starting model's).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .jsonl import atomic_path, loads
+
+TASK_FILES = [("exported", "tasks.exported.jsonl"), ("kept by trace-filter", "tasks.kept.jsonl"),
+              ("made by task-augment", "tasks.augmented.jsonl"), ("training", "train.jsonl"),
+              ("held out", "heldout.jsonl")]
+
+
+def read(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+@dataclass
+class Estimate:
+    """A mean with its 95% confidence interval (normal approximation over tasks)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}] (n={self.n})"
+
+
+def estimate(values: list[float]) -> Estimate | None:
+    if not values:
+        return None
+    mean = statistics.fmean(values)
+    half = 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return Estimate(mean, mean - half, mean + half, len(values))
+
+
+def task_rewards(rollouts: list[dict]) -> dict[str, float]:
+    """Each task's mean reward over its samples (a rollout without a reward counts 0: failing
+    to answer is not better than a wrong answer)."""
+    by_task: dict[str, list[float]] = {}
+    for r in rollouts:
+        by_task.setdefault(r["task_id"], []).append(r.get("reward") or 0.0)
+    return {task: statistics.fmean(values) for task, values in by_task.items()}
+
+
+def iterations(run: Path) -> list[int]:
+    found = [int(m.group(1)) for p in run.glob("iter-*")
+             if (m := re.fullmatch(r"iter-(\d+)", p.name))]
+    return sorted(found)
+
+
+def log_line(run: Path, step: str) -> str | None:
+    """The closing summary line a step's tool printed (kept under logs/)."""
+    path = run / "logs" / f"{step}.log"
+    if not path.is_file():
+        return None
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if re.search(r" in \d", ln)]
+    return lines[-1].strip() if lines else None
+
+
+def merge_figures(rollouts: list[dict], samples: list[dict]) -> tuple[int, int, int, int]:
+    """Calls, samples, tokens as separate calls, tokens merged."""
+    calls = [c for r in rollouts if r.get("status") == "ok" for c in r.get("calls") or []]
+    separate = sum(len(c["prompt_ids"]) + len(c["completion_ids"]) for c in calls)
+    merged = sum(len(s["input_ids"]) for s in samples)
+    return len(calls), len(samples), separate, merged
+
+
+def report(run: Path) -> str:
+    lines = [f"# Flywheel run `{run.name}`", ""]
+    lines += ["## Tasks", "", "| set | tasks |", "|---|---|"]
+    for label, name in TASK_FILES:
+        path = run / name
+        lines.append(f"| {label} | {len(read(path)) if path.is_file() else '(not run)'} |")
+    for step in ("export", "filter", "augment", "split"):
+        line = log_line(run, step)
+        if line:
+            lines.append(f"\n`{line}`")
+    lines.append("")
+
+    evals = {i: task_rewards(read(run / f"iter-{i}" / "eval.jsonl")) for i in iterations(run)}
+    evals = {i: e for i, e in evals.items() if e}
+    lines += ["## Held-out reward", "",
+              "Mean reward per held-out task (a task's samples averaged; no reward counts 0), "
+              "with a 95% confidence interval.", "",
+              "| model | reward | change from the start (paired, 95% CI) |", "|---|---|---|"]
+    base = evals.get(0)
+    for i, rewards in sorted(evals.items()):
+        est = estimate(list(rewards.values()))
+        change = ""
+        if base is not None and i > 0:
+            common = sorted(set(base) & set(rewards))
+            diff = estimate([rewards[t] - base[t] for t in common])
+            change = f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]" if diff else ""
+        name = "start" if i == 0 else f"after iteration {i}"
+        lines.append(f"| {name} | {est} | {change} |")
+    if not evals:
+        lines.append("| (no evaluation yet) | | |")
+    lines.append("")
+
+    lines += ["## Iterations", "",
+              "| iteration | rollouts (ok) | train reward | equal-reward groups | calls -> samples "
+              "| tokens separate -> merged | steps | last loss | tokens/s |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for i in iterations(run):
+        if i == 0:
+            continue
+        folder = run / f"iter-{i}"
+        rollouts, samples = read(folder / "rollouts.jsonl"), read(folder / "samples.jsonl")
+        metrics = read(folder / "metrics.jsonl")
+        ok = sum(r.get("status") == "ok" for r in rollouts)
+        rewards = [r["reward"] for r in rollouts if r.get("reward") is not None]
+        groups: dict[str, list] = {}
+        for r in rollouts:
+            groups.setdefault(r["group"], []).append(r.get("reward"))
+        flat = sum(1 for g in groups.values() if None not in g and len(set(g)) == 1)
+        calls, n_samples, separate, merged = merge_figures(rollouts, samples)
+        saving = f" ({separate / merged:.2f}x)" if merged else ""
+        losses = [m["loss"] for m in metrics if m.get("loss") is not None]
+        speeds = [m["tokens_per_s"] for m in metrics if m.get("tokens_per_s")]
+        lines.append(
+            f"| {i} | {len(rollouts)} ({ok}) | "
+            f"{statistics.fmean(rewards) if rewards else float('nan'):.3f} | "
+            f"{flat} of {len(groups)} | {calls} -> {n_samples} | {separate} -> {merged}{saving} "
+            f"| {len(metrics)} | {losses[-1] if losses else float('nan'):.4f} | "
+            f"{statistics.fmean(speeds) if speeds else 0:.0f} |")
+        for step in ("rollout", "merge", "train"):
+            line = log_line(run, f"{step}-{i}")
+            if line:
+                lines.append(f"\n`{line}`\n")
+    lines.append("")
+    lines += ["![held-out reward](reward.png)", "", "![training](training.png)", ""]
+    plot(run, evals)
+    return "\n".join(lines)
+
+
+def plot(run: Path, evals: dict[int, dict[str, float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    points = [(i, estimate(list(r.values()))) for i, r in sorted(evals.items())]
+    points = [(i, e) for i, e in points if e]
+    if points:
+        xs = [i for i, _ in points]
+        below = [e.mean - e.low for _, e in points]
+        above = [e.high - e.mean for _, e in points]
+        ax.errorbar(xs, [e.mean for _, e in points], yerr=[below, above],
+                    marker="o", capsize=4, label="held-out reward (95% CI)")
+    train = [(i, [r["reward"] for r in read(run / f"iter-{i}" / "rollouts.jsonl")
+                  if r.get("reward") is not None]) for i in iterations(run) if i > 0]
+    train = [(i - 1, statistics.fmean(r)) for i, r in train if r]
+    if train:
+        ax.plot([i for i, _ in train], [m for _, m in train], "s--", label="training rollouts")
+    ax.set_xlabel("iteration (0: the starting model)")
+    ax.set_ylabel("reward")
+    ax.set_title(f"{run.name}: reward per iteration")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run / "reward.png", dpi=100)
+    plt.close(fig)
+
+    fig, (loss_ax, reward_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    offset = 0
+    for i in iterations(run):
+        metrics = read(run / f"iter-{i}" / "metrics.jsonl")
+        if not metrics:
+            continue
+        steps = [offset + (m.get("step") or k + 1) for k, m in enumerate(metrics)]
+        loss_ax.plot(steps, [m.get("loss") for m in metrics], marker=".", label=f"iteration {i}")
+        reward_ax.plot(steps, [m.get("reward_mean") for m in metrics], marker=".",
+                       label=f"iteration {i}")
+        offset = steps[-1]
+    loss_ax.set_title("training loss")
+    reward_ax.set_title("reward of the trained rollouts")
+    for ax in (loss_ax, reward_ax):
+        ax.set_xlabel("optimizer step")
+        if ax.lines:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(run / "training.png", dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m flywheel.report RUN_DIR", file=sys.stderr)
+        return 2
+    run = Path(args[0])
+    if not run.is_dir():
+        print(f"Error: {run}: no such run folder", file=sys.stderr)
+        return 1
+    text = report(run)
+    with atomic_path(run / "report.md") as tmp:
+        Path(tmp).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The flywheel's own steps: the held-out split (stable, no leaks through augmented tasks) and the
+run report (figures read back from a run folder, plots written)."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from flywheel.report import main as report_main
+from flywheel.split import held_out
+from flywheel.split import main as split
+
+
+def task(i, **extra):
+    return {"id": f"t{i}", "query": f"What is {i} + {i}?", "reference": str(2 * i), **extra}
+
+
+def jsonl(records):
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def run_split(tmp_path, records, *args):
+    held = tmp_path / "heldout.jsonl"
+    result = CliRunner().invoke(split, ["--held-out", str(held), *args], input=jsonl(records))
+    assert result.exit_code == 0, result.output
+    train = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    evaluation = [json.loads(line) for line in held.read_text().splitlines()]
+    return train, evaluation, result
+
+
+def test_split_is_stable_and_sized_by_fraction(tmp_path):
+    originals = [task(i) for i in range(400)]
+    train, evaluation, _ = run_split(tmp_path, originals, "--fraction", "0.25")
+    assert len(train) + len(evaluation) == 400
+    assert 70 <= len(evaluation) <= 130
+    assert not {t["id"] for t in train} & {t["id"] for t in evaluation}
+    # The same task is held out whatever else the input holds (and in whatever order).
+    _, again, _ = run_split(tmp_path, list(reversed(originals[:100])), "--fraction", "0.25")
+    assert {t["id"] for t in again} == {t["id"] for t in evaluation if int(t["id"][1:]) < 100}
+    _, other_seed, _ = run_split(tmp_path, originals, "--fraction", "0.25", "--seed", "1")
+    assert {t["id"] for t in other_seed} != {t["id"] for t in evaluation}
+
+
+def test_augmented_children_of_held_out_tasks_never_reach_training(tmp_path):
+    originals = [task(i) for i in range(40)]
+    out = [t["id"] for t in originals if held_out(t["id"], 0.5, 0)]
+    kept = [t["id"] for t in originals if not held_out(t["id"], 0.5, 0)]
+    assert out and kept
+    children = [task(100 + k, augment={"method": "paraphrase", "parents": [parent]})
+                for k, parent in enumerate(out[:3] + kept[:3])]
+    train, evaluation, result = run_split(tmp_path, originals + children, "--fraction", "0.5")
+    train_ids = {t["id"] for t in train}
+    assert {c["id"] for c in children[3:]} <= train_ids  # children of training tasks train
+    assert not {c["id"] for c in children[:3]} & train_ids  # children of held-out ones do not
+    assert not {c["id"] for c in children} & {t["id"] for t in evaluation}
+    assert "3 leaks dropped" in result.stderr
+
+
+def test_split_names_the_bad_line(tmp_path):
+    held = tmp_path / "heldout.jsonl"
+    result = CliRunner().invoke(split, ["--held-out", str(held)],
+                                input=jsonl([task(1)]) + "{not json\n")
+    assert result.exit_code != 0
+    assert "<stdin>:2: invalid JSON" in result.output
+    assert not held.exists()  # no partial file under the final name
+
+
+def write(path, records):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(jsonl(records))
+
+
+def rollout(task_id, reward, group="g"):
+    return {"id": f"r-{task_id}-{reward}", "task_id": task_id, "group": f"{group}-{task_id}",
+            "status": "ok", "reward": reward,
+            "calls": [{"prompt_ids": [1, 2, 3], "completion_ids": [4, 5]}]}
+
+
+def test_report_reads_a_run_folder_back(tmp_path):
+    run = tmp_path / "demo"
+    write(run / "tasks.exported.jsonl", [task(i) for i in range(10)])
+    write(run / "train.jsonl", [task(i) for i in range(6)])
+    write(run / "heldout.jsonl", [task(i) for i in range(6, 10)])
+    write(run / "iter-0" / "eval.jsonl", [rollout(f"t{i}", 0.0) for i in range(6, 10)])
+    write(run / "iter-1" / "eval.jsonl",
+          [rollout(f"t{i}", 1.0 if i < 8 else 0.0) for i in range(6, 10)])
+    write(run / "iter-1" / "rollouts.jsonl",
+          [rollout("t0", 1.0), rollout("t0", 0.0), rollout("t1", 1.0), rollout("t1", 1.0)])
+    write(run / "iter-1" / "samples.jsonl", [{"input_ids": [1, 2, 3, 4, 5]}] * 4)
+    write(run / "iter-1" / "metrics.jsonl",
+          [{"step": 1, "loss": 0.5, "tokens_per_s": 100.0, "reward_mean": 0.75}])
+    (run / "logs").mkdir()
+    (run / "logs" / "export.log").write_text("trace-export: 10 read, 10 written in 0.1 s\n")
+
+    assert report_main([str(run)]) == 0
+    text = (run / "report.md").read_text()
+    assert "| exported | 10 |" in text
+    assert "| held out | 4 |" in text
+    assert "| kept by trace-filter | (not run) |" in text
+    assert "| start | 0.000" in text
+    assert "| after iteration 1 | 0.500" in text
+    assert "+0.500" in text  # paired change from the start
+    assert "1 of 2" in text  # t1's group has equal rewards
+    assert "4 -> 4" in text and "20 -> 20" in text  # calls -> samples, tokens
+    assert "trace-export: 10 read" in text
+    assert (run / "reward.png").stat().st_size > 1000
+    assert (run / "training.png").stat().st_size > 1000
+
+
+def test_report_refuses_a_missing_folder(tmp_path, capsys):
+    assert report_main([str(tmp_path / "nope")]) == 1
+    assert "no such run folder" in capsys.readouterr().err
