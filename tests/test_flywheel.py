@@ -1,0 +1,84 @@
+"""`make flywheel`'s loop end to end on the demo database, made small: the real tools, a real vLLM
+per phase, one real training step; then a re-run that finds everything done and serves nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+
+
+
+def make(*args: str, runs: Path) -> subprocess.CompletedProcess:
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), f"VENV={bin_dir.parent}",
+         f"RUNS={runs}", "RUN=small", *args],
+        capture_output=True, text=True, env=env, timeout=1200)
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("flywheel")
+    refs = (ROOT / "examples" / "demo-references.jsonl").read_text().splitlines()
+    (base / "refs.jsonl").write_text("\n".join(refs[:8]) + "\n")
+    settings = [f"REFERENCES={base / 'refs.jsonl'}", "ITERS=1", "SAMPLES=2", "EVAL_SAMPLES=1",
+                "MAX_TOKENS=48", "PARAPHRASES=2", "HELDOUT=0.25", "JOBS=8",
+                "MAX_MODEL_LEN=2048", "TRAIN_ARGS=--lr 1e-5 --max-steps 1",
+                f"REWARD={ROOT / 'tests' / 'fixtures' / 'flywheel' / 'rewards.py'}:alternate"]
+    first = make("flywheel-loop", *settings, runs=base / "runs")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
+    return base / "runs" / "small", settings, first
+
+
+def test_the_loop_leaves_every_step_and_a_report(small_run):
+    run, _, first = small_run
+    exported, kept = lines(run / "tasks.exported.jsonl"), lines(run / "tasks.kept.jsonl")
+    train, heldout = lines(run / "train.jsonl"), lines(run / "heldout.jsonl")
+    assert len(exported) > len(kept) > 0
+    assert all(t.get("reference") for t in kept)
+    originals = [t for t in train if not t.get("augment")]
+    assert len(originals) + len(heldout) == len(kept)
+    assert not {t["id"] for t in train} & {t["id"] for t in heldout}
+    for augmented in (t for t in train if t.get("augment")):
+        assert set(augmented["augment"]["parents"]) <= {t["id"] for t in originals}
+
+    rollouts = lines(run / "iter-1" / "rollouts.jsonl")
+    assert len(rollouts) == 2 * len(train)  # SAMPLES per training task
+    assert lines(run / "iter-1" / "samples.jsonl")
+    metrics = lines(run / "iter-1" / "metrics.jsonl")
+    assert len(metrics) == 1 and metrics[0]["step"] == 1
+    assert (run / "iter-1" / "ckpt" / "config.json").is_file()
+    for i in (0, 1):  # the starting model, then the trained one, on the same held-out tasks
+        evaluation = lines(run / f"iter-{i}" / "eval.jsonl")
+        assert sorted(r["task_id"] for r in evaluation) == sorted(t["id"] for t in heldout)
+        assert all(r["status"] != "ok" or r["reward"] == r["sample"] % 2 for r in evaluation)
+
+    report = (run / "report.md").read_text()
+    assert f"| held out | {len(heldout)} |" in report
+    assert "| start |" in report and "| after iteration 1 |" in report
+    assert (run / "reward.png").is_file() and (run / "training.png").is_file()
+    assert "flywheel phase 1: serving" in first.stdout
+
+
+def test_a_rerun_finds_the_loop_done_and_serves_nothing(small_run):
+    run, settings, _ = small_run
+    before = (run / "iter-1" / "metrics.jsonl").stat().st_mtime_ns
+    again = make("flywheel-loop", *settings, runs=run.parent)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "serving" not in again.stdout
+    assert (run / "iter-1" / "metrics.jsonl").stat().st_mtime_ns == before
