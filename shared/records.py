@@ -82,7 +82,9 @@ class Sample(_Open):
     group: str | None = None
     agent: str | None = None
     input_ids: list[int] = Field(min_length=1)
-    loss_mask: list[Literal[0, 1]]
+    # ctx-merge --format trl writes TRL's column name, assistant_masks, in place of loss_mask.
+    loss_mask: list[Literal[0, 1]] | None = None
+    assistant_masks: list[Literal[0, 1]] | None = None
     logprobs: list[float] | None = None
     reward: float | None = None
     calls: dict[str, Any] | None = None
@@ -90,8 +92,15 @@ class Sample(_Open):
     @model_validator(mode="after")
     def _aligned(self) -> Sample:
         n = len(self.input_ids)
-        if len(self.loss_mask) != n:
-            raise ValueError(f"loss_mask has {len(self.loss_mask)} entries for {n} input_ids")
+        if self.loss_mask is None and self.assistant_masks is None:
+            raise ValueError("loss_mask (or assistant_masks) is required")
+        for name in ("loss_mask", "assistant_masks"):
+            mask = getattr(self, name)
+            if mask is not None and len(mask) != n:
+                raise ValueError(f"{name} has {len(mask)} entries for {n} input_ids")
+        if self.loss_mask is not None and self.assistant_masks is not None \
+                and self.loss_mask != self.assistant_masks:
+            raise ValueError("loss_mask and assistant_masks differ (give one of them)")
         if self.logprobs is not None and len(self.logprobs) != n:
             raise ValueError(f"logprobs has {len(self.logprobs)} entries for {n} input_ids")
         return self

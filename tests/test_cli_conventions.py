@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from conftest import JSONL_TOOLS, REQUIRED_ARGS, TOOLS
 
-BUILT = {"trace-filter", "ctx-merge", "rollout"}
+BUILT = {"trace-filter", "ctx-merge", "rollout", "train", "task-augment"}
 
 
 def args(name: str, *more: str) -> list[str]:

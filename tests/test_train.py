@@ -1,0 +1,560 @@
+"""train: SFT and GRPO on the embedded model, through the real command line.
+
+Samples are real ChatML conversations tokenized with the embedded model's tokenizer; GRPO's
+sampler logprobs are the model's own, so the importance ratio starts at exactly 1. Every run is
+a few optimizer steps on sequences of ~45 tokens: each costs a few seconds on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from flywheel_tools.train.cli import main as train
+from flywheel_tools.train.config import TrainConfig
+from flywheel_tools.train.data import (
+    TrainSample,
+    collate,
+    group_advantages,
+    pack,
+    plan_steps,
+    spread,
+    token_weights,
+)
+from flywheel_tools.train.losses import grpo_loss
+
+# (group, answer, reward): two right and two wrong answers to each of two questions.
+ANSWERS = [
+    ("What is 2+2?", "2 + 2 = 4.", 1.0),
+    ("What is 2+2?", "I think it is 5.", 0.0),
+    ("What is 3+3?", "3 + 3 = 6.", 1.0),
+    ("What is 3+3?", "It is 7, maybe.", 0.0),
+]
+TIMING = {"tokens_per_s", "step_s"}
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def sample_record(tokenizer, i: int, question: str, answer: str, reward: float) -> dict:
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                           tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    completion = tokenizer(answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    n = len(prompt_ids) + len(completion)
+    return {"id": f"s{i}", "rollout_id": f"r{i}", "task_id": question, "group": question,
+            "agent": "MathAgent", "input_ids": prompt_ids + completion,
+            "loss_mask": [0] * len(prompt_ids) + [1] * len(completion),
+            "logprobs": [0.0] * n, "reward": reward, "calls": {"count": 1}}
+
+
+def completion_logprobs(model, record: dict) -> torch.Tensor:
+    """log p of each trained token of ``record`` under ``model``, one sample alone."""
+    ids = torch.tensor([record["input_ids"]])
+    with torch.no_grad():
+        logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
+    logp = torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None])[:, 0]
+    return logp[torch.tensor(record["loss_mask"][1:]).bool()]
+
+
+@pytest.fixture(scope="session")
+def base_model(embedded_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def records(tokenizer, base_model) -> list[dict]:
+    """The four samples, with the embedded model's own logprobs as the sampler's."""
+    out = []
+    for i, (question, answer, reward) in enumerate(ANSWERS):
+        record = sample_record(tokenizer, i, question, answer, reward)
+        logp = iter(completion_logprobs(base_model, record).tolist())
+        record["logprobs"] = [0.0] + [next(logp) if m else 0.0 for m in record["loss_mask"][1:]]
+        out.append(record)
+    return out
+
+
+def jsonl(records: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def run(args: list[str], records: list[dict] | str, exit_code: int = 0):
+    """The train command on ``records``; its metrics lines, and the result."""
+    text = records if isinstance(records, str) else jsonl(records)
+    result = CliRunner().invoke(train, args, input=text)
+    assert result.exit_code == exit_code, result.output
+    metrics = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    return metrics, result
+
+
+def without_timing(metrics: list[dict]) -> list[dict]:
+    return [{k: v for k, v in m.items() if k not in TIMING} for m in metrics]
+
+
+# ---- training behaviour ----------------------------------------------------------------------
+
+def test_train_sft_loss_falls_on_a_small_set(records, tmp_path):
+    """Three epochs over the four samples, one step each: the loss falls step after step."""
+    metrics, result = run(["--out", str(tmp_path / "ckpt"), "--epochs", "3", "--lr", "1e-4"],
+                          records)
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    losses = [m["loss"] for m in metrics]
+    assert losses[0] > losses[1] > losses[2], losses
+    assert losses[2] < 0.7 * losses[0], losses
+    first = metrics[0]
+    assert first["samples"] == 4 and first["padding_frac"] == 0.0
+    assert first["trained_tokens"] == sum(sum(r["loss_mask"][1:]) for r in records)
+    assert first["tokens"] == sum(len(r["input_ids"]) for r in records)
+    assert first["lr"] == 1e-4 and first["grad_norm"] > 0 and first["tokens_per_s"] > 0
+    assert "train: 4 read, 4 trained, 0 invalid, 3 steps" in result.stderr
+
+
+def test_train_grpo_step_raises_positive_and_lowers_negative_completions(
+        records, base_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "ckpt"
+    metrics, _ = run(["--algo", "grpo", "--out", str(out), "--lr", "1e-6"], records)
+    (step,) = metrics
+    assert step["reward_mean"] == 0.5 and step["clip_frac"] == 0.0
+    # The sampler's logprobs are the model's own: the ratio is 1, the policies agree.
+    assert step["kl_old"] == pytest.approx(0.0, abs=1e-6)
+    trained = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    for record in records:
+        before = completion_logprobs(base_model, record).sum()
+        after = completion_logprobs(trained, record).sum()
+        if record["reward"] > 0.5:
+            assert after > before, record["id"]
+        else:
+            assert after < before, record["id"]
+
+
+def test_train_writes_every_metric_and_chains_iterations_through_model_dirs(records, tmp_path):
+    """The flywheel's loop: iteration 2 starts from iteration 1's model directory (and may
+    replace it in place); every step writes every metric key."""
+    from flywheel_tools.train.trainer import METRIC_KEYS
+
+    first, second = tmp_path / "iter-1", tmp_path / "iter-2"
+    args = ["--algo", "grpo", "--max-steps", "1", "--lr", "1e-5"]
+    (step,), _ = run([*args, "--out", str(first)], records)
+    assert list(step) == list(METRIC_KEYS)
+    assert step["padding_frac"] == 0.0 and step["reward_std"] == 0.5
+    (step,), result = run([*args, "--model", str(first), "--out", str(second)], records)
+    assert json.loads((second / "flywheel_train.json").read_text())["base_model"] == str(first)
+    assert step["kl_old"] > 0  # the sampler's logprobs are the base model's, not iteration 1's
+    run([*args, "--model", str(second), "--out", str(second)], records)
+    assert (second / "model.safetensors").is_file() and not list(tmp_path.glob(".iter-2.*"))
+
+
+def test_a_failed_write_leaves_no_model_dir_under_the_final_name(tmp_path):
+    from flywheel_tools.train.checkpoint import atomic_dir
+
+    final = tmp_path / "ckpt"
+    with pytest.raises(RuntimeError), atomic_dir(final) as tmp:
+        (tmp / "config.json").write_text("{}")
+        raise RuntimeError("crash while writing")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_dir(final) as tmp:
+        (tmp / "config.json").write_text("{}")
+    with pytest.raises(RuntimeError), atomic_dir(final) as tmp:
+        raise RuntimeError("crash while replacing")
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # the older model is kept
+    assert (final / "config.json").read_text() == "{}"
+
+
+def test_train_grpo_skips_and_counts_groups_with_equal_rewards(records):
+    same = [dict(r, group="same", reward=1.0, id=f"x{i}", rollout_id=f"rx{i}")
+            for i, r in enumerate(records[:2])]
+    _, result = run(["--algo", "grpo", "--dry-run"], records[:2] + same)
+    assert "plan: 2 samples" in result.stderr
+    assert "4 read, 2 trained, 2 skipped (2 equal rewards in group)" in result.stderr
+    assert "2 groups (1 with equal rewards skipped)" in result.stderr
+
+    _, result = run(["--algo", "grpo", "--dry-run"], same, exit_code=1)
+    assert "no samples to train on (every group had equal rewards" in result.output
+    assert "--allow-empty" in result.output
+
+    # Ungraded rollouts (reward null: a task without a reference) are skipped and counted.
+    ungraded = [dict(r, reward=None, id=f"u{i}", rollout_id=f"ru{i}")
+                for i, r in enumerate(records[:2])]
+    _, result = run(["--algo", "grpo", "--dry-run"], records + ungraded)
+    assert "6 read, 4 trained, 2 skipped (2 no reward)" in result.stderr
+
+
+def test_train_allow_empty_writes_the_starting_model_unchanged(records, embedded_model_dir,
+                                                               tmp_path):
+    same = [dict(r, reward=0.0) for r in records]
+    out = tmp_path / "ckpt"
+    metrics, result = run(["--algo", "grpo", "--allow-empty", "--out", str(out)], same)
+    assert metrics == []
+    assert "model in" in result.stderr and "unchanged" in result.stderr
+    base = Path(embedded_model_dir)
+    assert (out / "model.safetensors").read_bytes() == (base / "model.safetensors").read_bytes()
+    assert json.loads((out / "flywheel_train.json").read_text())["steps"] == 0
+
+
+def test_train_grpo_with_lora_kl_and_recomputed_logprobs_saves_merged_weights(
+        records, base_model, tmp_path):
+    """LoRA's reference is the model with its adapter off; the merged model is a plain one."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "ckpt"
+    metrics, _ = run(["--algo", "grpo", "--out", str(out), "--lora-r", "4", "--lr", "1e-3",
+                      "--kl-coef", "0.1", "--recompute-logprobs", "--max-tokens-per-batch",
+                      "100", "--grad-accum", "2"], records)
+    (step,) = metrics
+    assert step["kl"] == pytest.approx(0.0, abs=1e-6)  # the adapter starts as a no-op
+    assert step["samples"] == 4
+    assert not (out / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    assert not any("lora" in k for k in merged.state_dict())
+    changed = [k for k, v in merged.state_dict().items()
+               if not torch.equal(v, base_model.state_dict()[k])]
+    assert changed and all("proj" in k for k in changed)
+
+
+def test_train_save_adapter_writes_the_lora_adapter(records, tmp_path):
+    out = tmp_path / "adapter"
+    run(["--out", str(out), "--lora-r", "4", "--save-adapter", "--max-steps", "1"], records)
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
+    assert (out / "adapter_model.safetensors").is_file()
+    assert (out / "tokenizer.json").is_file()
+
+
+def test_train_same_seed_gives_identical_metrics(records, tmp_path):
+    args = ["--algo", "grpo", "--lora-r", "4", "--lr", "1e-3", "--max-tokens-per-batch", "60",
+            "--max-steps", "2", "--seed", "7"]
+    first, _ = run(args + ["--out", str(tmp_path / "a")], records)
+    second, _ = run(args + ["--out", str(tmp_path / "b")], records)
+    assert len(first) == 2
+    assert without_timing(first) == without_timing(second)
+
+
+def test_train_resume_continues_where_it_stopped(records, tmp_path):
+    """Two steps with a checkpoint after the first; resuming from it gives the same step 2."""
+    out = tmp_path / "ckpt"
+    args = ["--out", str(out), "--max-tokens-per-batch", "60", "--max-steps", "2",
+            "--save-every", "1", "--lr", "1e-4"]
+    straight, _ = run(args, records)
+    assert [p.name for p in (tmp_path / "ckpt.steps").iterdir() if p.name.startswith("step")] \
+        == ["step-000001"]
+    resumed, result = run(args + ["--resume"], records)
+    assert "resumed from" in result.stderr and "after step 1" in result.stderr
+    assert [m["step"] for m in resumed] == [2]
+    assert without_timing(resumed) == without_timing(straight[1:])
+
+    _, result = run(args + ["--resume", "--seed", "3"], records, exit_code=1)
+    assert "the run's options differ: --seed 0 then, 3 now" in result.output
+    _, result = run(args + ["--resume"], records[:3], exit_code=1)
+    assert "the checkpoint was trained on other samples" in result.output
+
+
+def test_packed_row_gives_each_sample_the_logits_it_has_alone(records, embedded_model_dir):
+    """No attention across packed samples: the packed row's logits equal each sample's own."""
+    from transformers import AutoModelForCausalLM
+
+    from flywheel_tools.train import attention
+    from flywheel_tools.train.data import to_train_sample
+
+    attention.register()
+    samples = [to_train_sample(r, 1, TrainConfig())[0] for r in records[:3]]
+    batch = collate(samples, [1.0] * 3)
+    for impl in ("varlen_sdpa", "sdpa"):
+        model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32,
+                                                     attn_implementation=impl).eval()
+        with torch.no_grad():
+            packed = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                           cu_seq_lens_q=batch.cu_seq_lens, cu_seq_lens_k=batch.cu_seq_lens,
+                           max_length_q=batch.max_len, max_length_k=batch.max_len,
+                           use_cache=False).logits[0]
+            alone = torch.cat([model(input_ids=torch.tensor(s.input_ids[None]).long(),
+                                     use_cache=False).logits[0] for s in samples])
+            # The control: the same row without the sample boundaries attends across them.
+            crossed = model(input_ids=batch.input_ids, use_cache=False).logits[0]
+        assert (packed - alone).abs().max() < 1e-4, impl
+        assert (crossed - alone).abs().max() > 1.0
+
+
+def test_train_goes_on_when_its_metrics_reader_goes_away(records, tmp_path):
+    """`train ... | head -1`: one metrics line out, and still the whole run and the model."""
+    data = tmp_path / "samples.jsonl"
+    data.write_text(jsonl(records))
+    exe = Path(sys.executable).parent / "train"
+    proc = subprocess.run(
+        f"'{exe}' --out '{tmp_path / 'ckpt'}' --max-tokens-per-batch 60 --max-steps 2 "
+        f"'{data}' | head -1", shell=True, capture_output=True, text=True, timeout=600,
+        executable="/bin/bash")
+    assert json.loads(proc.stdout)["step"] == 1
+    assert "Traceback" not in proc.stderr
+    assert "2 steps, model in" in proc.stderr
+    assert (tmp_path / "ckpt" / "model.safetensors").is_file()
+
+
+# ---- the checkpoint, served --------------------------------------------------------------------
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_train_checkpoint_loads_in_transformers_and_is_served_by_vllm(records, tmp_path):
+    import openai
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from flywheel.vllm import VLLMServer
+
+    out = tmp_path / "ckpt"
+    run(["--out", str(out), "--max-steps", "1", "--lr", "1e-4"], records)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja",
+                 "flywheel_train.json"):
+        assert (out / name).is_file(), name
+    assert oct((out / "model.safetensors").stat().st_mode & 0o044) == oct(0o044)
+    assert not list(tmp_path.glob(".ckpt.*"))  # no temporary directory left behind
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert AutoTokenizer.from_pretrained(out).chat_template
+
+    with VLLMServer(str(out), served_model_name="trained",
+                    log_file=tmp_path / "vllm.log") as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY", max_retries=0)
+        reply = client.chat.completions.create(
+            model="trained", messages=[{"role": "user", "content": "What is 2+2?"}],
+            max_tokens=8, temperature=0, logprobs=True, extra_body={"return_token_ids": True})
+    choice = reply.choices[0]
+    prompt_ids = reply.model_extra["prompt_token_ids"]
+    completion_ids = choice.model_extra["token_ids"]
+    served = [t.logprob for t in choice.logprobs.content]
+    assert prompt_ids and completion_ids
+    # The served weights are the trained ones: vLLM's logprobs match transformers' on them.
+    record = {"input_ids": prompt_ids + completion_ids,
+              "loss_mask": [0] * len(prompt_ids) + [1] * len(completion_ids)}
+    ours = completion_logprobs(model, record).tolist()
+    assert len(ours) == len(served)
+    assert max(abs(a - b) for a, b in zip(ours, served, strict=True)) < 0.05
+
+
+# ---- Ray Train and accelerate launch ---------------------------------------------------------
+
+@pytest.mark.slow
+def test_train_through_ray_train_locally_with_two_workers(records, tmp_path):
+    out = tmp_path / "ckpt"
+    metrics, result = run(["--ray", "--ray-workers", "2", "--out", str(out),
+                           "--max-tokens-per-batch", "60", "--max-steps", "1"], records)
+    (step,) = metrics
+    assert step["samples"] == 2  # one micro-batch on each worker
+    assert "Ray Train: 2 workers on CPUs" in result.stderr
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert not (tmp_path / "ckpt.steps").exists()  # Ray's own run files are gone
+
+
+@pytest.mark.slow
+def test_train_runs_as_two_processes_under_torchrun(records, tmp_path):
+    """Two CPU processes, DDP over gloo, with the launcher `accelerate launch --multi_gpu` uses
+    (its CPU mode needs MPI): the step equals one process accumulating both micro-batches."""
+    data = tmp_path / "samples.jsonl"
+    data.write_text(jsonl(records))
+    args = ["--max-tokens-per-batch", "60", "--max-steps", "1", str(data)]
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2",
+         "-m", "flywheel_tools.train", "--out", str(tmp_path / "two"), *args],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (two,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.stderr.count("train: 4 read") == 1  # the summary comes from one process
+    assert (tmp_path / "two" / "model.safetensors").is_file()
+    (one,), _ = run(["--out", str(tmp_path / "one"), "--grad-accum", "2", *args], "")
+    assert two["samples"] == one["samples"] == 2
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
+
+
+@needs_gpu
+def test_train_bf16_on_a_gpu(records, tmp_path):
+    metrics, _ = run(["--out", str(tmp_path / "ckpt"), "--mixed-precision", "bf16",
+                      "--max-steps", "1", "--gradient-checkpointing"], records)
+    assert metrics[0]["loss"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_train_on_two_gpus_under_accelerate_launch(records, tmp_path):
+    data = tmp_path / "samples.jsonl"
+    data.write_text(jsonl(records))
+    launcher = Path(sys.executable).parent / "accelerate"
+    proc = subprocess.run(
+        [str(launcher), "launch", "--num_processes", "2", "--mixed_precision", "bf16",
+         "-m", "flywheel_tools.train", "--out", str(tmp_path / "ckpt"),
+         "--max-tokens-per-batch", "60", "--max-steps", "1", str(data)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[0])["samples"] == 2
+
+
+# ---- input and options -----------------------------------------------------------------------
+
+def test_train_names_the_line_of_misaligned_fields(records):
+    bad = dict(records[1], logprobs=[0.0])
+    _, result = run(["--dry-run"], [records[0], bad], exit_code=1)
+    n = len(bad["input_ids"])
+    assert f"<stdin>:2: not a valid sample record: Value error, logprobs has 1 entries for {n} " \
+           f"input_ids" in result.output
+
+
+def test_train_reads_trl_assistant_masks(records):
+    trl = [{k: v for k, v in r.items() if k != "loss_mask"} | {"assistant_masks": r["loss_mask"]}
+           for r in records]
+    _, result = run(["--dry-run"], trl)
+    assert "plan: 4 samples" in result.stderr
+
+
+def test_train_refuses_or_truncates_samples_over_the_token_budget(records):
+    n = len(records[2]["input_ids"])
+    _, result = run(["--dry-run", "--max-tokens-per-batch", "40"], records, exit_code=1)
+    assert f"<stdin>:1: {len(records[0]['input_ids'])} tokens, more than " \
+           f"--max-tokens-per-batch 40 (raise it, or --truncate" in result.output
+    _, result = run(["--dry-run", "--max-tokens-per-batch", str(n - 1), "--truncate"], records)
+    assert "truncated to the token budget" in result.stderr
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"logprobs": None}, "<stdin>:1: no logprobs: --algo grpo takes the sampler's logprobs"),
+    ({"group": None, "task_id": None}, "<stdin>:1: no group (nor task_id)"),
+])
+def test_train_grpo_needs_rewards_groups_and_logprobs(records, change, problem):
+    _, result = run(["--algo", "grpo", "--dry-run"], [dict(records[0], **change)] + records[1:],
+                    exit_code=1)
+    assert problem in result.output
+
+
+def test_train_names_the_line_of_a_token_outside_the_vocabulary(records):
+    alien = dict(records[1], input_ids=[1] + [10**6] * (len(records[1]["input_ids"]) - 1))
+    _, result = run(["--dry-run"], [records[0], alien], exit_code=1)
+    assert "<stdin>:2: token id 1000000 is outside the model's vocabulary (0..49151)" \
+        in result.output
+
+
+def test_train_recomputes_logprobs_when_samples_have_none(records):
+    plain = [dict(r, logprobs=None) for r in records]
+    _, result = run(["--algo", "grpo", "--dry-run", "--recompute-logprobs"], plain)
+    assert "plan: 4 samples" in result.stderr
+
+
+def test_train_names_both_lines_of_a_rollout_with_two_rewards(records):
+    twin = dict(records[1], rollout_id=records[0]["rollout_id"], id="other")
+    _, result = run(["--algo", "grpo", "--dry-run"], [records[0], twin], exit_code=1)
+    assert "<stdin>:2: reward 0.0 differs from 1.0 given for the same rollout 'r0' on line 1" \
+        in result.output
+    _, result = run(["--algo", "grpo", "--dry-run", "--skip-invalid"],
+                    [records[0], twin] + records[1:])
+    assert "1 invalid (1 bad record)" in result.stderr
+
+
+def test_train_skips_and_counts_samples_without_trained_tokens(records):
+    empty = dict(records[0], id="e", rollout_id="e", loss_mask=[0] * len(records[0]["loss_mask"]))
+    _, result = run(["--dry-run"], records + [empty])
+    assert "5 read, 4 trained, 1 skipped (1 no trained tokens)" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--kl-coef", "0.1"], "--kl-coef applies to --algo grpo only (got --algo sft)"),
+    (["--recompute-logprobs"], "--recompute-logprobs applies to --algo grpo only"),
+    (["--save-adapter"], "--save-adapter needs --lora-r (LoRA is off)"),
+    (["--ray-workers", "4"], "--ray-workers needs --ray"),
+    (["--ray", "samples.jsonl"], "--ray 'samples.jsonl': not a Ray address"),
+    (["--min-lr", "1e-6"], "--min-lr applies to --lr-schedule linear or cosine (got constant)"),
+    (["--resume", "--dry-run"], "--resume and --dry-run cannot be used together"),
+])
+def test_train_rejects_incompatible_options_up_front(args, message):
+    result = CliRunner().invoke(train, args, input="")
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_train_will_not_replace_a_directory_it_did_not_make(records, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("mine")
+    _, result = run(["--out", str(precious)], records, exit_code=1)
+    assert "exists and is not a model train wrote" in result.output
+    assert (precious / "notes.txt").read_text() == "mine"
+
+
+def test_train_config_file_sets_options(records, tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text("train:\n  algo: grpo\n  max-tokens-per-batch: 60\n")
+    _, result = run(["--config", str(config), "--dry-run"], records)
+    assert "2 groups (0 with equal rewards skipped)" in result.stderr
+    assert "in 4 micro-batches" in result.stderr
+
+
+# ---- the pieces --------------------------------------------------------------------------------
+
+def test_group_advantages_are_normalised_within_the_group():
+    adv = group_advantages({"a": 1.0, "b": 0.0, "c": 0.0, "d": 1.0}, "std")
+    std = math.sqrt(1 / 3)  # sample standard deviation of 1, 0, 0, 1
+    assert adv["a"] == pytest.approx(0.5 / (std + 1e-4)) and adv["b"] == pytest.approx(-adv["a"])
+    assert group_advantages({"a": 3.0, "b": 1.0}, "mean") == {"a": 1.0, "b": -1.0}
+    assert group_advantages({"a": 0.5, "b": 0.5}, "std") is None
+    assert group_advantages({"a": 1.0}, "std") is None
+
+
+def test_grpo_loss_clips_the_ratio_and_truncates_negative_advantages():
+    logp = torch.log(torch.tensor([1.5, 0.5, 3.0, 1.0]))
+    old = torch.zeros(4)
+    adv = torch.tensor([1.0, -1.0, -1.0, 1.0])
+    weights = torch.full((4,), 0.25)
+    parts = grpo_loss(logp.clone().requires_grad_(), weights, adv, old, old, recomputed=False,
+                      clip_low=0.2, clip_high=0.2, tis_cap=2.0)
+    # token 0: ratio 1.5 > 1.2 with A > 0, clipped; token 1: 0.5 < 0.8 with A < 0, clipped;
+    # token 2: ratio 3 > tis_cap with A < 0, truncated at 2; token 3: ratio 1, as it is.
+    assert parts.clipped == 2 and parts.truncated == 1
+    assert parts.loss.item() == pytest.approx(0.25 * (-1.2 + 0.8 + 2.0 - 1.0))
+
+    sampler = torch.log(torch.tensor([0.25, 1.0, 1.0, 1.0]))  # the sampler saw token 0 as rare
+    parts = grpo_loss(torch.zeros(4, requires_grad=True), weights, adv, old, sampler,
+                      recomputed=True, clip_low=0.2, clip_high=0.2, tis_cap=2.0)
+    assert parts.truncated == 1  # old / sampler = 4, truncated to 2
+    assert parts.loss.item() == pytest.approx(0.25 * (-1 * 2.0 + 1 + 1 - 1))
+
+
+def _sample(i: int, rollout: str, length: int, trained: int) -> TrainSample:
+    import numpy as np
+
+    mask = np.zeros(length, dtype=bool)
+    mask[length - trained:] = True
+    return TrainSample(id=f"s{i}", rollout=rollout, group="g", reward=1.0, line=i + 1,
+                       input_ids=np.arange(length, dtype=np.int32), loss_mask=mask,
+                       logprobs=None)
+
+
+def test_a_rollout_split_into_two_samples_weighs_as_one_under_rollout_norm():
+    samples = [_sample(0, "a", 10, 4), _sample(1, "a", 10, 4), _sample(2, "b", 10, 8)]
+    weights = token_weights(samples, [0, 1, 2], "rollout")
+    per_rollout = {r: sum(weights[i] * samples[i].trained for i in range(3)
+                          if samples[i].rollout == r) for r in "ab"}
+    assert per_rollout == {"a": pytest.approx(0.5), "b": pytest.approx(0.5)}
+    weights = token_weights(samples, [0, 1, 2], "token")
+    assert set(weights.values()) == {1 / 16}
+    weights = token_weights(samples, [0, 1, 2], "sequence")
+    assert sum(weights[i] * samples[i].trained for i in range(3)) == pytest.approx(1.0)
+
+
+def test_packing_respects_the_budget_and_keeps_processes_in_lockstep():
+    lengths = [30, 50, 20, 70, 10, 40, 60]
+    batches = pack(list(range(7)), lengths, 100)
+    assert sorted(i for b in batches for i in b) == list(range(7))
+    assert all(sum(lengths[i] for i in b) <= 100 for b in batches)
+    assert len(batches) == 3  # 280 tokens in three rows of at most 100
+    ranks = spread(batches, lengths, world=2, per_rank=2)
+    assert [len(r) for r in ranks] == [2, 2] and sum(1 for r in ranks for b in r if not b) == 1
+
+    samples = [_sample(i, f"r{i}", n, 2) for i, n in enumerate(lengths)]
+    cfg = TrainConfig(max_tokens_per_batch=100, epochs=2, seed=1)
+    steps = plan_steps(samples, cfg, world=2)
+    assert len(steps) == 4 and {s.epoch for s in steps} == {0, 1}
+    assert plan_steps(samples, cfg, world=2)[0].batches == steps[0].batches  # seeded
+    assert all(len(rank) == 1 for s in steps for rank in s.batches)

@@ -1,0 +1,84 @@
+"""The whole configuration of a training run, as one dataclass with its defaults.
+
+The command line fills it (``cli.py``); tests and other code build it directly. It is plain data,
+so it travels to Ray workers as it is and is written beside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# What a checkpoint must agree on with the run that resumes it: these shape the data order, the
+# step boundaries and the objective. Others (--max-steps, --save-every, ...) may change.
+RESUME_KEYS = ("model", "algo", "max_tokens_per_batch", "grad_accum", "epochs", "seed",
+               "loss_norm", "adv_norm", "truncate", "lora_r", "recompute_logprobs")
+
+
+@dataclass
+class TrainConfig:
+    # what to train, and where the result goes
+    model: str = "smollm2-135m"        # the embedded model's name, or a Hugging Face model dir
+    algo: str = "sft"                  # "sft" (cross-entropy) or "grpo" (clipped policy gradient)
+    out: str = "checkpoint"            # the final model directory (written atomically)
+    checkpoint_dir: str | None = None  # step checkpoints; default "<out>.steps"
+
+    # batches: one packed row per micro-batch, at most this many tokens
+    max_tokens_per_batch: int = 4096
+    grad_accum: int = 1                # micro-batches per optimizer step (per process)
+    epochs: int = 1
+    max_steps: int | None = None       # stop earlier than the epochs would
+    truncate: bool = False             # cut samples longer than the budget instead of refusing
+
+    # optimizer (AdamW) and learning rate
+    lr: float = 1e-5
+    lr_schedule: str = "constant"      # constant, linear or cosine (after warmup)
+    warmup_steps: int = 0
+    min_lr: float = 0.0                # where linear and cosine schedules end
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = 1.0         # 0 disables clipping (the norm is still reported)
+
+    # loss normalisation: every trained token weighs the same ("token"), or every sample
+    # ("sequence"), or every rollout however many samples it was split into ("rollout")
+    loss_norm: str = "token"
+
+    # GRPO
+    adv_norm: str = "std"              # (r - mean) / (std + eps), or "mean": r - mean
+    clip_low: float = 0.2              # PPO clip range: ratio in [1 - clip_low, 1 + clip_high]
+    clip_high: float = 0.2
+    recompute_logprobs: bool = False   # old logprobs from the trainer, not the rollout's sampler
+    tis_cap: float = 2.0               # truncation of the sampler/trainer importance weight
+    kl_coef: float = 0.0               # KL penalty to the frozen starting model (0: no reference)
+
+    # model
+    lora_r: int = 0                    # LoRA rank; 0 trains all weights
+    lora_alpha: float | None = None    # default 2 * lora_r
+    lora_dropout: float = 0.0
+    save_adapter: bool = False         # with LoRA: save the adapter, not merged weights
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "auto"      # auto: bf16 on a GPU, fp32 on a CPU
+    attn: str = "auto"                 # auto: flash_attention_2 where installed, else varlen_sdpa
+
+    # run
+    seed: int = 0
+    save_every: int = 0                # steps between resumable checkpoints; 0: final model only
+    keep_checkpoints: int = 2
+    resume: str | None = None          # "latest" or a step checkpoint directory
+
+    @property
+    def steps_dir(self) -> Path:
+        return Path(self.checkpoint_dir) if self.checkpoint_dir else Path(f"{self.out}.steps")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        if "adam_betas" in values:
+            values["adam_betas"] = tuple(values["adam_betas"])
+        return cls(**values)
