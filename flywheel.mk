@@ -24,8 +24,11 @@ MAX_TOKENS ?= 192## tokens one LLM call may generate
 JOBS ?= 16## rollouts in flight at once
 MAX_MODEL_LEN ?= 4096## context length vLLM serves
 MERGE_ARGS ?=## extra ctx-merge options, e.g. --on-mismatch splice
-ALGO ?= grpo## train's --algo: grpo or sft
-TRAIN_ARGS ?= --lr 2e-6 --epochs 1## extra train options
+WARMUP ?= sft## iteration 1 learns the kept production traces by SFT; empty: it too is $(ALGO)
+WARMUP_ARGS ?= --lr 2e-5 --epochs 3## train options of the warm-up
+TRAIN_MAX_LEN ?= 2048## ctx-merge --max-len of the production traces the warm-up learns
+ALGO ?= grpo## train's --algo on rollouts: grpo or sft
+TRAIN_ARGS ?= --lr 1e-6 --allow-empty## train options on rollouts
 SEED ?= 0## the seed of sampling, the split and training
 
 RUNS ?= runs## where runs go
@@ -36,6 +39,9 @@ FLYWHEEL_BIN := $(VENV)/bin
 AGENT_FILES := $(wildcard $(firstword $(subst :, ,$(WORKFLOW))) $(firstword $(subst :, ,$(REWARD))))
 prev = $(shell echo $$(($1 - 1)))
 model_of = $(if $(filter 0,$1),$(MODEL),$(R)/iter-$1/ckpt)
+warmup = $(and $(WARMUP),$(filter 1,$1))
+# Iterations that learn from rollouts of the previous model (all but a warm-up).
+ROLLOUT_ITERS := $(filter-out $(if $(WARMUP),1),$(ITER_NUMS))
 trained = $(if $(filter 0,$1),,$(R)/iter-$1/metrics.jsonl)
 # Inside a phase ENDPOINT is the phase's vLLM (FLYWHEEL_MODEL names its model); outside, a step
 # serves its own model, and trace-filter / task-augment use the embedded one.
@@ -77,6 +83,15 @@ $(R)/train.jsonl: $(R)/tasks.train.jsonl $(R)/tasks.augmented.jsonl
 
 # Iteration N: rollouts of model N-1 on the training tasks, merged into samples, trained into
 # iter-N/ckpt; iter-N/eval.jsonl is model N on the held-out tasks (iter-0: the starting model).
+# The warm-up (iteration 1) learns the kept production traces themselves, the seed's recipe:
+# their answers passed the filter and the judge, and came from the agent in production.
+ifneq ($(WARMUP),)
+$(R)/iter-1/samples.jsonl: $(R)/tasks.train.jsonl
+	@mkdir -p $(@D)
+	$(FLYWHEEL_BIN)/ctx-merge --tokenizer $(MODEL) --max-len $(TRAIN_MAX_LEN) $(MERGE_ARGS) \
+	  $< -o $@ $(call log,merge-1)
+endif
+
 $(R)/iter-%/rollouts.jsonl: $(R)/train.jsonl $(AGENT_FILES) $$(call trained,$$(call prev,$$*))
 	@mkdir -p $(@D)
 	$(FLYWHEEL_BIN)/rollout -w $(WORKFLOW) -n $(SAMPLES) -j $(JOBS) --reward $(REWARD) \
@@ -88,8 +103,9 @@ $(R)/iter-%/samples.jsonl: $(R)/iter-%/rollouts.jsonl
 
 $(R)/iter-%/metrics.jsonl: $(R)/iter-%/samples.jsonl
 	rm -rf $(@D)/ckpt
-	$(FLYWHEEL_BIN)/train --model $(call model_of,$(call prev,$*)) --algo $(ALGO) \
-	  --seed $(SEED) $(TRAIN_ARGS) --out $(@D)/ckpt $< -o $@ $(call log,train-$*)
+	$(FLYWHEEL_BIN)/train --model $(call model_of,$(call prev,$*)) \
+	  $(if $(call warmup,$*),--algo $(WARMUP) $(WARMUP_ARGS),--algo $(ALGO) $(TRAIN_ARGS)) \
+	  --seed $(SEED) --out $(@D)/ckpt $< -o $@ $(call log,train-$*)
 
 $(R)/iter-%/eval.jsonl: $(R)/heldout.jsonl $(AGENT_FILES) $$(call trained,$$*)
 	@mkdir -p $(@D)
@@ -101,12 +117,15 @@ $(R)/report.md: $(foreach i,0 $(ITER_NUMS),$(R)/iter-$i/eval.jsonl)
 	$(FLYWHEEL_BIN)/python -m flywheel.report $(R) > /dev/null
 
 # One phase per model: model 0 serves the filter, the paraphrases, its evaluation and the first
-# rollouts; model K its evaluation and the next rollouts. A phase already done serves nothing.
+# rollouts (none before a warm-up); model K its evaluation and the next rollouts. A phase
+# already done serves nothing.
 flywheel-loop:
 	@mkdir -p $(R)/logs
 	@for k in 0 $(ITER_NUMS); do \
 	  goals="$(R)/iter-$$k/eval.jsonl"; \
-	  if [ $$k -lt $(ITERS) ]; then goals="$$goals $(R)/iter-$$((k + 1))/rollouts.jsonl"; fi; \
+	  if [ $$k -eq 0 ]; then goals="$$goals $(R)/train.jsonl"; fi; \
+	  case " $(ROLLOUT_ITERS) " in *" $$((k + 1)) "*) \
+	    goals="$$goals $(R)/iter-$$((k + 1))/rollouts.jsonl";; esac; \
 	  if ! $(MAKE) -s -q $$goals >/dev/null 2>&1; then \
 	    if [ $$k -eq 0 ]; then model="$(MODEL)"; else model="$(R)/iter-$$k/ckpt"; fi; \
 	    echo "== flywheel phase $$k: serving $$model"; \

@@ -38,7 +38,7 @@ def small_run(tmp_path_factory):
     (base / "refs.jsonl").write_text("\n".join(refs[:8]) + "\n")
     settings = [f"REFERENCES={base / 'refs.jsonl'}", "ITERS=1", "SAMPLES=2", "EVAL_SAMPLES=1",
                 "MAX_TOKENS=48", "PARAPHRASES=2", "HELDOUT=0.25", "JOBS=8",
-                "MAX_MODEL_LEN=2048", "TRAIN_ARGS=--lr 1e-5 --max-steps 1",
+                "MAX_MODEL_LEN=2048", "TRAIN_ARGS=--lr 1e-5 --max-steps 1", "WARMUP=",
                 f"REWARD={ROOT / 'tests' / 'fixtures' / 'flywheel' / 'rewards.py'}:alternate"]
     first = make("flywheel-loop", *settings, runs=base / "runs")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
