@@ -145,15 +145,18 @@ def report(run: Path) -> str:
             groups.setdefault(r["group"], []).append(r.get("reward"))
         flat = sum(1 for g in groups.values() if None not in g and len(set(g)) == 1)
         calls, n_samples, separate, merged = merge_figures(rollouts, samples)
-        saving = f" ({separate / merged:.2f}x)" if merged else ""
+        saving = f" ({separate / merged:.2f}x)" if merged and separate else ""
         losses = [m["loss"] for m in metrics if m.get("loss") is not None]
         speeds = [m["tokens_per_s"] for m in metrics if m.get("tokens_per_s")]
-        lines.append(
-            f"| {i} | {len(rollouts)} ({ok}) | "
-            f"{statistics.fmean(rewards) if rewards else float('nan'):.3f} | "
-            f"{flat} of {len(groups)} | {calls} -> {n_samples} | {separate} -> {merged}{saving} "
-            f"| {len(metrics)} | {losses[-1] if losses else float('nan'):.4f} | "
-            f"{statistics.fmean(speeds) if speeds else 0:.0f} |")
+        tail = (f"| {len(metrics)} | {losses[-1] if losses else float('nan'):.4f} | "
+                f"{statistics.fmean(speeds) if speeds else 0:.0f} |")
+        if not rollouts:  # a warm-up: SFT on the production traces, not on rollouts
+            lines.append(f"| {i} (SFT on traces) | - | - | - | - -> {n_samples} "
+                         f"| - -> {merged} {tail}")
+        else:
+            mean = statistics.fmean(rewards) if rewards else float("nan")
+            lines.append(f"| {i} | {len(rollouts)} ({ok}) | {mean:.3f} | {flat} of {len(groups)} "
+                         f"| {calls} -> {n_samples} | {separate} -> {merged}{saving} {tail}")
         for step in ("rollout", "merge", "train"):
             line = log_line(run, f"{step}-{i}")
             if line:

@@ -94,11 +94,16 @@ class Trainer:
 
     def setup(self) -> Trainer:
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
         from accelerate.utils import set_seed
 
         cfg = self.cfg
         # Ray Train's CPU workers say so here; Accelerate wants cpu=True to use their gloo group.
         cpu = os.environ.get("ACCELERATE_TORCH_DEVICE") == "cpu"
+        # Accelerate keeps its settings in a process-wide singleton: a second run in the same
+        # process (a notebook, the tests) with other settings would be refused. The process
+        # group (PartialState) is kept.
+        AcceleratorState._reset_state()
         self.accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision),
                                        cpu=cpu)
         set_seed(cfg.seed)
