@@ -228,22 +228,3 @@ def progress(items: Iterable[T], *, total: int | None = None, desc: str = "",
     from tqdm import tqdm
 
     return tqdm(items, total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
-
-
-def not_built_yet(tool: str, issue: int) -> None:
-    """What a tool whose issue is still open says, after checking its input."""
-    raise FlywheelError(f"{tool} is not built yet (issue #{issue}); see tools/{tool}/README.md")
-
-
-def check_input_then_stop(tool: str, issue: int, kind: str, stream: IO[bytes], *,
-                          skip_invalid: bool, quiet: bool, verbose: int) -> None:
-    """A tool whose issue is open: validate its input like the real tool will, then say so."""
-    stats = ReadStats()
-    summary = Summary(tool, "read")
-    for _ in progress(read_input(stream, kind, skip_invalid=skip_invalid, stats=stats,
-                                 tool=tool, verbose=verbose), desc=tool, quiet=quiet):
-        pass
-    summary.add("read", stats.records)
-    summary.absorb(stats)
-    summary.print(quiet)
-    not_built_yet(tool, issue)

@@ -16,8 +16,6 @@ from click.testing import CliRunner
 
 from conftest import JSONL_TOOLS, REQUIRED_ARGS, TOOLS
 
-BUILT = {"trace-filter", "ctx-merge", "rollout", "train", "task-augment"}
-
 
 def args(name: str, *more: str) -> list[str]:
     """The arguments a tool needs to get as far as reading its input, then ``more``."""
@@ -76,13 +74,6 @@ def test_missing_input_file_is_a_usage_error(name, tmp_path):
     result = CliRunner().invoke(tool_main(name), args(name, str(tmp_path / "nope.jsonl")))
     assert result.exit_code == 2
     assert "nope.jsonl" in result.output and "No such file" in result.output
-
-
-@pytest.mark.parametrize("name", sorted(set(JSONL_TOOLS) - BUILT))
-def test_tools_not_built_yet_say_so_after_checking_input(name):
-    result = CliRunner().invoke(tool_main(name), args(name), input="")
-    assert result.exit_code == 1
-    assert "not built yet" in result.output
 
 
 def test_trace_export_reports_a_missing_database(tmp_path):
