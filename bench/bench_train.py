@@ -94,7 +94,7 @@ def run_train(args: argparse.Namespace, samples: list[dict], device: str) -> dic
 
     cfg = TrainConfig(model=str(args.model_dir), out=str(args.workdir / "out"),
                       max_tokens_per_batch=args.max_tokens_per_batch, lr=1e-5, seed=args.seed,
-                      attn=args.attn)
+                      attn=args.attn, mixed_precision="bf16" if args.bf16 else "fp32")
     data = [to_train_sample(r, i + 1, cfg)[0] for i, r in enumerate(samples)]
     steps: list[dict] = []
     trainer = Trainer(cfg, data, emit=steps.append).setup()
@@ -117,7 +117,7 @@ def run_plain(args: argparse.Namespace, samples: list[dict], device: str) -> dic
                                                  attn_implementation="sdpa").to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=args.bf16)
     tokens = positions = 0
     seconds = 0.0
     for n, batch in enumerate(plain_batches(samples, args.order, args.batch)):
@@ -181,7 +181,7 @@ def run_trl(args: argparse.Namespace, samples: list[dict], device: str) -> dict:
     config = SFTConfig(output_dir=str(args.workdir / "trl"), per_device_train_batch_size=args.batch,
                        max_steps=len(batches), learning_rate=1e-5, max_grad_norm=1.0,
                        report_to=[], save_strategy="no", logging_steps=10**6, seed=args.seed,
-                       bf16=device == "cuda", use_cpu=device == "cpu", max_length=None,
+                       bf16=args.bf16, use_cpu=device == "cpu", max_length=None,
                        dataloader_drop_last=False, optim="adamw_torch_fused",
                        disable_tqdm=True, data_seed=args.seed)
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_dict(rows),
@@ -244,6 +244,8 @@ def main() -> None:
                         help="train's token budget [default: 16384 on a GPU, 2048 on a CPU]")
     parser.add_argument("--attn", default="auto", help="train's --attn")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                        help="of every variant; auto: bf16 autocast on a GPU, fp32 on a CPU")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the GPU's dense bf16 peak, where it is not known here")
     parser.add_argument("--variants", default="plain,train,trl")
@@ -253,6 +255,7 @@ def main() -> None:
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
         return variant_main(args)
@@ -260,6 +263,7 @@ def main() -> None:
     import torch
 
     gpu = torch.cuda.is_available()
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and gpu)
     layers = args.layers or (None if gpu else 4)
     n = args.samples or (512 if gpu else 32)
     max_len = args.max_len or (2048 if gpu else 384)
@@ -279,7 +283,7 @@ def main() -> None:
     print(f"bench_train: {n} samples, {sum(lengths)} tokens (lengths {min(lengths)}-"
           f"{max(lengths)}, mean {sum(lengths) / n:.0f}), {args.model} architecture with "
           f"{config.num_hidden_layers} layers at random init, {name}, "
-          f"{'bf16 autocast' if gpu else 'fp32'}; train packs <= {budget} tokens a row, the "
+          f"{'bf16 autocast' if bf16 else 'fp32'}; train packs <= {budget} tokens a row, the "
           f"padded loops take {batch} samples a batch", flush=True)
 
     variants = [v for v in args.variants.split(",") if v]
@@ -294,7 +298,7 @@ def main() -> None:
         for variant in variants:
             cmd = [sys.executable, __file__, "--variant", variant, "--workdir", str(workdir),
                    "--batch", str(batch), "--max-tokens-per-batch", str(budget), "--attn",
-                   args.attn, "--seed", str(args.seed)]
+                   args.attn, "--seed", str(args.seed)] + (["--bf16"] if bf16 else [])
             proc = subprocess.run(cmd, capture_output=True, text=True,
                                   env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
             if proc.returncode != 0:

@@ -159,7 +159,8 @@ def summarise(summary: Summary, report: DataReport, stats: ReadStats, algo: str)
               help="Recompute activations in the backward pass: less memory, ~30% slower.")
 @click.option("--mixed-precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto",
               show_default=True, help="auto: bf16 autocast on a GPU (or what accelerate launch "
-                                      "says), fp32 on a CPU.")
+                                      "says); on a CPU, bf16 for SFT where it is native "
+                                      "(AVX512-BF16, AMX), else fp32.")
 @click.option("--attn", type=click.Choice(["auto", "varlen_sdpa", "flash_attention_2", "sdpa",
                                            "eager"]), default="auto", show_default=True,
               help="Attention kernel; auto: flash_attention_2 where installed on a GPU, else "

@@ -59,7 +59,7 @@ class TrainConfig:
     lora_dropout: float = 0.0
     save_adapter: bool = False         # with LoRA: save the adapter, not merged weights
     gradient_checkpointing: bool = False
-    mixed_precision: str = "auto"      # auto: bf16 on a GPU, fp32 on a CPU
+    mixed_precision: str = "auto"      # auto: see trainer.mixed_precision
     attn: str = "auto"                 # auto: flash_attention_2 where installed, else varlen_sdpa
 
     # run

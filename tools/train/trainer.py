@@ -64,15 +64,27 @@ def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def mixed_precision(requested: str) -> str | None:
-    """``auto``: what ``accelerate launch`` was told, else bf16 on a GPU that has it, else fp32."""
+def mixed_precision(requested: str, algo: str = "sft") -> str | None:
+    """``auto``: what ``accelerate launch`` was told, else bf16 on a GPU that has it; on a CPU,
+    bf16 for SFT where the CPU does bf16 matmuls natively, and float32 for GRPO, whose ratios
+    compare with a CPU sampler's float32 logprobs (the launcher serves float32 on a CPU)."""
     if requested == "fp32":
         return "no"
     if requested != "auto":
         return requested
     if os.environ.get("ACCELERATE_MIXED_PRECISION"):
         return None  # Accelerate reads it
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if algo == "sft" and cpu_has_native_bf16() else "no"
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: there bf16 autocast trains ~1.6x faster than float32 (measured on a
+    2-core Zen 5); elsewhere bf16 is emulated and slower than float32."""
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
 
 
 class Trainer:
@@ -104,8 +116,8 @@ class Trainer:
         # process (a notebook, the tests) with other settings would be refused. The process
         # group (PartialState) is kept.
         AcceleratorState._reset_state()
-        self.accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision),
-                                       cpu=cpu)
+        precision = mixed_precision(cfg.mixed_precision, cfg.algo)
+        self.accelerator = Accelerator(mixed_precision=precision, cpu=cpu)
         set_seed(cfg.seed)
         self.model_dir = resolve_model(cfg.model)
         self.model = self._setup_model()
