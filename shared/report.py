@@ -172,6 +172,7 @@ def plot(run: Path, evals: dict[int, dict[str, float]]) -> None:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     points = [(i, estimate(list(r.values()))) for i, r in sorted(evals.items())]
@@ -188,6 +189,7 @@ def plot(run: Path, evals: dict[int, dict[str, float]]) -> None:
     if train:
         ax.plot([i for i, _ in train], [m for _, m in train], "s--", label="training rollouts")
     ax.set_xlabel("iteration (0: the starting model)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole numbers
     ax.set_ylabel("reward")
     ax.set_title(f"{run.name}: reward per iteration")
     ax.legend()
