@@ -11,7 +11,7 @@ DB ?= examples/demo.sqlite## the Studio database to learn from (read only)
 REFERENCES ?= examples/demo-references.jsonl## known-good answers (JSONL, by id or query); empty: none
 AGENT ?= MathAgent## only this agent's turns; empty: every agent
 RUBRICS ?= examples/rubrics.txt## trace-filter's rubrics; empty: the judge's base criteria only
-FILTER_ARGS ?= --drop-errors --dedup --require-reference## trace-filter's rule filters
+FILTER_ARGS ?= --drop-errors --dedup --require-reference --check-reference --undecided drop## trace-filter's rule filters: the answers kept agree with their references
 PARAPHRASES ?= 8## training tasks reworded once each by task-augment (0: none)
 HELDOUT ?= 0.25## share of the tasks held out for evaluation
 MODEL ?= smollm2-135m## the starting model: a registered name or a model directory
@@ -118,7 +118,9 @@ $(R)/report.md: $(foreach i,0 $(ITER_NUMS),$(R)/iter-$i/eval.jsonl)
 
 # One phase per model: model 0 serves the filter, the paraphrases, its evaluation and the first
 # rollouts (none before a warm-up); model K its evaluation and the next rollouts. A phase
-# already done serves nothing.
+# already done serves nothing. This recipe calls $(MAKE), so make runs it even under `make -n`:
+# then it prints each phase's server and the steps it would run, and starts nothing.
+DRY_RUN := $(findstring n,$(firstword -$(MAKEFLAGS)))
 flywheel-loop:
 	@mkdir -p $(R)/logs
 	@for k in 0 $(ITER_NUMS); do \
@@ -129,9 +131,15 @@ flywheel-loop:
 	  if ! $(MAKE) -s -q $$goals >/dev/null 2>&1; then \
 	    if [ $$k -eq 0 ]; then model="$(MODEL)"; else model="$(R)/iter-$$k/ckpt"; fi; \
 	    echo "== flywheel phase $$k: serving $$model"; \
-	    $(FLYWHEEL_BIN)/python -m flywheel.vllm "$$model" --max-model-len $(MAX_MODEL_LEN) \
-	      --log-file $(R)/logs/vllm-$$k.log \
-	      --exec sh -c '$(MAKE) --no-print-directory '"$$goals"' ENDPOINT="$$OPENAI_BASE_URL"'; \
+	    if [ -n "$(DRY_RUN)" ]; then \
+	      echo "$(FLYWHEEL_BIN)/python -m flywheel.vllm $$model --max-model-len $(MAX_MODEL_LEN)" \
+	        "--log-file $(R)/logs/vllm-$$k.log --exec make $$goals ENDPOINT=<its base URL>"; \
+	      $(MAKE) --no-print-directory $$goals ENDPOINT=http://127.0.0.1:PORT/v1; \
+	    else \
+	      $(FLYWHEEL_BIN)/python -m flywheel.vllm "$$model" --max-model-len $(MAX_MODEL_LEN) \
+	        --log-file $(R)/logs/vllm-$$k.log \
+	        --exec sh -c '$(MAKE) --no-print-directory '"$$goals"' ENDPOINT="$$OPENAI_BASE_URL"'; \
+	    fi; \
 	  fi; \
 	  if [ $$k -lt $(ITERS) ]; then \
 	    echo "== flywheel iteration $$((k + 1)): training"; \

@@ -1,4 +1,6 @@
-"""Rewrite the Usage block of each tool's README from its current --help (`make docs`)."""
+"""Rewrite the usage blocks of each tool's README from its current --help (`make docs`): the
+`## Usage` block from the tool's --help, and for a tool with subcommands a
+`## Usage: TOOL SUB` block for each subcommand other than the default."""
 
 from __future__ import annotations
 
@@ -7,28 +9,46 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import click
 from click.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ["trace-export", "trace-filter", "task-augment", "rollout", "ctx-merge", "train"]
 
 
-def help_text(name: str) -> str:
+def tool_main(name: str) -> click.Command:
     (ep,) = [ep for ep in entry_points(group="console_scripts") if ep.name == name]
-    return CliRunner().invoke(ep.load(), ["--help"], terminal_width=100).output.rstrip()
+    return ep.load()
+
+
+def usage_blocks(name: str) -> dict[str, str]:
+    """Heading -> help text: ``Usage`` for the tool, ``Usage: NAME SUB`` for each other
+    subcommand of a tool with subcommands."""
+    command = tool_main(name)
+
+    def help_of(*args: str) -> str:
+        return CliRunner().invoke(command, [*args, "--help"], terminal_width=100).output.rstrip()
+
+    blocks = {"Usage": help_of()}
+    default = getattr(command, "default", None)
+    for sub in getattr(command, "commands", {}):
+        if sub != default:
+            blocks[f"Usage: {name} {sub}"] = help_of(sub)
+    return blocks
 
 
 def main() -> int:
     for name in TOOLS:
         path = ROOT / "tools" / name / "README.md"
-        text = path.read_text()
-        block = f"## Usage\n\n```\n{help_text(name)}\n```\n"
-        new, n = re.subn(r"## Usage\n\n```\n.*?\n```\n", lambda m, b=block: b, text, flags=re.S)
-        if n != 1:
-            print(f"{path}: no '## Usage' block to update", file=sys.stderr)
-            return 1
-        if new != text:
-            path.write_text(new)
+        text = original = path.read_text()
+        for heading, help_text in usage_blocks(name).items():
+            block = f"## {heading}\n\n```\n{help_text}\n```\n"
+            text, n = re.subn(rf"## {re.escape(heading)}\n\n```\n.*?\n```\n",
+                              lambda m, b=block: b, text, flags=re.S)
+            if n == 0:  # a new subcommand: its block goes at the end
+                text = text.rstrip("\n") + f"\n\n{block}"
+        if text != original:
+            path.write_text(text)
             print(f"updated {path.relative_to(ROOT)}", file=sys.stderr)
     return 0
 

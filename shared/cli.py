@@ -3,8 +3,11 @@ closed stdout, one-line errors (traceback with -v), the stderr summary line and 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections import Counter
@@ -32,13 +35,43 @@ def _quiet_stdout() -> None:
         pass
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, so that what Ctrl-C cleans up (a
+    temporary output file, a server the tool started) is cleaned up for them too."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def signals_as_exceptions() -> Iterator[None]:
+    """While a tool runs, SIGTERM and SIGHUP end it the way Ctrl-C does (the default action
+    would kill it on the spot, leaving its temporary files and servers behind)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_terminated)
+                for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class ToolCommand(click.Command):
     """A click command with the toolkit's conventions for ending.
 
     - a closed stdout ends the tool quietly, exit 0 (``tool | head -1`` is normal use)
     - a FlywheelError prints one line, exit 1; an unexpected error prints one line too, and the
       traceback only with ``-v``
-    - Ctrl-C exits 130 without a traceback
+    - Ctrl-C exits 130 without a traceback; SIGTERM and SIGHUP exit 128 + the signal's number,
+      after the same cleanup
     """
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -49,9 +82,10 @@ class ToolCommand(click.Command):
             ctx.exit(0)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as err:
+            signum = getattr(err, "signum", None)
+            click.echo("Terminated." if signum else "Interrupted.", err=True)
+            ctx.exit(128 + signum if signum else 130)
         except Exception as err:  # the last line of defence: one line, never a bare traceback
             if ctx.params.get("verbose"):
                 traceback.print_exc()
@@ -61,7 +95,8 @@ class ToolCommand(click.Command):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().main(*args, **kwargs)
+            with signals_as_exceptions():
+                return super().main(*args, **kwargs)
         except BrokenPipeError:
             _quiet_stdout()
             sys.exit(0)
@@ -92,7 +127,8 @@ class ToolGroup(click.Group):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().main(*args, **kwargs)
+            with signals_as_exceptions():
+                return super().main(*args, **kwargs)
         except BrokenPipeError:
             _quiet_stdout()
             sys.exit(0)
@@ -169,15 +205,29 @@ def read_input(
     stats: ReadStats,
     tool: str,
     verbose: int = 0,
+    also: Callable[[dict], None] | None = None,
 ) -> Iterator[dict]:
-    """The records of a tool's input, validated as ``kind`` (task, rollout, sample) records."""
+    """The records of a tool's input, validated as ``kind`` (task, rollout, sample) records;
+    ``also(record)`` is a tool's own check, raising RecordError (named with file and line)."""
     from .records import VALIDATORS  # pydantic: imported only by tools that validate records
 
     hint_if_waiting(stream, tool)
     validate = VALIDATORS[kind] if kind else None
+    if also is not None:
+        validate = _both(validate, also)
     warn = (lambda msg: click.echo(f"{tool}: {msg}", err=True)) if verbose else None
     return read_jsonl(stream, input_name(stream), validate=validate, skip_invalid=skip_invalid,
                       stats=stats, warn=warn)
+
+
+def _both(validate: Callable[[dict], dict] | None,
+          also: Callable[[dict], None]) -> Callable[[dict], dict]:
+    def check(record: dict) -> dict:
+        record = validate(record) if validate is not None else record
+        also(record)
+        return record
+
+    return check
 
 
 class Summary:

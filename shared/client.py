@@ -5,6 +5,7 @@ order. API keys never appear in messages: ``redact`` scrubs them from any text w
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import random
 import threading
 import time
@@ -24,14 +25,19 @@ T = TypeVar("T")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
+class MalformedReply(Exception):
+    """An HTTP 200 whose body is not a chat completion: an HTML page from a proxy or gateway,
+    broken JSON, a JSON list. Retried like a 5xx; what still fails is the request's error."""
+
+
 def retryable() -> tuple[type[BaseException], ...]:
     """The failures worth another try: 429, 5xx, timeouts, dropped connections (a server
-    restarting). A function, so that importing this module does not import openai (most of a
-    tool's start-up time; a run answered from its cache never needs it)."""
+    restarting), malformed replies. A function, so that importing this module does not import
+    openai (most of a tool's start-up time; a run answered from its cache never needs it)."""
     import openai
 
     return (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
-            openai.APIConnectionError)
+            openai.APIConnectionError, MalformedReply)
 
 
 def api_errors() -> tuple[type[BaseException], ...]:
@@ -101,9 +107,20 @@ def chat(client: openai.OpenAI, body: dict[str, Any]) -> dict[str, Any]:
     It goes through the SDK's own transport (auth, timeouts, its error types: RateLimitError,
     APIStatusError, ...) but skips its typed request transform and response models, which cost
     a few milliseconds of CPU per call: at hundreds of calls a second that is the bottleneck.
-    vLLM's extra fields (``prompt_token_ids``, ``token_ids``) stay plain keys.
+    vLLM's extra fields (``prompt_token_ids``, ``token_ids``) stay plain keys. A body that is
+    not a chat completion raises MalformedReply.
     """
-    return client.post("/chat/completions", body=body, cast_to=object)
+    try:
+        reply = client.post("/chat/completions", body=body, cast_to=object)
+    except json.JSONDecodeError as err:
+        raise MalformedReply(f"the reply is not valid JSON ({err.msg} at column {err.colno})") \
+            from None
+    if not isinstance(reply, dict) or not isinstance(reply.get("choices"), list):
+        shown = reply if isinstance(reply, str) else json.dumps(reply)[:200]
+        kind = "text" if isinstance(reply, str) else f"a JSON {type(reply).__name__}"
+        raise MalformedReply(f"the reply is {kind}, not a chat completion: "
+                             f"{' '.join(str(shown).split())[:120]!r}")
+    return reply
 
 
 def message_text(reply: dict[str, Any]) -> str | None:
@@ -156,7 +173,8 @@ def call_with_retries(
 def describe_api_error(err: Exception, endpoint: Endpoint) -> str:
     """One line for an endpoint failure, with the key scrubbed."""
     status = getattr(err, "status_code", None)
-    kind = f"HTTP {status}" if status else type(err).__name__
+    kind = f"HTTP {status}" if status else "malformed reply" if isinstance(
+        err, MalformedReply) else type(err).__name__
     return endpoint.redact(f"{endpoint.base_url}: {kind}: {err}")
 
 

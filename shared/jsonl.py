@@ -4,6 +4,7 @@ writer that streams to stdout or writes a file atomically (temporary file, then 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import sys
@@ -148,12 +149,35 @@ def open_output(path: str | os.PathLike | None,
         yield JsonlWriter(stream, flush_each=False)
 
 
+def _remove_leftovers(final: Path) -> None:
+    """Temporary files of earlier writes of ``final`` whose process is gone (killed with
+    SIGKILL, or the machine stopped): their names carry the writer's process id."""
+    for leftover in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        pid = leftover.name[len(final.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside ``path`` that is renamed to it when the block succeeds."""
+    """A temporary path beside ``path`` that is renamed to it when the block succeeds; it is
+    removed when the block fails, and by the next write of ``path`` when its process died."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    _remove_leftovers(final)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp",
+                               dir=final.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a finished file gets the usual mode
     try:

@@ -4,7 +4,6 @@ asked, and how strictly its verdict is read."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,13 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .client import Endpoint, call_with_retries, chat, message_text
+from .ask import JsonAsker, ReplyError, parse_json_object
+from .client import Endpoint
 from .ids import stable_id
 
 if TYPE_CHECKING:
     import openai
 
-PROMPT_VERSION = 1  # part of every cache key: a new prompt makes old verdicts stale
+PROMPT_VERSION = 2  # part of every cache key: a new prompt makes old verdicts stale
 
 BASE_CRITERIA = """\
 Drop the task when any of these holds:
@@ -30,6 +30,8 @@ Drop the task when any of these holds:
 6. The answer is in a different language from the request.
 7. The user's feedback after the answer shows it was wrong or unhelpful. Feedback is strong
    evidence, not proof: users can be wrong too, so check it against the answer and the tools.
+8. A known-good reference answer is shown and the answer's final result disagrees with it. The
+   reference is checked and correct, unlike the user's feedback.
 Keep the task when the answer is a good, correct response to the request."""
 
 SYSTEM = """\
@@ -67,7 +69,7 @@ def rubrics_text(value: str | None) -> str | None:
     return value
 
 
-class VerdictError(ValueError):
+class VerdictError(ReplyError):
     """A judge reply that is not a verdict."""
 
 
@@ -77,11 +79,11 @@ def system_prompt(rubrics: str | None) -> str:
     return SYSTEM.format(base=BASE_CRITERIA, custom=custom)
 
 
-def _clip(text: str) -> str:
-    if len(text) <= _MAX_FIELD:
+def _clip(text: str, limit: int = _MAX_FIELD) -> str:
+    if len(text) <= limit:
         return text
-    half = _MAX_FIELD // 2
-    return f"{text[:half]}\n[... {len(text) - _MAX_FIELD} characters left out ...]\n{text[-half:]}"
+    half = limit // 2
+    return f"{text[:half]}\n[... {len(text) - limit} characters left out ...]\n{text[-half:]}"
 
 
 def _text(content: Any) -> str:
@@ -105,41 +107,37 @@ def _tool_summary(trajectory: list[dict]) -> list[str]:
     return lines
 
 
-def record_view(record: dict) -> str:
-    """The record as the judge sees it: context, request, tools, answer, feedback."""
+def record_view(record: dict, clip: int = _MAX_FIELD) -> str:
+    """The record as the judge sees it: context, request, tools, answer, reference, feedback.
+    Each part is clipped to ``clip`` characters (head and tail kept)."""
     messages = record.get("messages") or []
     context = [m for m in messages[:-1] if m.get("role") != "system"]
     parts = []
     if context:
         parts.append("## Earlier conversation\n" + _clip("\n".join(
-            f"[{m.get('role')}] {_text(m.get('content'))}" for m in context)))
-    parts.append("## Request\n" + _clip(_text(record.get("query"))))
+            f"[{m.get('role')}] {_text(m.get('content'))}" for m in context), clip))
+    parts.append("## Request\n" + _clip(_text(record.get("query")), clip))
     tools = _tool_summary(record.get("trajectory") or [])
     if tools:
-        parts.append("## Tool calls the agent made\n" + _clip("\n".join(tools)))
+        parts.append("## Tool calls the agent made\n" + _clip("\n".join(tools), clip))
     answer = record.get("answer")
-    parts.append("## Agent's answer\n" + (_clip(answer) if answer else "(no answer)"))
+    parts.append("## Agent's answer\n" + (_clip(answer, clip) if answer else "(no answer)"))
+    reference = record.get("reference")
+    if reference is not None and str(reference).strip():
+        parts.append("## Known-good reference answer\n" + _clip(str(reference), clip))
     feedback = record.get("feedback") or []
     if feedback:
         parts.append("## What the user said next\n" + _clip("\n".join(
-            _text(m.get("content")) for m in feedback)))
+            _text(m.get("content")) for m in feedback), clip))
     return "\n\n".join(parts)
 
 
 def parse_verdict(text: str | None) -> dict:
     """A strict read: one JSON object (a ```json fence is tolerated) with verdict keep|drop."""
-    if not text or not text.strip():
-        raise VerdictError("empty reply")
-    body = text.strip()
-    fence = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", body, re.S)
-    if fence:
-        body = fence.group(1)
     try:
-        data = json.loads(body)
-    except json.JSONDecodeError as err:
-        raise VerdictError(f"not JSON ({err.msg}): {body[:120]!r}") from None
-    if not isinstance(data, dict):
-        raise VerdictError(f"not a JSON object: {body[:120]!r}")
+        data = parse_json_object(text)
+    except ReplyError as err:
+        raise VerdictError(str(err)) from None
     verdict = data.get("verdict")
     if verdict not in ("keep", "drop"):
         raise VerdictError(f"verdict must be keep or drop, got {verdict!r}")
@@ -173,42 +171,21 @@ class Judge:
     def __init__(self, settings: JudgeSettings, client: Callable[[], openai.OpenAI],
                  on_retry=None):
         self.settings = settings
-        self.client = client
         self.system = system_prompt(settings.rubrics)
-        self.on_retry = on_retry
-        self.structured = settings.structured
-
-    def _ask(self, record: dict, temperature: float) -> str | None:
-        import openai  # not at the top: a run answered from the cache never loads it
-
-        s = self.settings
-        body: dict[str, Any] = dict(
-            model=s.endpoint.model, temperature=temperature, max_tokens=s.max_tokens,
-            messages=[{"role": "system", "content": self.system},
-                      {"role": "user", "content": record_view(record)}])
-        if self.structured:
-            body["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": "verdict", "schema": VERDICT_SCHEMA, "strict": True}}
-        try:
-            reply = call_with_retries(lambda: chat(self.client(), body),
-                                      retries=s.endpoint.retries, on_retry=self.on_retry)
-        except openai.BadRequestError as err:
-            if self.structured and "response_format" in str(err):
-                self.structured = False  # this endpoint has no structured output: parse strictly
-                return self._ask(record, temperature)
-            raise
-        return message_text(reply)
+        self.asker = JsonAsker(settings.endpoint, client, structured=settings.structured,
+                               on_retry=on_retry)
 
     def __call__(self, record: dict) -> dict:
         """A verdict ``{"verdict", "reason"}``; VerdictError after the parse retries; endpoint
         errors (after their own retries) propagate."""
-        problem = None
-        for attempt in range(self.settings.parse_retries + 1):
-            # Asking again at temperature 0 would give the same reply: retries sample.
-            temperature = self.settings.temperature if attempt == 0 else max(
-                self.settings.temperature, 0.7)
-            try:
-                return parse_verdict(self._ask(record, temperature))
-            except VerdictError as err:
-                problem = err
-        raise VerdictError(f"no verdict after {self.settings.parse_retries + 1} tries: {problem}")
+        s = self.settings
+        messages = [{"role": "system", "content": self.system},
+                    {"role": "user", "content": record_view(record)}]
+        try:
+            return self.asker.ask(messages, parse_verdict, schema=VERDICT_SCHEMA, name="verdict",
+                                  temperature=s.temperature, max_tokens=s.max_tokens,
+                                  parse_retries=s.parse_retries)
+        except VerdictError:
+            raise
+        except ReplyError as err:
+            raise VerdictError(str(err)) from None

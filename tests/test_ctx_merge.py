@@ -652,7 +652,7 @@ def test_cli_names_the_line_of_a_bad_rollout(tmp_path):
     path.write_text(jsonl(rollout_of(calls), bad))
     result, records = invoke([path])
     assert result.exit_code == 1
-    assert f"Error: {path}:2: not a valid rollout record: calls.0: Value error, " \
+    assert f"Error: {path}:2: not a valid rollout record: calls.0: " \
            f"{len(calls[0]['completion_ids']) - 1} logprobs for " \
            f"{len(calls[0]['completion_ids'])} completion tokens" in result.output
     result, records = invoke(["--skip-invalid", path])
@@ -882,3 +882,11 @@ def test_recorded_react_rollout_gives_the_recorded_samples(tokenizer):
     assert masked_text(tokenizer, sample) == "".join(
         tokenizer.decode(c["completion_ids"]) for c in calls)
     assert "1 samples" in result.stderr and "2.74x fewer" in result.stderr
+
+
+def test_a_rollout_without_calls_is_counted_with_its_reason():
+    empty = rollout_of([], id="task-2/0")
+    result, samples = invoke([], json.dumps(empty) + "\n")
+    assert result.exit_code == 0, result.output
+    assert samples == []
+    assert "1 dropped (1 rollouts without calls)" in result.stderr

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from flywheel.answers import check_answer
+
 from conftest import ROOT
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
@@ -51,6 +53,8 @@ def test_the_loop_leaves_every_step_and_a_report(small_run):
     train, heldout = lines(run / "train.jsonl"), lines(run / "heldout.jsonl")
     assert len(exported) > len(kept) > 0
     assert all(t.get("reference") for t in kept)
+    # the warm-up learns only answers that agree with their references
+    assert all(check_answer(t["answer"], t["reference"]).outcome == "agree" for t in kept)
     originals = [t for t in train if not t.get("augment")]
     assert len(originals) + len(heldout) == len(kept)
     assert not {t["id"] for t in train} & {t["id"] for t in heldout}
@@ -82,3 +86,14 @@ def test_a_rerun_finds_the_loop_done_and_serves_nothing(small_run):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "serving" not in again.stdout
     assert (run / "iter-1" / "metrics.jsonl").stat().st_mtime_ns == before
+
+
+def test_make_n_prints_the_loop_and_starts_nothing(tmp_path):
+    """`make -n` runs a recipe that calls $(MAKE) all the same: the loop must not serve."""
+    result = make("-n", "flywheel-loop", runs=tmp_path / "runs")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "== flywheel phase 0: serving smollm2-135m" in out
+    assert "ENDPOINT=<its base URL>" in out and "trace-filter" in out and "train --model" in out
+    assert not (tmp_path / "runs").exists()  # nothing made, not even the run's folder
+    assert "vLLM ready" not in out + result.stderr

@@ -3,6 +3,7 @@ the workflow contract), and the example ReActAgent through the real vLLM CPU ser
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -398,3 +399,49 @@ def test_a_config_file_section_sets_rollout_options(tmp_path):
         _, records = run(["--config", config, "-w", wf("one_call"), *base(up)], tasks(1))
         assert {r["body"]["temperature"] for r in up.requests} == {0.5}
     assert len(records) == 3
+
+
+def test_the_judge_reward_shows_the_judge_the_tasks_reference():
+    from flywheel.client import Endpoint, make_client
+    from flywheel.judge import Judge, JudgeSettings
+    from flywheel_tools.rollout.rewards import judge_reward
+
+    keep = chat_completion('{"verdict": "keep", "reason": "agrees"}')
+    with CannedServer(lambda n: (200, {}, keep)) as server:
+        endpoint = Endpoint(server.base_url, "judge-m")
+        client = make_client(endpoint)
+        score = judge_reward(Judge(JudgeSettings(endpoint, None), lambda: client))
+        reward, info = asyncio.run(score({"query": "What is 6*7?", "reference": 42},
+                                         {"final": "6*7 = \\boxed{42}", "calls": []}))
+        user = server.requests[0]["body"]["messages"][1]["content"]
+    assert reward == 1.0 and info["verdict"] == "keep"
+    assert "## Agent's answer\n6*7 = \\boxed{42}" in user
+    assert "## Known-good reference answer\n42" in user
+
+
+def test_call_ids_differ_for_other_calls_across_proxy_runs_and_repeat_for_the_same():
+    def first_call_id(question: str, answer: str) -> str:
+        calls = []
+        with canned(answer) as up, Recorder(up.base_url, on_call=calls.append) as rec:
+            client = openai.OpenAI(base_url=rec.base_url(), api_key="k", max_retries=0)
+            client.chat.completions.create(model="m",
+                                           messages=[{"role": "user", "content": question}])
+        return calls[0]["id"]
+
+    ids = {first_call_id("hi", "hello"), first_call_id("2+2?", "4"), first_call_id("hi", "yo")}
+    assert len(ids) == 3  # the first call of the default session, three runs, three calls
+    assert first_call_id("hi", "hello") == first_call_id("hi", "hello")
+
+
+def test_rollout_into_head_ends_its_rollouts_quietly(tmp_path):
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"id": f"t{i}", "query": f"What is {i}+{i}?"}) + "\n"
+                             for i in range(40)))
+    exe = Path(sys.executable).parent / "rollout"
+    with canned("The answer is \\boxed{4}") as up:
+        proc = subprocess.run(
+            f"'{exe}' -w '{EXAMPLE}:run' --base-url {up.base_url} --model m -n 2 -j 4 '{tasks}' "
+            f"| head -1", shell=True, capture_output=True, text=True, timeout=120,
+            executable="/bin/bash")
+    assert json.loads(proc.stdout)["id"] == "t0/0"
+    assert "Task was destroyed" not in proc.stderr and "Traceback" not in proc.stderr

@@ -447,3 +447,26 @@ def test_real_vllm_docs(vllm_server, tmp_path):
     for r in records:
         source = r["augment"]["source"]
         assert source["document"] == str(doc) and source["excerpt"] in MANUAL
+
+
+@pytest.mark.parametrize("content_type, body", [
+    ("text/html", "<html><body>502 Bad Gateway</body></html>"),
+    ("application/json", '{"choices": [{"mess'),
+    ("application/json", "[1, 2]"),
+])
+def test_a_malformed_200_reply_is_retried_then_one_clear_error(tmp_path, content_type, body):
+    """A gateway's page in place of a chat completion: retried like a 5xx, then one line."""
+    out = tmp_path / "more.jsonl"
+    with CannedServer(lambda n: (200, {"content-type": content_type}, body)) as server:
+        result, _ = run(["expand", "-n", "2", "--max-thread", "1", "-o", out,
+                         *endpoint(server, "--retries", "1")], seeds_jsonl())
+        assert len(server.requests) % 2 == 0  # every request was retried once
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "the endpoint did not answer" in result.output
+    assert f"{server.base_url}: malformed reply: the reply is " in result.output
+    assert not out.exists()
+    with CannedServer(lambda n: (200, {"content-type": content_type}, body) if n == 0
+                      else reply(NEW[0], NEW[1])) as server:
+        result, records = run(["expand", "-n", "2", *endpoint(server)], seeds_jsonl())
+    assert result.exit_code == 0, result.output
+    assert len(records) == 2 and "1 retries" in result.stderr

@@ -381,3 +381,27 @@ def test_references_fill_in_by_id_then_by_unambiguous_query(tmp_path):
     result, _ = export(LEGACY_DB, "--references", bad, ok=False)
     assert result.exit_code == 1 and f"{bad}:1: a reference record needs an `id` or a" \
         in result.output
+
+
+def test_a_turn_whose_input_cannot_be_read_is_counted_and_named_not_exported(tmp_path):
+    db = tmp_path / "hostile.sqlite"
+    shutil.copy(LEGACY_DB, db)
+    hostile = ("Msg(id='x', name=__import__('os').system('touch " + str(tmp_path / "pwned")
+               + "'), content='hi', role='user')")
+    with sqlite3.connect(db) as conn:
+        span_id, run_id, attrs = conn.execute(
+            "SELECT id, run_id, attributes FROM span_table WHERE name LIKE '%.reply' "
+            "ORDER BY startTime LIMIT 1").fetchone()
+        data = json.loads(attrs)
+        data["input"]["kwargs"]["msg"] = hostile
+        conn.execute("UPDATE span_table SET attributes = ? WHERE id = ?",
+                     (json.dumps(data), span_id))
+    _, before = export(LEGACY_DB)
+    result, records = export(db)
+    assert len(records) == len(before) - 1
+    assert span_id not in {r["source"]["span_id"] for r in records}
+    assert all(r["query"] for r in records)  # never an empty task in its place
+    assert f"run {run_id}, span {span_id}: the agent's input is not a message we can read" \
+        in result.stderr
+    assert "1 unreadable turns" in result.stderr
+    assert not (tmp_path / "pwned").exists()

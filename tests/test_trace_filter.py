@@ -3,12 +3,14 @@ faults (a canned local server), and the real vLLM judge on a few records."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from flywheel.answers import check_answer
 from flywheel.judge import BASE_CRITERIA
 from flywheel.testing import CannedServer, chat_completion
 from flywheel_tools.trace_export.cli import main as trace_export
@@ -134,6 +136,125 @@ def test_incompatible_options_are_usage_errors():
     assert result.exit_code == 2 and "--against needs --dedup" in result.output
 
 
+# --- the reference check on real exports ----------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def flywheel_filter_args() -> list[str]:
+    """The rule filters `make flywheel` runs (flywheel.mk's FILTER_ARGS default)."""
+    for line in (ROOT / "flywheel.mk").read_text().splitlines():
+        if line.startswith("FILTER_ARGS ?="):
+            return line.split("?=", 1)[1].split("##")[0].split()
+    raise AssertionError("no FILTER_ARGS in flywheel.mk")
+
+
+def graded_export(db: Path, tmp_path: Path) -> tuple[Path, dict[str, dict]]:
+    """The database exported with references from its manifest, and each task's manifest turn
+    (matched as scripts/make_demo_references.py matches them)."""
+    spec = importlib.util.spec_from_file_location(
+        "make_demo_references", ROOT / "scripts" / "make_demo_references.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    pairs = script.graded_turns(db)
+    refs = tmp_path / "references.jsonl"
+    refs.write_text(jsonl(*({"id": record["id"], "reference": turn["expected_answer"]}
+                            for record, turn in pairs if turn["expected_answer"] is not None)))
+    graded = tmp_path / "graded.jsonl"
+    result = CliRunner().invoke(trace_export, [str(db), "--references", str(refs),
+                                               "-o", str(graded)])
+    assert result.exit_code == 0, result.output
+    return graded, {record["id"]: turn for record, turn in pairs}
+
+
+@pytest.mark.parametrize("db", sorted(FIXTURES.glob("*.sqlite")), ids=lambda p: p.stem)
+def test_the_flywheel_filter_keeps_no_wrong_answer_and_drops_no_right_one(db, tmp_path):
+    graded, turns = graded_export(db, tmp_path)
+    result, records = run(["--no-judge", "--annotate", *flywheel_filter_args()], graded)
+    assert result.exit_code == 0, result.output
+    assert len(records) == len(turns)
+    for record in records:
+        turn, verdict = turns[record["id"]], record["judge"]
+        if verdict["verdict"] == "keep":
+            assert turn["is_correct"] is True, (record["answer"], turn["expected_answer"])
+        if turn["is_correct"] is True and turn["expected_answer"] is not None:
+            assert verdict["by"] != "rule:check-reference", verdict
+        if verdict["by"] == "rule:check-reference":
+            assert verdict["reference_check"]["outcome"] == "contradict", verdict
+    wrong = [r for r in records if turns[r["id"]]["is_correct"] is False
+             and r["judge"]["by"] not in ("rule:drop-errors", "dedup:exact")]
+    assert wrong and all(r["judge"]["by"] == "rule:check-reference" for r in wrong)
+
+
+def test_the_demo_filter_drops_the_wrong_answers_and_counts_what_it_cannot_decide():
+    export = CliRunner().invoke(trace_export, [
+        str(ROOT / "examples" / "demo.sqlite"), "--agent", "MathAgent", "--status", "ok",
+        "--references", str(ROOT / "examples" / "demo-references.jsonl")])
+    tasks = export.stdout
+    records = [task(1, answer="It is 6 or 7, I think.", reference="6", query="a"),
+               task(2, answer="I would rather not say what the answer to this one is.",
+                    reference="4", query="b")]
+    result, kept = run(["--no-judge", *flywheel_filter_args()],
+                       input_text=tasks + jsonl(*records))
+    assert result.exit_code == 0, result.output
+    assert "9 rule:check-reference" in result.stderr  # the demo's 7 wrong answers, and 2
+    assert "2 undecided (1 not the final number, 1 no final value)" in result.stderr
+    for record in kept:
+        assert check_answer(record["answer"], record["reference"]).outcome == "agree"
+    assert {r["id"] for r in kept}.isdisjoint({"t1", "t2"})
+    _, kept_too = run(["--no-judge", "--check-reference"], input_text=jsonl(*records))
+    assert [r["id"] for r in kept_too] == ["t1", "t2"]  # undecided goes on by default
+
+
+def test_the_check_annotates_each_verdict():
+    records = [task(1, answer="\\boxed{4}", reference=4), task(2, answer="\\boxed{5}",
+                                                               reference="4"), task(3)]
+    result, annotated = run(["--no-judge", "--check-reference", "--annotate"],
+                            input_text=jsonl(*records))
+    checks = [r["judge"].get("reference_check") for r in annotated]
+    assert [c["outcome"] for c in checks] == ["agree", "contradict", "undecided"]
+    assert checks[1]["reason"] == "5, the reference is 4" and checks[1]["predicted"] == ["5"]
+    assert [r["judge"]["verdict"] for r in annotated] == ["keep", "drop", "keep"]
+    assert "1 undecided (1 no reference)" in result.stderr
+
+
+@pytest.mark.parametrize("reference, problem", [
+    ([2, 3], "reference: must be text or a number, not a list"),
+    (True, "reference: must be text or a number, not true/false"),
+    ({"value": 4}, "reference: must be text or a number, not an object"),
+])
+def test_a_reference_that_is_not_text_or_a_number_is_named_by_line(tmp_path, reference,
+                                                                   problem):
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(jsonl(task(1, reference="4"), task(2, reference=reference)))
+    result, kept = run(["--no-judge", "--check-reference"], path)
+    assert result.exit_code == 1
+    assert f"{path}:2: not a valid task record: {problem}" in result.output
+    result, kept = run(["--no-judge", "--check-reference", "--skip-invalid"], path)
+    assert result.exit_code == 0 and [r["id"] for r in kept] == ["t1"]
+    assert "1 invalid (1 bad record)" in result.stderr
+
+
+def test_an_empty_answer_beside_a_reference_is_bad_input(tmp_path):
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(jsonl(task(1, answer="  ", reference="4"), task(2, answer=None,
+                                                                    reference="4")))
+    result, _ = run(["--no-judge", "--check-reference"], path)
+    assert result.exit_code == 1
+    assert f"{path}:1: empty answer: nothing to check against the reference" in result.output
+    result, kept = run(["--no-judge", "--check-reference", "--skip-invalid", "--annotate"],
+                       path)
+    assert result.exit_code == 0 and "1 invalid" in result.stderr
+    assert kept[0]["judge"]["reason"] == "contradict: no answer to compare with the reference"
+    plain, _ = run(["--no-judge"], path)  # without the check an empty answer is no one's business
+    assert plain.exit_code == 0
+
+
+def test_undecided_needs_check_reference():
+    result, _ = run(["--no-judge", "--undecided", "drop"], input_text="")
+    assert result.exit_code == 2 and "--undecided needs --check-reference" in result.output
+
+
 # --- the judge against a canned endpoint -----------------------------------------------------
 
 def judge_args(server, *more):
@@ -141,7 +262,7 @@ def judge_args(server, *more):
 
 
 def test_judge_sees_query_answer_tools_feedback_and_the_rubrics(tmp_path):
-    record = task(1, "What is 6*7?", "\\boxed{42}",
+    record = task(1, "What is 6*7?", "\\boxed{42}", reference="42",
                   feedback=[{"role": "user", "content": "That's wrong, the answer is 48."}],
                   trajectory=[{"type": "tool", "name": "execute_python_code",
                                "arguments": {"code": "print(6*7)"}, "result": "42"}])
@@ -155,7 +276,7 @@ def test_judge_sees_query_answer_tools_feedback_and_the_rubrics(tmp_path):
     assert BASE_CRITERIA in system and "# Custom rubrics" in system
     assert "1. Drop the task if the answer is wrong." in system
     for part in ("What is 6*7?", "\\boxed{42}", "That's wrong, the answer is 48.",
-                 "execute_python_code", "print(6*7)"):
+                 "execute_python_code", "print(6*7)", "## Known-good reference answer\n42"):
         assert part in user
     assert body["response_format"]["type"] == "json_schema"
     assert [r["id"] for r in kept] == ["t1"]
@@ -222,9 +343,58 @@ def test_unparseable_verdicts_are_retried_then_counted_as_errors(bad):
         assert len(server.requests) == 3
         _, annotated = run(judge_args(server, "--parse-retries", "0", "--annotate"),
                            input_text=jsonl(task(1)))
-    assert result.exit_code == 0 and kept == []
+    # a judge that failed on every record it was asked about is a failed run (exit 1)
+    assert result.exit_code == 1 and kept == []
     assert "1 error" in result.stderr and "t1: no verdict" in result.stderr
+    assert "the judge gave no verdict: each of the 1 records it was asked about is an error" \
+        in result.output
     assert annotated[0]["judge"]["verdict"] == "error"
+
+
+def test_some_errors_among_verdicts_are_counted_and_the_run_succeeds(tmp_path):
+    script = [KEEP, "garbage"]
+    out = tmp_path / "kept.jsonl"
+    with CannedServer(lambda n: (200, {}, chat_completion(script[n % 2]))) as server:
+        result, _ = run(judge_args(server, "--parse-retries", "0", "-o", out),
+                        input_text=jsonl(task(1), task(2, "q2")))
+    assert result.exit_code == 0, result.output
+    assert "1 kept" in result.stderr and "1 error" in result.stderr
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["t1"]
+
+
+def test_a_judge_that_fails_on_every_record_leaves_no_output_file(tmp_path):
+    out = tmp_path / "kept.jsonl"
+    with CannedServer(lambda n: (200, {}, chat_completion("garbage"))) as server:
+        result, _ = run(judge_args(server, "--parse-retries", "0", "-o", out),
+                        input_text=jsonl(task(1), task(2, "q2")))
+    assert result.exit_code == 1 and "the output file was not written" in result.output
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["cache"]
+
+
+@pytest.mark.parametrize("content_type, body", [
+    ("text/html", "<html><body>502 Bad Gateway</body></html>"),
+    ("application/json", '{"choices": [{"mess'),
+    ("application/json", "[1, 2]"),
+])
+def test_a_malformed_200_reply_is_retried_then_an_error_verdict(content_type, body):
+    """Proxies and gateways answer 200 with pages that are not chat completions."""
+    def reply(n):
+        return (200, {"content-type": content_type}, body) if n < 2 else \
+            (200, {}, chat_completion(KEEP))
+
+    with CannedServer(reply) as server:  # two bad replies, then a verdict: retried
+        result, kept = run(judge_args(server), input_text=jsonl(task(1)))
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in kept] == ["t1"] and "2 retries" in result.stderr
+    with CannedServer(lambda n: (200, {"content-type": content_type}, body)) as server:
+        result, annotated = run(judge_args(server, "--retries", "1", "--annotate"),
+                                input_text=jsonl(task(2, "q2"), task(3, "q3")))
+        assert len(server.requests) == 4  # each record: a try and a retry, then its error
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert [r["judge"]["verdict"] for r in annotated] == ["error", "error"]
+    reason = annotated[0]["judge"]["reason"]
+    assert reason.startswith(f"{server.base_url}: malformed reply: the reply is ")
+    assert "2 error" in result.stderr
 
 
 def test_a_fenced_verdict_after_a_bad_one_is_accepted():
@@ -323,3 +493,22 @@ def test_with_no_endpoint_the_embedded_model_judges(monkeypatch, embedded_model_
     assert "no --base-url: serving smollm2-135m with vLLM" in result.stderr
     assert records[0]["judge"]["model"] == "smollm2-135m"
     assert records[0]["judge"]["verdict"] in ("keep", "drop", "error")
+
+
+def test_the_verdict_cache_follows_xdg_unless_flywheel_cache_says(tmp_path, monkeypatch):
+    monkeypatch.delenv("FLYWHEEL_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    with CannedServer(lambda n: (200, {}, chat_completion(KEEP))) as server:
+        result, _ = run(judge_args(server), input_text=jsonl(task(1)))
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / "xdg" / "agent-flywheel" / "trace-filter" / "cache.sqlite").is_file()
+        monkeypatch.setenv("FLYWHEEL_CACHE", str(tmp_path / "own"))
+        run(judge_args(server), input_text=jsonl(task(1)))
+    assert (tmp_path / "own" / "trace-filter" / "cache.sqlite").is_file()
+
+
+def test_a_bad_regular_expression_is_a_usage_error_naming_the_option():
+    result, _ = run(["--no-judge", "--require-regex", "("], input_text=jsonl(task(1)))
+    assert result.exit_code == 2
+    assert "Invalid value for '--require-regex': not a regular expression: missing )" \
+        in result.output

@@ -400,7 +400,7 @@ def test_train_names_the_line_of_misaligned_fields(records):
     bad = dict(records[1], logprobs=[0.0])
     _, result = run(["--dry-run"], [records[0], bad], exit_code=1)
     n = len(bad["input_ids"])
-    assert f"<stdin>:2: not a valid sample record: Value error, logprobs has 1 entries for {n} " \
+    assert f"<stdin>:2: not a valid sample record: logprobs has 1 entries for {n} " \
            f"input_ids" in result.output
 
 

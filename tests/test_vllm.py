@@ -204,3 +204,68 @@ def test_sigterm_to_the_tool_stops_its_server(tmp_path):
     while _servers_on(port) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _servers_on(port) == []
+
+
+def _fake_vllm(tmp_path: Path) -> Path:
+    """An interpreter standing in for vLLM: a web server whose /v1/models answers 200, in the
+    process group the launcher makes for vLLM."""
+    (tmp_path / "www" / "v1").mkdir(parents=True)
+    (tmp_path / "www" / "v1" / "models").write_text('{"data": []}')
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f"cd '{tmp_path / 'www'}' && exec '{sys.executable}' -m http.server --bind 127.0.0.1 "
+        "\"$(echo \"$@\" | sed -E 's/.*--port ([0-9]+).*/\\1/')\"\n")
+    fake.chmod(0o755)
+    return fake
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a parent that is gone."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _refused(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url + "/models", timeout=2).close()
+    except (urllib.error.URLError, OSError):
+        return True
+    return False
+
+
+@pytest.mark.parametrize("how", ["its caller is killed", "SIGHUP", "SIGTERM"])
+def test_the_launcher_stops_its_server_however_its_caller_stops(tmp_path, monkeypatch, how):
+    """`make flywheel` serves each phase with `python -m flywheel.vllm --exec`: a terminal
+    closed, make stopped or killed, the server must not outlive the loop."""
+    import subprocess
+
+    monkeypatch.setenv("FLYWHEEL_VLLM_PYTHON", str(_fake_vllm(tmp_path)))
+    err = tmp_path / "launcher.err"
+    caller = subprocess.Popen(
+        ["bash", "-c", f"'{sys.executable}' -m flywheel.vllm --log-file '{tmp_path / 'v.log'}' "
+                       f"--exec sleep 600 2> '{err}' & echo $!; wait"],
+        stdout=subprocess.PIPE, text=True, start_new_session=True)
+    launcher = int(caller.stdout.readline())
+    deadline = time.monotonic() + 60
+    while "vLLM ready at" not in (err.read_text() if err.exists() else ""):
+        assert time.monotonic() < deadline, err.read_text()
+        time.sleep(0.2)
+    url = err.read_text().split("vLLM ready at ", 1)[1].split()[0]
+    assert not _refused(url)
+    if how == "its caller is killed":
+        caller.kill()
+    else:
+        os.kill(launcher, {"SIGHUP": 1, "SIGTERM": 15}[how])
+    deadline = time.monotonic() + 60
+    while not _refused(url) or _alive(launcher):
+        assert time.monotonic() < deadline, f"the server outlived its launcher ({how})"
+        time.sleep(0.2)
+    caller.kill()
+    caller.wait(timeout=10)

@@ -128,7 +128,10 @@ def merge_rollout(rollout: dict, *, on_mismatch: str = "new", max_len: int | Non
         raise ValueError(f"on_mismatch must be one of {ON_MISMATCH}, not {on_mismatch!r}")
     stats = stats if stats is not None else MergeStats()
     carried = {k: v for k, v in rollout.items() if k not in CONSUMED}
-    samples = []
+    samples: list[dict] = []
+    if not rollout["calls"]:  # an agent that answered without its model: nothing to train on
+        stats.dropped["rollouts without calls"] += 1
+        return samples
     for (agent, _system), calls in timelines(rollout["calls"]).items():
         stats.calls += len(calls)
         usable = []

@@ -201,6 +201,13 @@ def _iterate(agen) -> Any:
     finally:
         with contextlib.suppress(Exception):
             loop.run_until_complete(agen.aclose())
+        # What a workflow left running ends here, not in "Task was destroyed" at exit.
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
 

@@ -174,9 +174,10 @@ class Runner:
                         pending.remove(fut)
                         yield fut.result()
                 await fill()
-        finally:
+        finally:  # a reader that stopped early (| head): end the rollouts in flight, quietly
             for fut in pending:
                 fut.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _describe(err: BaseException) -> str:

@@ -266,8 +266,11 @@ class Recorder:
     def _finish(self, call: dict, **fields: Any) -> None:
         call.update(fields)
         call["latency_ms"] = round((time.monotonic() - call.pop("_started")) * 1000, 3)
+        # The same call is the same id; another call (another proxy run, other content) is
+        # another id, although every run counts its calls from 1 in the default session.
         call["id"] = stable_id(call["session"], call["index"], call.get("choice", 0),
-                               prefix="call-")
+                               call["messages"], call["params"], call.get("completion_ids"),
+                               call.get("output"), call.get("error"), prefix="call-")
         self.on_call(call)
 
     async def _chat(self, request: web.Request, session: str,

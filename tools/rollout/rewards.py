@@ -51,7 +51,7 @@ def judge_reward(judge: Any) -> RewardFn:
                   "answer": answer_text(rollout.get("final")) if rollout.get("final") is not None
                   else None,
                   "trajectory": tool_trajectory(rollout.get("calls") or []),
-                  "feedback": []}
+                  "reference": task.get("reference"), "feedback": []}
         try:
             verdict = await asyncio.to_thread(judge, record)
         except VerdictError as err:

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,6 +17,9 @@ from flywheel.jsonl import atomic_path, open_output
 
 from .references import References
 from .studio import detect_schema, iter_runs, open_readonly
+
+if TYPE_CHECKING:
+    from .turns import Run, Turn
 
 UNITS = ("turn", "call", "run")
 
@@ -85,6 +89,11 @@ def export(
             summary.add("corrupt spans")
             warn(f"{database}: span {span_id}: {problem}; skipped")
 
+        def unreadable(run: Run, turn: Turn) -> None:
+            summary.add("unreadable turns")
+            warn(f"{database}: run {run.id}, span {turn.span.id}: the agent's input is not a "
+                 f"message we can read ({turn.unreadable}); the turn is skipped")
+
         def orphans(n: int) -> None:
             summary.add("spans without a run", n)
             warn(f"{database}: {n} spans have no run id; they belong to no turn and are skipped")
@@ -99,7 +108,8 @@ def export(
                 continue
             last_end = max((s.end_ns for s in spans), default=0)
             run_settled = run.status == "done" or now_ns - last_end > settle_seconds * 1e9
-            records = list(tasks_of_run(run, spans, unit=unit, source_extra=extra))
+            records = list(tasks_of_run(run, spans, unit=unit, source_extra=extra,
+                                        on_unreadable=lambda turn, r=run: unreadable(r, turn)))
             for i, record in enumerate(records):
                 src = record["source"]
                 if agents and src.get("agent") not in agents:

@@ -200,7 +200,8 @@ def agent_name(span: Span) -> str:
 
 def agent_input(span: Span) -> list[dict]:
     """The messages an agent invocation was given, as OpenAI chat messages: from the structured
-    gen_ai attributes where they exist (cheap), else from the Msg repr text."""
+    gen_ai attributes where they exist (cheap), else from the Msg repr text. ReprError when
+    that text is not a Msg we can read (never evaluated: a hostile repr stays unread)."""
     messages = span.gen_ai.get("input", {}).get("messages")
     if messages:
         return [parts_to_openai(m) for m in messages]
@@ -210,10 +211,7 @@ def agent_input(span: Span) -> list[dict]:
         raw = span.fn["input"]["args"][0]
     if raw is not None:
         items = raw if isinstance(raw, list) else [raw]
-        try:
-            return [msg_to_openai(parse_msg(item)) for item in items if item is not None]
-        except ReprError:
-            pass
+        return [msg_to_openai(parse_msg(item)) for item in items if item is not None]
     return []
 
 

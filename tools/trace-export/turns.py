@@ -3,12 +3,13 @@ made under it, the conversation the agent saw, its answer, and what came after i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from flywheel.ids import stable_id
 
+from .reprparse import ReprError
 from .spans import (
     AGENT,
     CHAT,
@@ -80,13 +81,13 @@ class Turn:
     agent: str
     inputs: list[dict]
     calls: list[Span]
+    unreadable: str | None = None  # why its input could not be read: the turn is not a task
 
 
 def turns_of_run(spans: list[Span]) -> list[Turn]:
     """The agent invocations of a run in time order, each with the calls made directly under it."""
     by_id = {s.id: s for s in spans}
-    turns = {s.id: Turn(s, agent_name(s), agent_input(s), [])
-             for s in sorted(spans, key=lambda s: s.start_ns) if s.op == AGENT}
+    turns = {s.id: _turn(s) for s in sorted(spans, key=lambda s: s.start_ns) if s.op == AGENT}
     for span in spans:
         if span.op in (CHAT, TOOL):
             owner = _owner(span, by_id)
@@ -97,15 +98,23 @@ def turns_of_run(spans: list[Span]) -> list[Turn]:
     return list(turns.values())
 
 
+def _turn(span: Span) -> Turn:
+    try:
+        return Turn(span, agent_name(span), agent_input(span), [])
+    except ReprError as err:
+        return Turn(span, agent_name(span), [], [], unreadable=str(err))
+
+
 def _query(inputs: list[dict]) -> str:
     """The request that opened the turn: the last message the agent was given (a user's, or
     another agent's in multi-agent runs; the first may carry the original question too)."""
     return blocks_text(inputs[-1].get("content")) if inputs else ""
 
 
-def tasks_of_run(run: Run, spans: list[Span], *, unit: str, source_extra: dict[str, Any]
-                 ) -> Iterator[dict]:
-    """Task records for one run: per turn (default), per LLM call, or one for the whole run."""
+def tasks_of_run(run: Run, spans: list[Span], *, unit: str, source_extra: dict[str, Any],
+                 on_unreadable: Callable[[Turn], None] = lambda turn: None) -> Iterator[dict]:
+    """Task records for one run: per turn (default), per LLM call, or one for the whole run.
+    A turn whose input cannot be read is no task: ``on_unreadable`` is told of it."""
     turns = turns_of_run(spans)
     # Each turn's feedback is the input of the same agent's next turn: walk back in time.
     following: list[Turn | None] = []
@@ -114,8 +123,12 @@ def tasks_of_run(run: Run, spans: list[Span], *, unit: str, source_extra: dict[s
         following.append(next_by_agent.get(turn.agent))
         next_by_agent[turn.agent] = turn
     following.reverse()
-    records = [_turn_record(run, turn, nxt, source_extra)
-               for turn, nxt in zip(turns, following, strict=True)]
+    records = []
+    for turn, nxt in zip(turns, following, strict=True):
+        if turn.unreadable is not None:
+            on_unreadable(turn)
+        else:
+            records.append(_turn_record(run, turn, nxt, source_extra))
     if unit == "turn":
         yield from records
     elif unit == "call":

@@ -1,22 +1,27 @@
-"""trace-filter: keep the good tasks, drop the bad ones."""
+"""trace-filter: keep the good tasks, drop the bad ones; learn rubrics from labelled
+examples."""
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import IO, Any
 
 import click
 
+from flywheel.ask import JsonAsker
 from flywheel.cache import Cache, default_cache_path
 from flywheel.cli import (
+    CONTEXT_SETTINGS,
     Summary,
+    ToolCommand,
     common_options,
     input_options,
     output_option,
     progress,
     read_input,
-    tool_command,
+    tool_group,
 )
 from flywheel.client import (
     Endpoint,
@@ -28,28 +33,11 @@ from flywheel.client import (
     retryable,
 )
 from flywheel.errors import FlywheelError
-from flywheel.jsonl import ReadStats, open_output, read_jsonl
+from flywheel.jsonl import ReadStats, atomic_path, open_output, read_jsonl
 from flywheel.judge import Judge, JudgeSettings, VerdictError, rubrics_text
 from flywheel.models import EMBEDDED_MODEL
 
-from . import rules
-
-
-def _rule_list(require_boxed: bool, require_regex: str | None, min_len: int | None,
-               max_len: int | None, drop_errors: bool,
-               require_reference: bool) -> list[tuple[str, rules.Rule]]:
-    chosen: list[tuple[str, rules.Rule]] = []
-    if drop_errors:
-        chosen.append(("drop-errors", rules.drop_errors))
-    if require_reference:
-        chosen.append(("require-reference", rules.require_reference))
-    if min_len is not None or max_len is not None:
-        chosen.append(("length", rules.length_between(min_len, max_len)))
-    if require_boxed:
-        chosen.append(("require-boxed", rules.require_boxed))
-    if require_regex:
-        chosen.append(("require-regex", rules.require_regex(require_regex)))
-    return chosen
+from . import learn, rules
 
 
 def _load_corpus(deduper: Any, path: str) -> int:
@@ -70,11 +58,60 @@ def dedup_text(record: dict) -> str:
     return "\n".join(turns) if turns else (record.get("query") or "")
 
 
+def _regex(value: str | None) -> str | None:
+    """A pattern that does not compile is a usage error, named with its option."""
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise click.BadParameter(f"not a regular expression: {err}") from None
+    return value
+
+
 def _drop(by: str, reason: str) -> dict:
     return {"verdict": "drop", "by": by, "reason": reason}
 
 
-@tool_command("trace-filter")
+@tool_group("trace-filter", default="filter")
+def main() -> None:
+    """Keep the good tasks, drop the bad ones; learn rubrics from labelled examples."""
+
+
+def _judge_client(stack: contextlib.ExitStack, base_url: str | None, model: str | None,
+                  api_key: str | None, timeout: float, retries: int,
+                  echo) -> tuple[Endpoint, LazyClient]:
+    """The judge's endpoint, and its client: the embedded model, served on first use, when no
+    --base-url is given."""
+    if base_url and not model:
+        raise click.UsageError("--model is needed with --base-url (or FLYWHEEL_MODEL)")
+    endpoint = Endpoint(base_url, model or EMBEDDED_MODEL, api_key, timeout, retries)
+    client = stack.enter_context(
+        LazyClient(endpoint, serve=None if base_url else EMBEDDED_MODEL, echo=echo))
+    return endpoint, client
+
+
+def ask_options(f):
+    """How the judge is asked, the same in both commands: concurrency, parse retries,
+    structured output, and the cache of its replies."""
+    for option in reversed([
+        click.option("--max-thread", type=click.IntRange(1), default=8, show_default=True,
+                     help="Judge requests in flight at once."),
+        click.option("--parse-retries", type=click.IntRange(0), default=2, show_default=True,
+                     help="Asks again when a reply does not parse; then a verdict counts as "
+                          "error."),
+        click.option("--no-structured", is_flag=True,
+                     help="Do not ask for JSON-schema output (for endpoints without it); parse "
+                          "strictly."),
+        click.option("--cache", "cache_path", type=click.Path(dir_okay=False),
+                     help="Reply cache file [default: $FLYWHEEL_CACHE/trace-filter/"
+                          "cache.sqlite]."),
+        click.option("--no-cache", is_flag=True, help="Neither read nor write the cache."),
+    ]):
+        f = option(f)
+    return f
+
+
+@main.command("filter", cls=ToolCommand, context_settings=CONTEXT_SETTINGS)
 @common_options
 @input_options
 @output_option
@@ -87,20 +124,23 @@ def _drop(by: str, reason: str) -> dict:
               help="Judge sampling temperature (retries of unparseable replies use at least 0.7).")
 @click.option("--max-tokens", type=click.IntRange(16), default=512, show_default=True,
               help="Judge response length.")
-@click.option("--max-thread", type=click.IntRange(1), default=8, show_default=True,
-              help="Judge requests in flight at once.")
-@click.option("--parse-retries", type=click.IntRange(0), default=2, show_default=True,
-              help="Asks again when a reply is not a verdict; then the record counts as error.")
-@click.option("--no-structured", is_flag=True,
-              help="Do not ask for JSON-schema output (for endpoints without it); parse strictly.")
 @click.option("--print-reason", is_flag=True, help="Print each verdict and its reason to stderr.")
 @click.option("--require-boxed", is_flag=True, help="Drop answers without \\boxed{...}.")
-@click.option("--require-regex", help="Drop answers that do not match this regular expression.")
+@click.option("--require-regex", callback=lambda ctx, param, value: _regex(value),
+              help="Drop answers that do not match this regular expression.")
 @click.option("--min-len", type=click.IntRange(0), help="Drop answers shorter than N characters.")
 @click.option("--max-len", type=click.IntRange(0), help="Drop answers longer than N characters.")
 @click.option("--drop-errors", is_flag=True, help="Drop failed turns and turns without an answer.")
 @click.option("--require-reference", is_flag=True,
               help="Drop tasks without a reference answer (a boxed reward needs one).")
+@click.option("--check-reference", is_flag=True,
+              help="Drop answers whose final value contradicts the task's reference: "
+                   "\\boxed{} values, else the last number, else a short answer, compared as "
+                   "numbers where both are. What it cannot decide goes on (--undecided).")
+@click.option("--undecided", type=click.Choice(["keep", "drop"]), default=None,
+              help="With --check-reference: a record the check cannot decide (no reference, "
+                   "no final value, texts that may mean the same) goes on to the other "
+                   "filters and the judge (keep, the default), or is dropped.")
 @click.option("--dedup", is_flag=True,
               help="Drop tasks whose conversation repeats an earlier one (exact after "
                    "normalising, or near: MinHash similarity at least --similarity).")
@@ -112,29 +152,30 @@ def _drop(by: str, reason: str) -> dict:
               help="Write every record, each with its `judge` field (keep, drop or error).")
 @click.option("--invert", is_flag=True, help="Write the dropped records instead of the kept.")
 @click.option("--unordered", is_flag=True, help="Write records as they are judged, not in order.")
-@click.option("--cache", "cache_path", type=click.Path(dir_okay=False),
-              help="Verdict cache file [default: $FLYWHEEL_CACHE/trace-filter/cache.sqlite].")
-@click.option("--no-cache", is_flag=True, help="Neither read nor write the verdict cache.")
-def main(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, verbose: int,
-         base_url: str | None, model: str | None, api_key: str | None, timeout: float,
-         retries: int, rubrics: str | None, use_judge: bool, temperature: float,
-         max_tokens: int, max_thread: int, parse_retries: int, no_structured: bool,
-         print_reason: bool, require_boxed: bool, require_regex: str | None,
-         min_len: int | None, max_len: int | None, drop_errors: bool,
-         require_reference: bool, dedup: bool,
-         similarity: float, against: str | None, annotate: bool, invert: bool, unordered: bool,
-         cache_path: str | None, no_cache: bool) -> None:
+@ask_options
+def filter_command(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool,
+                   verbose: int, base_url: str | None, model: str | None, api_key: str | None,
+                   timeout: float, retries: int, rubrics: str | None, use_judge: bool,
+                   temperature: float, max_tokens: int, max_thread: int, parse_retries: int,
+                   no_structured: bool, print_reason: bool, require_boxed: bool,
+                   require_regex: str | None, min_len: int | None, max_len: int | None,
+                   drop_errors: bool, require_reference: bool, check_reference: bool,
+                   undecided: str | None, dedup: bool, similarity: float, against: str | None,
+                   annotate: bool, invert: bool, unordered: bool, cache_path: str | None,
+                   no_cache: bool) -> None:
     """Keep the good tasks, drop the bad ones: rule filters, dedup, then an LLM judge with your
     rubrics. Reads task records (from trace-export or task-augment) from INPUT (default stdin).
 
     The judge is any OpenAI-compatible endpoint (--base-url, or OPENAI_BASE_URL); with none, the
     embedded model is served by vLLM on this machine for the run. Verdicts are cached: a second
-    run over the same input makes no LLM calls.
+    run over the same input makes no LLM calls. `trace-filter learn-rubrics --help`: rubrics
+    learned from examples a person labelled.
 
     \b
     Examples:
       trace-export db.sqlite | trace-filter --rubrics rubrics.txt > tasks.jsonl
       trace-filter --no-judge --require-boxed --dedup < tasks.jsonl > boxed.jsonl
+      trace-filter --drop-errors --check-reference --undecided drop < tasks.jsonl > right.jsonl
       trace-filter --base-url http://gpu:8000/v1 --model Qwen3-8B --max-thread 64 \\
           --rubrics "Drop the task if the answer is wrong." --annotate < t.jsonl > judged.jsonl
     """
@@ -143,9 +184,16 @@ def main(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, 
                                "(--annotate already writes every record)")
     if against and not dedup:
         raise click.UsageError("--against needs --dedup")
+    if undecided and not check_reference:
+        raise click.UsageError("--undecided needs --check-reference")
     summary = Summary("trace-filter", "read", "kept", "dropped", "error", "invalid")
-    rule_list = _rule_list(require_boxed, require_regex, min_len, max_len, drop_errors,
-                           require_reference)
+    check = rules.ReferenceCheck(undecided or "keep") if check_reference else None
+    if check is not None:
+        summary.add("undecided", 0)
+    rule_list = rules.rule_list(
+        drop_errors=drop_errors, require_reference=require_reference, check=check,
+        min_len=min_len, max_len=max_len, require_boxed=require_boxed,
+        require_regex=require_regex)
     deduper = None
     if dedup:
         from flywheel.dedup import Deduper  # datasketch imports scipy: only when asked
@@ -162,11 +210,8 @@ def main(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, 
     with contextlib.ExitStack() as stack:
         judge = cache = settings = client = None
         if use_judge:
-            if base_url and not model:
-                raise click.UsageError("--model is needed with --base-url (or FLYWHEEL_MODEL)")
-            endpoint = Endpoint(base_url, model or EMBEDDED_MODEL, api_key, timeout, retries)
-            client = stack.enter_context(
-                LazyClient(endpoint, serve=None if base_url else EMBEDDED_MODEL, echo=echo))
+            endpoint, client = _judge_client(stack, base_url, model, api_key, timeout, retries,
+                                             echo)
             settings = JudgeSettings(endpoint, rubrics_text(rubrics), temperature, max_tokens,
                                      parse_retries, structured=not no_structured)
             judge = Judge(settings, client, on_retry=lambda n, err, d: summary.add("retries"))
@@ -175,13 +220,19 @@ def main(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, 
 
         stats = ReadStats()
         records = read_input(input, "task", skip_invalid=skip_invalid, stats=stats,
-                             tool="trace-filter", verbose=verbose)
+                             tool="trace-filter", verbose=verbose,
+                             also=check.validate if check is not None else None)
         decided = _decide(records, rule_list, deduper, judge, settings, client, cache,
                           max_thread, unordered, summary)
         out = stack.enter_context(open_output(output))
         try:
             for record, verdict in progress(decided, desc="trace-filter", quiet=quiet):
                 summary.add("read")
+                checked = check.take(record) if check is not None else None
+                if checked is not None:
+                    verdict = {**verdict, "reference_check": checked.to_dict()}
+                    if checked.outcome == "undecided":
+                        summary.add("undecided", reason=checked.kind)
                 kind = verdict["verdict"]
                 summary.add({"keep": "kept", "drop": "dropped", "error": "error"}[kind],
                             reason=verdict.get("by") if kind == "drop" else None)
@@ -193,6 +244,12 @@ def main(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, 
                     out.write({**record, "judge": verdict})
                 elif (kind == "keep") != invert and kind != "error":
                     out.write(record)
+            if summary.counts["error"] and not summary.counts["judged"] and not (
+                    cache is not None and cache.hits):
+                raise FlywheelError(
+                    f"the judge gave no verdict: each of the {summary.counts['error']} records "
+                    f"it was asked about is an error (see above)"
+                    f"{'; the output file was not written' if output not in (None, '-') else ''}")
         finally:
             summary.absorb(stats)
             if cache is not None:
@@ -247,3 +304,120 @@ def _decide(records: Iterator[dict], rule_list, deduper: Any, judge: Judge | Non
                 summary.add("judged")
                 result = {**result, "by": "judge", **labels}
             yield record, result
+
+
+@main.command("learn-rubrics", cls=ToolCommand, context_settings=CONTEXT_SETTINGS)
+@common_options
+@input_options
+@output_option
+@endpoint_options
+@click.option("--rubrics", help="Rubrics to start from (a file, or the text): the first "
+                                "candidate, revised like the others.")
+@click.option("--candidates", type=click.IntRange(1), default=learn.LearnSettings.candidates,
+              show_default=True, help="Rubric texts proposed from the examples, each shown "
+                                      "them in its own order.")
+@click.option("--rounds", type=click.IntRange(0), default=learn.LearnSettings.rounds,
+              show_default=True, help="Revisions of the best text from the examples it gets "
+                                      "wrong.")
+@click.option("--shots", type=click.IntRange(1), default=learn.LearnSettings.shots,
+              show_default=True, help="Examples shown in one prompt.")
+@click.option("--seed", type=int, default=learn.LearnSettings.seed, show_default=True,
+              help="Which examples each prompt shows, and in what order.")
+@click.option("--temperature", type=click.FloatRange(0), default=learn.LearnSettings.temperature,
+              show_default=True, help="Sampling temperature of the proposals and the judge.")
+@click.option("--max-tokens", type=click.IntRange(16), default=learn.LearnSettings.max_tokens,
+              show_default=True, help="Length of a proposal and of a verdict.")
+@click.option("--scores", type=click.Path(dir_okay=False),
+              help="Write every candidate (text, agreement, confusion counts) as JSONL to FILE.")
+@ask_options
+def learn_rubrics_command(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool,
+                          verbose: int, base_url: str | None, model: str | None,
+                          api_key: str | None, timeout: float, retries: int,
+                          rubrics: str | None, candidates: int, rounds: int, shots: int,
+                          seed: int, temperature: float, max_tokens: int, max_thread: int,
+                          parse_retries: int, no_structured: bool, scores: str | None,
+                          cache_path: str | None, no_cache: bool) -> None:
+    """Learn rubrics from labelled examples: the judge model proposes rubric texts from them,
+    each text is scored by judging the examples with it, the best is revised from what it gets
+    wrong, and the text that agrees best with the labels is written (to OUTPUT or stdout), for
+    `trace-filter --rubrics`. Its agreement goes to stderr (every candidate's: --scores).
+
+    An example is a task record with `label` (keep or drop) and an optional `label_reason`, or
+    a record of `trace-filter --annotate` output whose `judge.verdict` a person checked.
+    Replies and verdicts are cached: a re-run with the same settings asks nothing and writes
+    the same text.
+
+    \b
+    Examples:
+      trace-filter --annotate < tasks.jsonl | head -20 > examples.jsonl  # then correct them
+      trace-filter learn-rubrics examples.jsonl -o rubrics.txt
+      trace-filter --rubrics rubrics.txt < tasks.jsonl > kept.jsonl
+    """
+    settings = learn.LearnSettings(candidates, rounds, shots, seed, temperature, max_tokens,
+                                   parse_retries)
+    summary = Summary("trace-filter learn-rubrics", "examples", "invalid")
+
+    def echo(msg: str) -> None:
+        click.echo(f"trace-filter learn-rubrics: {msg}", err=True)
+
+    stats = ReadStats()
+    try:
+        examples = list(read_input(input, "task", skip_invalid=skip_invalid, stats=stats,
+                                   tool="trace-filter learn-rubrics", verbose=verbose,
+                                   also=learn.validate_example))
+    finally:
+        summary.absorb(stats)
+    summary.add("examples", len(examples))
+    labels = [learn.example_label(e) for e in examples]
+    kinds = {label for label, _ in labels}
+    if len(examples) < 2:
+        raise FlywheelError(f"{len(examples)} labelled example(s): learning rubrics needs at "
+                            f"least 2, best with both labels")
+    if len(kinds) == 1:
+        echo(f"warning: every example is labelled {kinds.pop()}: the rubrics cannot learn "
+             f"the other verdict")
+    with contextlib.ExitStack() as stack:
+        endpoint, client = _judge_client(stack, base_url, model, api_key, timeout, retries, echo)
+        cache = None if no_cache else stack.enter_context(
+            Cache(cache_path or default_cache_path("trace-filter")))
+        on_retry = lambda n, err, d: summary.add("retries")  # noqa: E731
+        propose = learn.Proposer(JsonAsker(endpoint, client, structured=not no_structured,
+                                           on_retry=on_retry), settings, cache)
+
+        def score(text: str | None) -> list[dict]:
+            judge_settings = JudgeSettings(endpoint, text, temperature, max_tokens,
+                                           parse_retries, structured=not no_structured)
+            judge = Judge(judge_settings, client, on_retry=on_retry)
+            return [verdict for _, verdict in _decide(
+                iter(examples), [], None, judge, judge_settings, client, cache, max_thread,
+                False, summary)]
+
+        def shown(c: learn.Candidate) -> None:
+            if not quiet:
+                echo(f"{c.origin}: {c.agree}/{len(examples)} agree ({c.agreement:.0%})"
+                     f"{f', {c.errors} errors' if c.errors else ''}")
+
+        found = learn.learn_rubrics(examples, labels, propose, score, settings,
+                                    start=rubrics_text(rubrics), on_candidate=shown)
+        chosen = learn.best(found)
+        if chosen.text is None:
+            raise FlywheelError(f"no proposal parsed ({propose.failed} unparseable replies); "
+                                f"try --parse-retries, or a stronger --model")
+        if output and output != "-":
+            with atomic_path(output) as tmp:
+                tmp.write_text(chosen.text + "\n", encoding="utf-8")
+        else:
+            click.echo(chosen.text)
+        if scores:
+            with open_output(scores) as out:
+                for c in found:
+                    out.write({**c.summary(), "chosen": c is chosen})
+        baseline = found[0]
+        summary.extra += [f"{len(found)} candidates",
+                          f"best {chosen.origin} {chosen.agree}/{len(examples)} agree "
+                          f"({chosen.agreement:.0%}) vs {baseline.origin} "
+                          f"{baseline.agree}/{len(examples)}",
+                          f"{propose.requests} proposals asked ({propose.failed} unparseable)"]
+        if cache is not None:
+            summary.extra.append(f"{cache.hits} cached")
+        summary.print(quiet)
