@@ -8,7 +8,12 @@ ids (runs, traces, spans), then measures, each in its own process:
 
 and prints turns/s, MB/s (of span rows read), the ratio to the floor, and peak memory.
 
+With --scaling it does so at several sizes for both Studio schemas (1.0.5, whose span_table has
+no index on run_id, and 1.0.9) and prints the time per run at each: cost must grow linearly
+with the number of runs.
+
     .venv/bin/python bench/bench_trace_export.py [--runs 20000] [--fixture PATH] [--keep DIR]
+    .venv/bin/python bench/bench_trace_export.py --scaling [--sizes 1250,2500,5000,10000]
 """
 
 from __future__ import annotations
@@ -63,7 +68,13 @@ def main() -> None:
     parser.add_argument("--fixture", type=Path, default=DEFAULT_FIXTURE)
     parser.add_argument("--keep", type=Path, help="build the database here and keep it")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; the best counts")
+    parser.add_argument("--scaling", action="store_true",
+                        help="time per run at --sizes, for both schemas")
+    parser.add_argument("--sizes", default="1250,2500,5000,10000")
     args = parser.parse_args()
+    if args.scaling:
+        scaling([int(n) for n in args.sizes.split(",")], args.repeat)
+        return
 
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="bench-trace-export-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -102,6 +113,33 @@ def main() -> None:
           f"{rows} span rows, {span_mb:.0f} MB of attributes, {turns} turns")
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def scaling(sizes: list[int], repeat: int) -> None:
+    """trace-export and the orjson floor at each size, for both schemas: seconds per 1,000
+    runs should stay flat as the database grows."""
+    exe = str(Path(sys.executable).parent / "trace-export")
+    print(f"{'schema':8}{'runs':>8}{'MB':>7}{'export s':>10}{'ms/run':>8}{'floor s':>9}"
+          f"{'export/floor':>13}{'peak MiB':>10}")
+    for fixture in (FIXTURES / "studio-1.0.5_agentscope-1.0.7.sqlite", DEFAULT_FIXTURE):
+        schema = fixture.name.split("_")[0].removeprefix("studio-")
+        for size in sizes:
+            workdir = Path(tempfile.mkdtemp(prefix="bench-trace-export-"))
+            db = workdir / "studio.sqlite"
+            shutil.copy(fixture, db)
+            build_into(fixture, db, size)
+            runs = _count_runs(db)
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                cols = [r[1] for r in conn.execute("PRAGMA table_info(span_table)")]
+            floor = FLOOR.replace("{attr_index}", str(cols.index("attributes")))
+            floor_s, _, _ = run_measured([sys.executable, "-c", floor, str(db), "orjson"],
+                                         repeat)
+            export_s, peak, _ = run_measured(["sh", "-c", f"'{exe}' -q '{db}' > /dev/null"],
+                                             repeat)
+            print(f"{schema:8}{runs:8}{db.stat().st_size / 1e6:7.0f}{export_s:10.2f}"
+                  f"{1000 * export_s / runs:8.2f}{floor_s:9.2f}{export_s / floor_s:13.2f}"
+                  f"{peak:10.0f}", flush=True)
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _count_runs(db: Path) -> int:

@@ -1,6 +1,6 @@
 """Rewrite the usage blocks of each tool's README from its current --help (`make docs`): the
 `## Usage` block from the tool's --help, and for a tool with subcommands a
-`## Usage: TOOL SUB` block for each subcommand other than the default."""
+`## Usage: SUB` block for each subcommand other than the default."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def tool_main(name: str) -> click.Command:
 
 
 def usage_blocks(name: str) -> dict[str, str]:
-    """Heading -> help text: ``Usage`` for the tool, ``Usage: NAME SUB`` for each other
+    """Heading -> help text: ``Usage`` for the tool, ``Usage: SUB`` for each other
     subcommand of a tool with subcommands."""
     command = tool_main(name)
 
@@ -33,7 +33,7 @@ def usage_blocks(name: str) -> dict[str, str]:
     default = getattr(command, "default", None)
     for sub in getattr(command, "commands", {}):
         if sub != default:
-            blocks[f"Usage: {name} {sub}"] = help_of(sub)
+            blocks[f"Usage: {sub}"] = help_of(sub)
     return blocks
 
 

@@ -20,6 +20,18 @@ RETRY_TEMPERATURE = 0.7
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.S)
 
 
+MAX_FIELD = 4000  # characters of one part of a prompt (a record's answer, a task, an excerpt)
+
+
+def clip(text: str, limit: int = MAX_FIELD) -> str:
+    """``text`` cut to ``limit`` characters, head and tail kept: a 50 MB task must not become
+    a 50 MB request, nor crowd out the rest of a prompt."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n[... {len(text) - limit} characters left out ...]\n{text[-half:]}"
+
+
 class ReplyError(ValueError):
     """A reply that is not what was asked for."""
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .ask import JsonAsker, ReplyError, parse_json_object
+from .ask import MAX_FIELD, JsonAsker, ReplyError, clip, parse_json_object
 from .client import Endpoint
 from .ids import stable_id
 
@@ -53,7 +53,6 @@ VERDICT_SCHEMA = {
     "additionalProperties": False,
 }
 
-_MAX_FIELD = 4000  # characters of one part of a record shown to the judge
 
 
 def rubrics_text(value: str | None) -> str | None:
@@ -79,13 +78,6 @@ def system_prompt(rubrics: str | None) -> str:
     return SYSTEM.format(base=BASE_CRITERIA, custom=custom)
 
 
-def _clip(text: str, limit: int = _MAX_FIELD) -> str:
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]}\n[... {len(text) - limit} characters left out ...]\n{text[-half:]}"
-
-
 def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -107,28 +99,28 @@ def _tool_summary(trajectory: list[dict]) -> list[str]:
     return lines
 
 
-def record_view(record: dict, clip: int = _MAX_FIELD) -> str:
+def record_view(record: dict, limit: int = MAX_FIELD) -> str:
     """The record as the judge sees it: context, request, tools, answer, reference, feedback.
-    Each part is clipped to ``clip`` characters (head and tail kept)."""
+    Each part is clipped to ``limit`` characters (head and tail kept)."""
     messages = record.get("messages") or []
     context = [m for m in messages[:-1] if m.get("role") != "system"]
     parts = []
     if context:
-        parts.append("## Earlier conversation\n" + _clip("\n".join(
-            f"[{m.get('role')}] {_text(m.get('content'))}" for m in context), clip))
-    parts.append("## Request\n" + _clip(_text(record.get("query")), clip))
+        parts.append("## Earlier conversation\n" + clip("\n".join(
+            f"[{m.get('role')}] {_text(m.get('content'))}" for m in context), limit))
+    parts.append("## Request\n" + clip(_text(record.get("query")), limit))
     tools = _tool_summary(record.get("trajectory") or [])
     if tools:
-        parts.append("## Tool calls the agent made\n" + _clip("\n".join(tools), clip))
+        parts.append("## Tool calls the agent made\n" + clip("\n".join(tools), limit))
     answer = record.get("answer")
-    parts.append("## Agent's answer\n" + (_clip(answer, clip) if answer else "(no answer)"))
+    parts.append("## Agent's answer\n" + (clip(answer, limit) if answer else "(no answer)"))
     reference = record.get("reference")
     if reference is not None and str(reference).strip():
-        parts.append("## Known-good reference answer\n" + _clip(str(reference), clip))
+        parts.append("## Known-good reference answer\n" + clip(str(reference), limit))
     feedback = record.get("feedback") or []
     if feedback:
-        parts.append("## What the user said next\n" + _clip("\n".join(
-            _text(m.get("content")) for m in feedback), clip))
+        parts.append("## What the user said next\n" + clip("\n".join(
+            _text(m.get("content")) for m in feedback), limit))
     return "\n\n".join(parts)
 
 

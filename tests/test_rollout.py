@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -445,3 +446,55 @@ def test_rollout_into_head_ends_its_rollouts_quietly(tmp_path):
             executable="/bin/bash")
     assert json.loads(proc.stdout)["id"] == "t0/0"
     assert "Task was destroyed" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+class BrokenStream:
+    """Fault injection: an upstream that starts a streamed reply, then drops the connection."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            chunk = json.dumps({"choices": [{"index": 0, "delta": {"content": "par"},
+                                             "token_ids": [1], "logprobs": {"content": [
+                                                 {"token": "par", "logprob": -0.1}]}}],
+                                "prompt_token_ids": [5, 6]})
+            event = f"data: {chunk}\n\n".encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n"
+                         + f"{len(event):x}\r\n".encode() + event + b"\r\n")
+            conn.close()  # no last chunk: the stream broke
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.sock.close()
+
+
+def test_a_broken_upstream_stream_reaches_the_agent_as_an_error_and_is_recorded(capfd):
+    calls = []
+    with BrokenStream() as up, Recorder(up.base_url, on_call=calls.append, retries=0) as rec:
+        client = openai.OpenAI(base_url=rec.base_url(), api_key="k", max_retries=0)
+        stream = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+        with pytest.raises(openai.APIError, match="stream from .* broke"):
+            for _ in stream:
+                pass
+    assert calls[0]["status"] == "error" and "broke" in calls[0]["error"]
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and err.count("broke") == 1

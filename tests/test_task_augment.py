@@ -470,3 +470,38 @@ def test_a_malformed_200_reply_is_retried_then_one_clear_error(tmp_path, content
         result, records = run(["expand", "-n", "2", *endpoint(server)], seeds_jsonl())
     assert result.exit_code == 0, result.output
     assert len(records) == 2 and "1 retries" in result.stderr
+
+
+def test_an_oversized_task_is_clipped_in_its_request(tmp_path):
+    huge = "How many apples? " + "blah " * 1_000_000  # a 5 MB task
+    seeds = seeds_jsonl() + json.dumps(task("big", huge)) + "\n"
+    with CannedServer(new_tasks()) as server:
+        result, records = run(["paraphrase", "-n", "1", *endpoint(server)], seeds)
+        sizes = [len(json.dumps(r["body"])) for r in server.requests]
+    assert result.exit_code == 0, result.output
+    assert max(sizes) < 20_000  # the task is clipped (head and tail), not sent whole
+    assert any("characters left out" in json.dumps(r["body"]) for r in server.requests)
+
+
+def test_a_refused_request_is_counted_and_the_run_goes_on():
+    def answer(n):
+        if n == 0:
+            return 413, {}, {"error": {"message": "request too large"}}
+        return reply(NEW[n % len(NEW)])
+
+    with CannedServer(answer) as server:
+        result, records = run(["paraphrase", "-n", "1", "--max-thread", "1",
+                               *endpoint(server)], seeds_jsonl())
+    assert result.exit_code == 0, result.output
+    assert "1 refused (1 HTTP 413)" in result.stderr
+    assert counts(result.stderr)["requests"] >= 2
+
+
+def test_a_run_that_fails_says_what_was_written_and_whether_it_was_cached(tmp_path):
+    with CannedServer(lambda n: (503, {}, {"error": "down"})) as server:
+        result, _ = run(["expand", "-n", "2", "--no-cache", *endpoint(server, "--retries", "0")],
+                        seeds_jsonl())
+    assert result.exit_code == 1
+    (error,) = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert "0 tasks were written before it" in error
+    assert "cached" not in error and "with --no-cache a new run asks again" in error

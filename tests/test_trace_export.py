@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -405,3 +407,70 @@ def test_a_turn_whose_input_cannot_be_read_is_counted_and_named_not_exported(tmp
         in result.stderr
     assert "1 unreadable turns" in result.stderr
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_database_without_a_run_index_exports_the_same_and_is_left_alone(tmp_path):
+    """Studio 1.0.5 has no index on span_table.run_id: the export indexes a temporary copy of
+    (run, rowid) outside the user's folder. The same database with an index on a copy (this
+    test's own) gives the same records."""
+    plain_dir, indexed_dir = tmp_path / "plain", tmp_path / "indexed"
+    plain_dir.mkdir(), indexed_dir.mkdir()
+    plain, indexed = plain_dir / "studio.sqlite", indexed_dir / "studio.sqlite"
+    shutil.copy(LEGACY_DB, plain)
+    shutil.copy(LEGACY_DB, indexed)
+    with sqlite3.connect(indexed) as conn:
+        conn.execute("CREATE INDEX by_run ON span_table(run_id)")
+    before = {p.name: p.stat().st_mtime_ns for p in plain_dir.iterdir()}
+    _, from_plain = export(plain)
+    _, from_indexed = export(indexed)
+    assert from_plain == from_indexed and len(from_plain) > 50
+    assert {p.name: p.stat().st_mtime_ns for p in plain_dir.iterdir()} == before
+
+
+@pytest.mark.parametrize("db", [LEGACY_DB, FIXTURES / "studio-1.0.9_agentscope-1.0.21.sqlite"],
+                         ids=["1.0.5", "1.0.9"])
+def test_a_wal_database_is_read_and_its_folder_left_as_it_was(tmp_path, db):
+    wal = tmp_path / "studio.sqlite"
+    shutil.copy(db, wal)
+    with sqlite3.connect(wal) as conn:
+        assert conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["studio.sqlite"]
+    before = wal.stat().st_mtime_ns
+    _, records = export(wal)
+    _, expected = export(db)
+    assert [r["id"] for r in records] == [r["id"] for r in expected]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["studio.sqlite"]  # no -wal, -shm
+    assert wal.stat().st_mtime_ns == before
+
+
+def test_a_wal_database_in_use_is_read_through_its_wal(tmp_path):
+    """Studio running: its connection holds -wal and -shm, and rows not yet checkpointed live
+    only in the -wal. They are read, and the files stay Studio's."""
+    db = tmp_path / "studio.sqlite"
+    shutil.copy(LEGACY_DB, db)
+    studio = sqlite3.connect(db)
+    try:
+        studio.execute("PRAGMA journal_mode = WAL")
+        studio.execute("PRAGMA wal_autocheckpoint = 0")
+        studio.execute("UPDATE run_table SET name = 'renamed-in-the-wal'")
+        studio.commit()
+        _, records = export(db)
+        assert {r["source"]["run_name"] for r in records} == {"renamed-in-the-wal"}
+        assert (tmp_path / "studio.sqlite-wal").exists()
+    finally:
+        studio.close()
+
+
+def test_an_idle_wal_database_written_during_the_read_is_an_error(tmp_path):
+    from flywheel.errors import FlywheelError
+    from flywheel_tools.trace_export.cli import export as export_tasks
+
+    db = tmp_path / "studio.sqlite"
+    shutil.copy(LEGACY_DB, db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+    records = export_tasks(str(db))
+    next(records)
+    os.utime(db, ns=(time.time_ns(), time.time_ns() + 10**9))  # as a checkpoint would
+    with pytest.raises(FlywheelError, match="written while it was read"):
+        list(records)

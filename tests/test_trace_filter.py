@@ -512,3 +512,12 @@ def test_a_bad_regular_expression_is_a_usage_error_naming_the_option():
     assert result.exit_code == 2
     assert "Invalid value for '--require-regex': not a regular expression: missing )" \
         in result.output
+
+
+def test_with_no_cache_a_failed_run_does_not_promise_a_cache():
+    with CannedServer(lambda n: (503, {}, {"error": "down"})) as server:
+        result, _ = run(judge_args(server, "--retries", "0", "--no-cache"),
+                        input_text=jsonl(task(1)))
+    assert result.exit_code == 1
+    assert "cached" not in result.output and "with --no-cache a new run asks again" \
+        in result.output

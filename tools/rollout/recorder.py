@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -362,9 +363,16 @@ class Recorder:
                 if outgoing:
                     await out.write(b"".join(outgoing))
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as err:
-            self._finish(call, status="error",
-                         error=f"stream from {self.upstream} broke: {type(err).__name__}")
-            raise
+            # Recorded, told in one line, and sent to the agent as vLLM reports an error in a
+            # stream (an error event, then the end): a proper failure, not a cut-off reply.
+            message = f"stream from {self.upstream} broke: {type(err).__name__}"
+            self._finish(call, status="error", error=message)
+            print(f"recorder: session {call['session']}: {message}", file=sys.stderr)
+            error = {"error": {"message": message, "type": "upstream_error", "code": 502}}
+            with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+                await out.write(b"data: " + dumps_bytes(error) + b"\n\ndata: [DONE]\n\n")
+                await out.write_eof()
+            return out
         for index, acc in sorted(choices.items()):
             self._record_choice(call, index, prompt_ids, acc.token_ids, acc.logprobs,
                                 _plain(acc.message()), acc.finish_reason, model, usage)

@@ -159,18 +159,24 @@ class Run:
 
     def write(self, tasks: Iterator[dict], output: str | None, quiet: bool,
               total: int | None) -> None:
+        written = 0
         try:
             with open_output(output) as out:
                 for task in progress(tasks, total=total, desc=TOOL, quiet=quiet, unit="task"):
                     out.write(task)
+                    written += 1
         except EndpointFailure as failure:
             err = failure.error
             what = "did not answer" if isinstance(err, retryable()) else "refused the request"
-            written = "" if output in (None, "-") else " (the output file was not written)"
+            if output in (None, "-"):
+                done = f"{written} tasks were written before it"
+            else:
+                done = f"the output file was not written ({written} tasks were ready)"
+            resume = ("run again to resume (replies so far are cached)" if self.cache is not None
+                      else "with --no-cache a new run asks again from the start")
             raise FlywheelError(
                 f"the endpoint {what} ({describe_api_error(err, self.client.endpoint)}); "
-                f"{self.summary.counts['produced']} tasks were produced before it{written}; "
-                "run again to resume (replies so far are cached)") from None
+                f"{done}; {resume}") from None
 
     def finish(self, quiet: bool) -> None:
         self.summary.print(quiet)

@@ -210,6 +210,12 @@ class Engine:
         workers = self.asker.settings.workers
         for attempt, result in bounded_map(self.asker, keyed(), workers=workers, ready=ready):
             if isinstance(result, BaseException):
+                if refused_request(result):  # this request only: the others may go through
+                    self.summary.add("refused", reason=f"HTTP {result.status_code}")
+                    self.echo(f"request refused ({attempt.method} {attempt.tag}): "
+                              f"{str(result)[:200]}")
+                    yield attempt, []
+                    continue
                 if isinstance(result, api_errors()):
                     raise EndpointFailure(result) from result
                 raise result
@@ -227,6 +233,12 @@ class Engine:
             self.summary.add("unparseable", reason=outcome.reason or "no reply")
             if self.verbose:
                 self.echo(f"unparseable reply ({attempt.method} {attempt.tag}): {outcome.detail}")
+
+
+def refused_request(err: BaseException) -> bool:
+    """A refusal of this one request (too large, malformed for the server: 400, 413, 422), not
+    of every request (a wrong key or model: 401, 403, 404), which ends the run."""
+    return getattr(err, "status_code", None) in (400, 413, 422)
 
 
 def round_size(remaining: int, produced: int, made: int, per_request: int, left: int) -> int:

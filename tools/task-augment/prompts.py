@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from flywheel.ask import clip
+
 PROMPT_VERSION = 1
 
 # Fields each method's reply items carry: name -> JSON schema type. ``query`` is required and a
@@ -100,7 +102,7 @@ def reply_schema(method: str, want: int) -> dict[str, Any]:
 
 
 def _tasks_block(title: str, texts: list[str]) -> str:
-    return title + "\n" + "\n".join(f"<task>\n{t.strip()}\n</task>" for t in texts)
+    return title + "\n" + "\n".join(f"<task>\n{clip(t.strip())}\n</task>" for t in texts)
 
 
 def _avoid_block(title: str, avoid: list[str]) -> str:
@@ -137,7 +139,7 @@ def docs_messages(excerpt: str, want: int, *, document: str, section: str | None
     sys_text = DOCS_SYSTEM.format(want=want, questions=_plural(want, "question", "questions"),
                                   style=DOCS_STYLE if style else "", fmt=reply_format("docs"))
     head = f"Document: {document}\n" + (f"Section: {section}\n" if section else "")
-    user = (head + f"<excerpt>\n{excerpt.strip()}\n</excerpt>"
+    user = (head + f"<excerpt>\n{clip(excerpt.strip())}\n</excerpt>"
             + (f"\n\n{_tasks_block('Example user tasks (for the style only):', list(style))}"
                if style else "")
             + _avoid_block("Questions already written from this excerpt, which the new ones "
@@ -150,7 +152,7 @@ def paraphrase_messages(request: str, want: int, *, avoid: list[str] = ()) -> li
     """Ask for ``want`` rewordings of ``request``."""
     sys_text = PARAPHRASE_SYSTEM.format(want=want, times=_plural(want, "time", "times"),
                                         fmt=reply_format("paraphrase"))
-    user = (f"<request>\n{request.strip()}\n</request>"
+    user = (f"<request>\n{clip(request.strip())}\n</request>"
             + _avoid_block("Versions already written, which the new ones must not repeat:",
                            list(avoid))
             + f"\n\nWrite {want} reworded {_plural(want, 'version', 'versions')} now.")

@@ -137,6 +137,7 @@ def export(
                     record["reference"] = references.reference_for(record)
                     summary.add("with a reference", record["reference"] is not None)
                 yield record
+        conn.check_unchanged(database)
     finally:
         conn.close()
 

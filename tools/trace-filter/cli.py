@@ -295,8 +295,9 @@ def _decide(records: Iterator[dict], rule_list, deduper: Any, judge: Judge | Non
             what = "did not answer" if isinstance(result, retryable()) else "refused the request"
             raise FlywheelError(
                 f"the judge endpoint {what} ({describe_api_error(result, client.endpoint)}); "
-                f"{summary.counts['read']} records were written or counted before it; "
-                f"run again to resume (verdicts so far are cached)")
+                f"{summary.counts['read']} records were written or counted before it; " + (
+                    "run again to resume (verdicts so far are cached)" if cache is not None
+                    else "with --no-cache a new run asks again from the start"))
         else:
             if result.get("by") is None:  # a fresh judge verdict: cache it
                 if cache is not None:

@@ -172,7 +172,7 @@ def _shown(example: dict, label: str, reason: str | None, n: int,
         head += f"; the judge said {verdict['verdict'].upper()}"
         if verdict.get("reason"):
             head += f" ({verdict['reason']})"
-    return f"{head}\n{record_view(example, clip=_SHOWN_CHARS)}"
+    return f"{head}\n{record_view(example, limit=_SHOWN_CHARS)}"
 
 
 def _balanced(indices: Iterable[int], labels: list[str], k: int, rng: random.Random) -> list[int]:
