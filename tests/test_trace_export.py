@@ -474,3 +474,34 @@ def test_an_idle_wal_database_written_during_the_read_is_an_error(tmp_path):
     os.utime(db, ns=(time.time_ns(), time.time_ns() + 10**9))  # as a checkpoint would
     with pytest.raises(FlywheelError, match="written while it was read"):
         list(records)
+
+
+def test_sigterm_during_an_export_leaves_no_temporary_file(tmp_path):
+    """A database large enough to take seconds (the benchmark's builder: fixture runs copied
+    with fresh ids), exported with -o and stopped midway."""
+    import importlib.util
+    import signal
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_trace_export", Path(__file__).parents[1] / "bench" / "bench_trace_export.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    fixture = FIXTURES / "studio-1.0.9_agentscope-1.0.21.sqlite"
+    db = tmp_path / "big.sqlite"
+    shutil.copy(fixture, db)
+    bench.build_into(fixture, db, 4000)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    exe = str(Path(sys.executable).parent / "trace-export")
+    proc = subprocess.Popen([exe, str(db), "-o", str(out_dir / "tasks.jsonl")],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(out_dir.glob(".tasks.jsonl.*.tmp")):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+        time.sleep(0.02)
+    time.sleep(0.3)  # well into the export
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "Terminated." in stderr and "Traceback" not in stderr
+    assert list(out_dir.iterdir()) == []
