@@ -18,8 +18,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 RETRY_TEMPERATURE = 0.7
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.S)
-
-
 MAX_FIELD = 4000  # characters of one part of a prompt (a record's answer, a task, an excerpt)
 
 
@@ -33,13 +31,18 @@ def clip(text: str, limit: int = MAX_FIELD) -> str:
 
 
 class ReplyError(ValueError):
-    """A reply that is not what was asked for."""
+    """A reply that is not what was asked for. ``reason`` is a short label for a summary:
+    ``empty``, ``not JSON``, ``wrong shape``."""
+
+    def __init__(self, message: str, reason: str = "wrong shape"):
+        super().__init__(message)
+        self.reason = reason
 
 
 def parse_json_object(text: str | None) -> dict[str, Any]:
     """A strict read: the reply is one JSON object (a ```json fence is tolerated)."""
     if not text or not text.strip():
-        raise ReplyError("empty reply")
+        raise ReplyError("empty reply", "empty")
     body = text.strip()
     fence = _FENCE.fullmatch(body)
     if fence:
@@ -47,7 +50,8 @@ def parse_json_object(text: str | None) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except json.JSONDecodeError as err:
-        raise ReplyError(f"not JSON ({err.msg}): {body[:120]!r}") from None
+        raise ReplyError(f"not JSON ({err.msg} at column {err.colno}): {body[:120]!r}",
+                         "not JSON") from None
     if not isinstance(data, dict):
         raise ReplyError(f"not a JSON object: {body[:120]!r}")
     return data

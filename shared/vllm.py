@@ -27,6 +27,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from .cli import Terminated, signals_as_exceptions
 from .errors import FlywheelError
 from .models import resolve_model
 
@@ -303,22 +304,10 @@ def check(server: VLLMServer) -> dict:
     return report
 
 
-class _Stopped(KeyboardInterrupt):
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise _Stopped(signum)
-
-
-def _end_with_the_caller() -> None:
-    """The launcher ends, and stops its server, however its caller stops: SIGTERM, SIGHUP (a
-    closed terminal), or the caller's death (make killed with SIGKILL). The server runs in a
-    session of its own, so none of these would reach it."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
+def _watch_the_caller() -> None:
+    """The launcher ends, and stops its server, when its caller dies (make killed with
+    SIGKILL): the server runs in a session of its own, so nothing else would reach it. SIGTERM
+    and SIGHUP end it through ``signals_as_exceptions``, as they end every tool."""
     parent = os.getppid()
 
     def watch() -> None:
@@ -349,10 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="run this command (and its arguments) against the server, then "
                              "stop it; its exit status is this one's")
     args = parser.parse_args(argv)
-    _end_with_the_caller()
+    _watch_the_caller()
     try:
-        with VLLMServer(args.model, host=args.host, port=args.port, log_file=args.log_file,
-                        max_model_len=args.max_model_len) as server:
+        with signals_as_exceptions(), VLLMServer(
+                args.model, host=args.host, port=args.port, log_file=args.log_file,
+                max_model_len=args.max_model_len) as server:
             print(f"vLLM ready at {server.base_url} in {server.startup_seconds:.1f} s; "
                   f"log {server.log_path}", file=sys.stderr, flush=True)
             if args.check:
@@ -377,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"vLLM exited; log {server.log_path}", file=sys.stderr)
             return 1
     except KeyboardInterrupt as err:
-        return 128 + err.signum if isinstance(err, _Stopped) else 130
+        return 128 + err.signum if isinstance(err, Terminated) else 130
     except FlywheelError as err:
         print(f"Error: {err.message}", file=sys.stderr)
         return 1

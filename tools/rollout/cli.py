@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import statistics
 import threading
 from collections import defaultdict
@@ -308,8 +307,7 @@ def record(output: str | None, quiet: bool, verbose: int, upstream: str, host: s
 
         recorder = Recorder(upstream, on_call=on_call, host=host, port=port, api_key=api_key,
                             retries=retries, timeout=timeout)
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-        try:
+        try:  # SIGTERM and SIGHUP end it like Ctrl-C (the shared command class)
             recorder.serve_forever(
                 ready=lambda: click.echo(f"rollout record: recording at {recorder.base_url()} "
                                          f"(upstream {recorder.upstream}); Ctrl-C stops",
@@ -317,9 +315,4 @@ def record(output: str | None, quiet: bool, verbose: int, upstream: str, host: s
         except KeyboardInterrupt:
             pass
         finally:
-            signal.signal(signal.SIGTERM, previous)
             summary.print(quiet)
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt

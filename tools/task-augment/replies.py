@@ -8,13 +8,13 @@ reply unparseable: it is asked again, then counted, and never passed on.
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Any
+
+from flywheel.ask import ReplyError as JsonReplyError
+from flywheel.ask import parse_json_object
 
 from .prompts import FIELDS
 
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.S)
 _TYPES = {"string": str, "null": type(None)}
 
 
@@ -22,7 +22,7 @@ class ReplyError(ValueError):
     """A reply that is not the JSON asked for. ``reason`` is a short label for the summary."""
 
     def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
+        super().__init__(detail if detail.startswith(reason) else f"{reason}: {detail}")
         self.reason = reason
 
 
@@ -54,22 +54,14 @@ def _item(value: Any, method: str, index: int) -> dict:
 
 def parse_reply(text: str | None, method: str, finish_reason: str | None = None) -> list[dict]:
     """The items of a reply to ``method``'s prompt, each with exactly the method's fields."""
-    if not text or not text.strip():
-        raise ReplyError("empty", "the reply is empty")
-    body = text.strip()
-    fence = _FENCE.fullmatch(body)
-    if fence:
-        body = fence.group(1)
     try:
-        data = json.loads(body)
-    except json.JSONDecodeError as err:
-        if finish_reason == "length":
-            raise ReplyError("truncated", f"cut off at --max-tokens: {_snippet(body)}") from None
-        raise ReplyError("not JSON", f"{err.msg} at column {err.colno}: {_snippet(body)}") \
-            from None
-    if not isinstance(data, dict):
-        raise ReplyError("wrong shape", f"not a JSON object: {_snippet(body)}")
+        data = parse_json_object(text)  # the one strict read of a JSON reply (flywheel.ask)
+    except JsonReplyError as err:
+        if err.reason == "not JSON" and finish_reason == "length":
+            raise ReplyError("truncated", f"cut off at --max-tokens: "
+                                          f"{_snippet(text.strip())}") from None
+        raise ReplyError(err.reason, str(err)) from None
     tasks = data.get("tasks")
     if not isinstance(tasks, list) or not tasks:
-        raise ReplyError("wrong shape", f"no list of tasks: {_snippet(body)}")
+        raise ReplyError("wrong shape", f"no list of tasks: {_snippet(text.strip())}")
     return [_item(value, method, i) for i, value in enumerate(tasks)]
