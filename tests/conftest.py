@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ JSONL_TOOLS = {  # tools that read JSONL, and the record kind they read
 }
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_WORKFLOW = f"{ROOT / 'examples' / 'math_agent.py'}:run"
+LEGACY_DB = ROOT / "tests" / "fixtures" / "studio" / "studio-1.0.5_agentscope-1.0.7.sqlite"
 REQUIRED_ARGS = {  # what a tool needs besides its input to get as far as reading it
     "rollout": ["--workflow", EXAMPLE_WORKFLOW],
 }
@@ -44,3 +48,21 @@ def tokenizer(embedded_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(embedded_model_dir)
+
+
+def studio_tasks(n: int) -> str:
+    """JSONL of n real tasks from a Studio database, the manifest's answers as references."""
+    out = subprocess.run([str(Path(sys.executable).parent / "trace-export"), "-q",
+                          str(LEGACY_DB), "--status", "ok"],
+                         capture_output=True, text=True, check=True).stdout
+    manifest = json.loads(LEGACY_DB.with_suffix(".manifest.json").read_text())
+    answers = {t["input"].get("text"): t["expected_answer"] for r in manifest["runs"]
+               for t in r["turns"] if t["input"]["kind"] == "user"}
+    chosen = []
+    for line in out.splitlines():
+        task = json.loads(line)
+        if answers.get(task["query"]) and len(task["messages"]) == 2:
+            chosen.append({**task, "reference": answers[task["query"]]})
+        if len(chosen) == n:
+            break
+    return "".join(json.dumps(task) + "\n" for task in chosen)

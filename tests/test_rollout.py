@@ -22,12 +22,10 @@ from flywheel.vllm import CHAT_TEMPLATE
 from flywheel_tools.rollout.cli import main as rollout
 from flywheel_tools.rollout.recorder import Recorder, split_path
 
-from conftest import ROOT
+from conftest import ROOT, studio_tasks
 
 WORKFLOWS = Path(__file__).resolve().parent / "fixtures" / "rollout" / "workflows.py"
 EXAMPLE = ROOT / "examples" / "math_agent.py"
-LEGACY_DB = Path(__file__).resolve().parent / "fixtures" / "studio" / \
-    "studio-1.0.5_agentscope-1.0.7.sqlite"
 
 
 def wf(name: str) -> str:
@@ -290,30 +288,13 @@ def _free_port() -> int:
 
 # --- the real thing ----------------------------------------------------------------------------
 
-def _fixture_tasks(n: int) -> str:
-    """Real tasks from a Studio database, with the manifest's answers as references."""
-    out = subprocess.run([str(Path(sys.executable).parent / "trace-export"), "-q",
-                          str(LEGACY_DB), "--status", "ok"],
-                         capture_output=True, text=True, check=True).stdout
-    manifest = json.loads(LEGACY_DB.with_suffix(".manifest.json").read_text())
-    answers = {t["input"].get("text"): t["expected_answer"] for r in manifest["runs"]
-               for t in r["turns"] if t["input"]["kind"] == "user"}
-    chosen = []
-    for line in out.splitlines():
-        task = json.loads(line)
-        if answers.get(task["query"]) and len(task["messages"]) == 2:
-            chosen.append({**task, "reference": answers[task["query"]]})
-        if len(chosen) == n:
-            break
-    return jsonl(*chosen)
-
-
 @pytest.fixture(scope="module")
 def react_rollouts(vllm_server, tmp_path_factory):
     result, records = run(["-w", f"{EXAMPLE}:run_tool_first", "-n", "2", "--seed", "3",
                            "--max-tokens", "96", "--reward", "boxed", "-j", "4",
+                           "--continuation", "off",
                            "--base-url", vllm_server.base_url, "--model", "smollm2-135m"],
-                          _fixture_tasks(2))
+                          studio_tasks(2))
     return result, records
 
 
@@ -388,7 +369,7 @@ def test_example_agent_plain_workflow_streams_through_the_recorder(vllm_server):
 def test_ray_runs_the_workflows_as_tasks_recorded_through_the_same_endpoint(vllm_server):
     result, records = run(["-w", f"{EXAMPLE}:run", "--ray", "-n", "2", "--max-tokens", "48",
                            "--base-url", vllm_server.base_url, "--model", "smollm2-135m"],
-                          _fixture_tasks(1))
+                          studio_tasks(1))
     assert [r["status"] for r in records] == ["ok", "ok"], result.stderr
     assert all(r["calls"] and r["calls"][0]["prompt_ids"] for r in records)
 

@@ -7,6 +7,7 @@ from typing import IO, Any
 
 import click
 
+from flywheel.chat_template import load_tokenizer, template_text
 from flywheel.cli import (
     Summary,
     common_options,
@@ -24,7 +25,7 @@ from flywheel.records import validate_rollout, validate_task
 from .merge import ON_MISMATCH, TokenizerFor, merge_rollout
 from .sequences import MergeStats
 from .text_mode import merge_task
-from .tokenizer import Tokenizers, chat_template_text, load_tokenizer
+from .tokenizer import Tokenizers
 
 FORMATS = ("sample", "trl")
 FAILED = ("error", "timeout")
@@ -155,7 +156,7 @@ def main(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, 
     def echo(msg: str) -> None:
         click.echo(f"ctx-merge: {msg}", err=True)
 
-    template = chat_template_text(chat_template) if tokenizer else None
+    template = template_text(chat_template) if tokenizer else None
     fixed = load_tokenizer(tokenizer) if tokenizer else None
     summary, stats, read = Summary("ctx-merge"), MergeStats(), ReadStats()
     hint_if_waiting(input, "ctx-merge")

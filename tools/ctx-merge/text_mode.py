@@ -20,9 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from flywheel.chat_template import render
+from flywheel.messages import messages_extend
 from flywheel.records import task_messages
 
-from .mismatch import messages_extend
 from .sequences import CallView, MergeStats, assemble, calls_info, sample_id
 
 CONSUMED = ("id", "query", "messages", "answer", "reference", "feedback", "trajectory")
@@ -74,21 +75,15 @@ class TemplateRewritesHistory(Exception):
     """The rendering of a turn changes once later turns follow it."""
 
 
-def _render(tokenizer: Any, messages: list, tools: list | None, template: str | None,
-            generation: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tools=tools or None, chat_template=template,
-                                         tokenize=False, add_generation_prompt=generation)
-
-
 def trained_spans(tokenizer: Any, conv: Conversation, template: str | None
                   ) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character span each trained turn trains."""
-    full = _render(tokenizer, conv.messages, conv.tools, template, False)
+    full = render(tokenizer, conv.messages, conv.tools, template, False)
     eos = tokenizer.eos_token or ""
     spans = []
     for turn in conv.turns:
-        head = _render(tokenizer, conv.messages[:turn], conv.tools, template, True)
-        upto = _render(tokenizer, conv.messages[:turn + 1], conv.tools, template, False)
+        head = render(tokenizer, conv.messages[:turn], conv.tools, template, True)
+        upto = render(tokenizer, conv.messages[:turn + 1], conv.tools, template, False)
         if not (upto.startswith(head) and full.startswith(upto)):
             raise TemplateRewritesHistory
         end = upto.rfind(eos, len(head)) if eos else -1

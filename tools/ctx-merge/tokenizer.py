@@ -3,37 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from flywheel.chat_template import load_tokenizer
 from flywheel.errors import FlywheelError
-from flywheel.models import resolve_model
-from flywheel.vllm import CHAT_TEMPLATE
-
-MODEL_TEMPLATE = "model"  # --chat-template model: the tokenizer's own template
-
-
-def load_tokenizer(name: str) -> Any:
-    """The tokenizer of a model directory, or of ``smollm2-135m`` (the embedded model)."""
-    path = resolve_model(name)
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise FlywheelError(f"{name}: cannot load its tokenizer ({err})") from None
-
-
-def chat_template_text(value: str | None) -> str | None:
-    """--chat-template: a Jinja file, ``model`` (None: the tokenizer's own), or the default,
-    the ChatML-with-tools template the project's vLLM launcher serves every model with."""
-    if value == MODEL_TEMPLATE:
-        return None
-    path = Path(value) if value else CHAT_TEMPLATE
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise FlywheelError(f"{path}: cannot read the chat template ({err.strerror})") from None
 
 
 class Tokenizers:

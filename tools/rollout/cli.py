@@ -16,6 +16,7 @@ from flywheel.cli import (
     Summary,
     ToolCommand,
     common_options,
+    input_name,
     input_options,
     output_option,
     progress,
@@ -25,13 +26,28 @@ from flywheel.cli import (
 from flywheel.client import Endpoint as ClientEndpoint
 from flywheel.client import endpoint_options, make_client
 from flywheel.errors import FlywheelError
-from flywheel.jsonl import ReadStats, open_output, records_stdout
+from flywheel.jsonl import ReadStats, open_output, read_jsonl, records_stdout
 from flywheel.models import EMBEDDED_MODEL
 from flywheel.workflow import absolute_spec, load_workflow
 
 from . import rewards
 from .engine import Endpoint, Runner, Sessions, Settings
-from .recorder import Recorder
+from .recorder import CONTINUATION, Recorder
+
+
+def continuation_options(fn: Any) -> Any:
+    """How the recorder makes prompts: --continuation and --chat-template."""
+    fn = click.option(
+        "--chat-template", metavar="FILE",
+        help="The Jinja chat template the upstream renders prompts with, for continued calls "
+             "[default: the ChatML-with-tools template the project's vLLM serves].")(fn)
+    return click.option(
+        "--continuation", type=click.Choice(CONTINUATION), default="auto", show_default=True,
+        help="Send a call that continues an earlier call of its session (its messages, that "
+             "call's output, new messages) as token ids: that call's prompt and completion "
+             "tokens, then the new messages only, so ctx-merge merges every call exactly. "
+             "auto: where the upstream is vLLM and its tokenizer loads (else one line says "
+             "why not); on: fail where it cannot; off: the upstream renders every prompt.")(fn)
 
 
 @tool_group("rollout", default="run")
@@ -87,6 +103,7 @@ def main() -> None:
               help="Address the recording endpoint binds.")
 @click.option("--record-port", type=click.IntRange(0, 65535), default=0,
               help="Port of the recording endpoint [default: a free one].")
+@continuation_options
 @click.option("--unordered", is_flag=True, help="Write rollouts as they finish, not in order.")
 def run(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, verbose: int,
         workflow: str, samples: int, jobs: int, rollout_timeout: float, base_url: str | None,
@@ -95,7 +112,7 @@ def run(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, v
         max_tokens: int, seed: int | None, reward_kind: str | None, rubrics: str | None,
         judge_base_url: str | None, judge_model: str | None, judge_api_key: str | None,
         ray_address: str | None, ray_cpus: float, record_host: str, record_port: int,
-        unordered: bool) -> None:
+        continuation: str, chat_template: str | None, unordered: bool) -> None:
     """Run an agent workflow on each task N times against a recording vLLM endpoint, and write
     one rollout record per run: every LLM call with its prompt and completion token ids and
     logprobs, the final answer, and a reward. Reads task records from INPUT (default stdin).
@@ -144,9 +161,14 @@ def run(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, v
             name = name or _served_model(upstream, api_key, timeout)
             recorder = stack.enter_context(Recorder(
                 upstream, on_call=sessions.add, host=record_host, port=record_port,
-                api_key=api_key, retries=retries, timeout=timeout))
+                api_key=api_key, retries=retries, timeout=timeout, continuation=continuation,
+                chat_template=chat_template))
+            sessions.on_close = recorder.forget
             engine.update(upstream=upstream, model=name)
             echo(f"recording at {recorder.base_url()} (upstream {upstream}, model {name})")
+            if recorder.continuation_off:
+                echo(f"prompts are rendered by the upstream, not continued as token ids: "
+                     f"{recorder.continuation_off}")
             root = recorder.base_url().removesuffix("/v1")
             return root, name
 
@@ -176,6 +198,8 @@ def run(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, v
                 if record["status"] != "ok":
                     echo(f"{record['id']}: {record['status']}: {record['error']}")
                 summary.add("calls", len(record["calls"]))
+                summary.add("continued calls",
+                            sum(c.get("tokens") == "continued" for c in record["calls"]))
                 if record["failed_calls"]:
                     summary.add("failed calls", len(record["failed_calls"]))
                 groups[record["group"]].append(record["reward"])
@@ -282,8 +306,10 @@ def _reward(kind: str | None, rubrics: str | None, judge_base_url: str | None,
               help="Retries of upstream 429, 5xx and connection failures.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
               show_default=True, help="Seconds to wait for upstream data.")
+@continuation_options
 def record(output: str | None, quiet: bool, verbose: int, upstream: str, host: str,
-           port: int, api_key: str | None, retries: int, timeout: float) -> None:
+           port: int, api_key: str | None, retries: int, timeout: float, continuation: str,
+           chat_template: str | None) -> None:
     """Record the chat completions of live traffic: an OpenAI-compatible proxy in front of a
     vLLM that writes every call, with prompt and completion token ids and logprobs, as one JSON
     line to stdout (or -o FILE, complete when the proxy stops). Clients see ordinary responses;
@@ -306,13 +332,77 @@ def record(output: str | None, quiet: bool, verbose: int, upstream: str, host: s
                 summary.add("calls" if call.get("status") == "ok" else "failed")
 
         recorder = Recorder(upstream, on_call=on_call, host=host, port=port, api_key=api_key,
-                            retries=retries, timeout=timeout)
+                            retries=retries, timeout=timeout, continuation=continuation,
+                            chat_template=chat_template)
+        def ready() -> None:
+            click.echo(f"rollout record: recording at {recorder.base_url()} (upstream "
+                       f"{recorder.upstream}); Ctrl-C stops", err=True)
+            if recorder.continuation_off:
+                click.echo(f"rollout record: prompts are rendered by the upstream, not "
+                           f"continued as token ids: {recorder.continuation_off}", err=True)
+
         try:  # SIGTERM and SIGHUP end it like Ctrl-C (the shared command class)
-            recorder.serve_forever(
-                ready=lambda: click.echo(f"rollout record: recording at {recorder.base_url()} "
-                                         f"(upstream {recorder.upstream}); Ctrl-C stops",
-                                         err=True))
+            recorder.serve_forever(ready=ready)
         except KeyboardInterrupt:
             pass
         finally:
             summary.print(quiet)
+
+
+@main.command("check-template", cls=ToolCommand, context_settings=CONTEXT_SETTINGS)
+@common_options
+@click.argument("conversations", type=click.File("rb"), required=False)
+@click.option("--model", default=EMBEDDED_MODEL, show_default=True,
+              help="Whose tokenizer renders: a model directory, or the embedded model.")
+@click.option("--chat-template", metavar="FILE|model",
+              help="The Jinja chat template to check, or 'model' for the tokenizer's own "
+                   "[default: the ChatML-with-tools template the project's vLLM serves].")
+def check_template(conversations: IO[bytes] | None, quiet: bool, verbose: int, model: str,
+                   chat_template: str | None) -> None:
+    """Check that a chat template renders conversations append-only: the rendering of messages
+    1..k is a prefix of the rendering of 1..k+1, tool calls and tool results included. Where it
+    is not (earlier reasoning dropped, a turn re-rendered once others follow), token-level
+    merging breaks, and only continued calls (--continuation) keep each timeline exact. Prints
+    each place it is not; exits 1 if there is one.
+
+    CONVERSATIONS: JSONL of rollout records (each call's messages and output) or task records
+    (their messages) [default: a built-in conversation with tool calls].
+
+    \b
+    Examples:
+      rollout check-template
+      rollout check-template --model ./Qwen3-8B --chat-template model rollouts.jsonl
+    """
+    breaks, checked = _check_template(conversations, model, chat_template)
+    for where, problem in breaks:
+        click.echo(f"{where}: {problem}")
+    if not quiet:
+        verdict = "append-only" if not breaks else f"not append-only in {len(breaks)} place(s)"
+        click.echo(f"rollout check-template: {checked} conversation(s) checked: {verdict}",
+                   err=True)
+    if breaks:
+        raise SystemExit(1)
+
+
+def _check_template(conversations: IO[bytes] | None, model: str,
+                    chat_template: str | None) -> tuple[list[tuple[str, Any]], int]:
+    from flywheel.chat_template import append_only_breaks, load_tokenizer, template_text
+
+    from .continuation import SAMPLE_CONVERSATION, SAMPLE_TOOLS, record_conversations
+
+    tokenizer, template = load_tokenizer(model), template_text(chat_template)
+    if conversations is None:
+        found = [("built-in conversation", SAMPLE_CONVERSATION, SAMPLE_TOOLS)]
+    else:
+        name = input_name(conversations)
+        found = [(f"{name}: record {record.get('id', n)}", messages, tools)
+                 for n, record in enumerate(read_jsonl(conversations, name), start=1)
+                 for messages, tools in record_conversations(record)]
+    breaks = []
+    for where, messages, tools in found:
+        try:
+            problems = append_only_breaks(tokenizer, messages, tools, template)
+        except Exception as err:  # the template's own error, about this conversation
+            raise FlywheelError(f"{where}: the chat template cannot render it ({err})") from err
+        breaks += [(where, problem) for problem in problems]
+    return breaks, len(found)

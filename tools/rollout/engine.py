@@ -21,7 +21,8 @@ from .rewards import RewardFn
 # The fields of a recorded call that go into the rollout record (DESIGN.md section 4).
 CALL_FIELDS = ("id", "index", "agent", "messages", "tools", "params", "prompt_ids",
                "completion_ids", "logprobs", "output", "finish_reason", "model", "usage",
-               "latency_ms", "time", "stream", "choice")
+               "latency_ms", "time", "stream", "choice", "tokens", "continues", "drift",
+               "tokens_reason")
 
 
 class Sessions:
@@ -32,6 +33,7 @@ class Sessions:
         self._open: dict[str, list[dict]] = {}
         self._lock = threading.Lock()
         self.stray = 0  # calls of no open session: a timed-out rollout's, or a foreign client's
+        self.on_close: Callable[[str], None] = lambda session: None  # the recorder forgets it
 
     def open(self, session: str) -> None:
         with self._lock:
@@ -48,6 +50,7 @@ class Sessions:
     def close(self, session: str) -> list[dict]:
         with self._lock:
             calls = self._open.pop(session, [])
+        self.on_close(session)
         return sorted(calls, key=lambda c: (c["index"], c.get("choice", 0)))
 
 

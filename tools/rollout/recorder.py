@@ -24,16 +24,30 @@ import random
 import sys
 import threading
 import time
+from array import array
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from flywheel.chat_template import server_tools, template_text
+from flywheel.errors import FlywheelError
 from flywheel.ids import stable_id
 from flywheel.jsonl import dumps_bytes, loads
 
+from .completions import (
+    ChoiceStream,
+    assistant_message,
+    chat_logprobs,
+    envelope,
+    finish,
+    token_logprobs,
+)
+from .continuation import Continuation, Plan, Turn, parses_tools, tools_key
+
 RETRY_STATUS = {429, 500, 502, 503, 504}
+CONTINUATION = ("auto", "on", "off")
 # What return_token_ids fills in; vLLM sends these keys as null when not asked.
 _ADDED = ("prompt_token_ids", "prompt_text")
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive",
@@ -105,7 +119,8 @@ class Recorder:
 
     def __init__(self, upstream: str, *, on_call: Callable[[dict], None],
                  host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
-                 retries: int = 3, timeout: float = 600.0):
+                 retries: int = 3, timeout: float = 600.0, continuation: str = "auto",
+                 chat_template: str | None = None):
         self.upstream = upstream.rstrip("/")
         if self.upstream.endswith("/v1"):
             self.upstream = self.upstream[:-3]
@@ -120,6 +135,13 @@ class Recorder:
         self._http: aiohttp.ClientSession | None = None
         self._counter = 0
         self._lock = threading.Lock()
+        if continuation not in CONTINUATION:
+            raise ValueError(f"continuation must be one of {CONTINUATION}")
+        self.continuation_mode = continuation
+        self.chat_template = chat_template
+        self.continuation: Continuation | None = None
+        # Why continuation is off in auto mode; the command says it after where it records.
+        self.continuation_off: str | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -157,6 +179,39 @@ class Recorder:
         site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
         await site.start()
         self.port = self._runner.addresses[0][1]
+        if self.continuation_mode != "off":
+            await self._setup_continuation()
+
+    async def _setup_continuation(self) -> None:
+        """Continue calls as token ids where the upstream is vLLM and its tokenizer loads; where
+        not, say why in one line (auto) or fail (on)."""
+        assert self._http is not None
+        model: dict = {}
+        try:
+            async with self._http.get(self.upstream + "/v1/models",
+                                      headers=self._auth()) as resp:
+                if resp.status == 200:
+                    models = (await resp.json(content_type=None)).get("data") or []
+                    model = models[0] if models and isinstance(models[0], dict) else {}
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, AttributeError):
+            pass
+        why = None
+        if model.get("owned_by") != "vllm":
+            why = f"the upstream {self.upstream} does not say it is vLLM (GET /v1/models)"
+        else:
+            try:
+                tokenizer = await asyncio.to_thread(_tokenizer_of, model)
+                template = template_text(self.chat_template)
+            except FlywheelError as err:
+                why = err.message
+            else:
+                self.continuation = Continuation(tokenizer, template,
+                                                 model.get("max_model_len"))
+        if why is None:
+            return
+        if self.continuation_mode == "on":
+            raise FlywheelError(f"cannot continue calls as token ids: {why}")
+        self.continuation_off = why
 
     def serve_forever(self, ready: Callable[[], None] = lambda: None) -> None:
         """Run in the calling thread until interrupted (``rollout record``); ``ready()`` once
@@ -200,6 +255,14 @@ class Recorder:
 
     # --- requests ---------------------------------------------------------------------------
 
+    def forget(self, session: str) -> None:
+        """The session ended: its calls will not be continued (thread-safe)."""
+        if self.continuation is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.continuation.forget, session)
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
     def _headers(self, request: web.Request) -> dict[str, str]:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         key = self.api_key
@@ -230,14 +293,15 @@ class Recorder:
         except aiohttp.ClientError as err:
             return _error(502, f"upstream {self.upstream} unreachable: {type(err).__name__}")
 
-    async def _post(self, body: dict, headers: dict) -> aiohttp.ClientResponse:
+    async def _post(self, body: dict, headers: dict,
+                    path: str = "/v1/chat/completions") -> aiohttp.ClientResponse:
         """POST upstream, retrying connection failures, 429 and 5xx; the caller closes it."""
         assert self._http is not None
         data = dumps_bytes(body)
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
-                resp = await self._http.post(self.upstream + "/v1/chat/completions", data=data,
+                resp = await self._http.post(self.upstream + path, data=data,
                                              headers={**headers,
                                                       "Content-Type": "application/json"})
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
@@ -272,6 +336,19 @@ class Recorder:
         call["id"] = stable_id(call["session"], call["index"], call.get("choice", 0),
                                call["messages"], call["params"], call.get("completion_ids"),
                                call.get("output"), call.get("error"), prefix="call-")
+        if self.continuation is not None and call.get("status") == "ok":
+            continuable = call["tokens"] == "continued"
+            if not continuable:
+                continuable = self.continuation.agrees(call, call["prompt_ids"])
+                if not continuable and not self.continuation.template_disagrees:
+                    self.continuation.template_disagrees = True
+                    print("recorder: the upstream renders chat prompts differently from the "
+                          "recorder's chat template (--chat-template); calls that follow "
+                          "such a call are rendered, not continued", file=sys.stderr)
+            self.continuation.add(call["session"], call["agent"], Turn(
+                call["id"], call["messages"], tools_key(server_tools(call["tools"])),
+                call["output"], array("l", call["prompt_ids"]),
+                array("l", call["completion_ids"]), continuable))
         self.on_call(call)
 
     async def _chat(self, request: web.Request, session: str,
@@ -282,13 +359,22 @@ class Recorder:
             return _error(400, "request body is not JSON")
         if not isinstance(body, dict):
             return _error(400, "request body must be a JSON object")
+        call = self._start_call(session, agent, body)
+        plan = Plan()
+        if self.continuation is not None:
+            plan = self.continuation.plan(session, agent, body)
+        if plan.prompt_ids is not None:
+            call.update(tokens="continued", continues=plan.continues, drift=plan.drift)
+            upstream_body = self.continuation.completion_body(body, plan.prompt_ids)
+            path = "/v1/completions"
+        else:
+            call.update(tokens="rendered", tokens_reason=plan.reason)
+            upstream_body = {**body, "logprobs": True, "return_token_ids": True}
+            path = "/v1/chat/completions"
         asked_logprobs = bool(body.get("logprobs"))
         asked_ids = bool(body.get("return_token_ids"))
-        upstream_body = {**body, "logprobs": True, "return_token_ids": True}
-        call = self._start_call(session, agent, body)
-        headers = self._headers(request)
         try:
-            resp = await self._post(upstream_body, headers)
+            resp = await self._post(upstream_body, self._headers(request), path)
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:
             message = f"upstream {self.upstream} unreachable: {type(err).__name__}"
             self._finish(call, status="error", error=message)
@@ -301,22 +387,48 @@ class Recorder:
                 return web.Response(body=data, status=resp.status,
                                     content_type=resp.content_type)
             if body.get("stream"):
-                return await self._stream(request, resp, call, asked_logprobs, asked_ids)
+                return await self._stream(request, resp, call, body, plan.prompt_ids)
             reply = loads(await resp.read())
         finally:
             resp.release()
+        if plan.prompt_ids is not None:
+            reply = self._chat_reply(call, body, plan.prompt_ids, reply)
+        else:
+            self._record_reply(call, reply)
+        for choice in reply.get("choices") or []:
+            _strip_choice(choice, asked_logprobs, asked_ids)
+        _strip_reply(reply, asked_ids)
+        return web.Response(body=dumps_bytes(reply), content_type="application/json")
+
+    def _record_reply(self, call: dict, reply: dict) -> None:
+        """Record each choice of a chat completion."""
         prompt_ids = reply.get("prompt_token_ids") or []
         for choice in reply.get("choices") or []:
-            message = choice.get("message") or {}
             self._record_choice(call, choice.get("index", 0), prompt_ids,
                                 choice.get("token_ids") or [],
                                 [t["logprob"] for t in
                                  ((choice.get("logprobs") or {}).get("content") or [])],
-                                _plain(message), choice.get("finish_reason"),
+                                _plain(choice.get("message") or {}), choice.get("finish_reason"),
                                 reply.get("model"), reply.get("usage"))
-            _strip_choice(choice, asked_logprobs, asked_ids)
-        _strip_reply(reply, asked_ids)
-        return web.Response(body=dumps_bytes(reply), content_type="application/json")
+
+    def _chat_reply(self, call: dict, body: dict, prompt_ids: list[int], reply: dict) -> dict:
+        """Record each choice of a completions reply, and make it the chat reply asked for."""
+        out = envelope(str(reply.get("id", "")).replace("cmpl-", "chatcmpl-", 1),
+                       reply.get("model"), reply.get("created"), "chat.completion")
+        out.update(choices=[], usage=reply.get("usage"), prompt_token_ids=prompt_ids)
+        for choice in reply.get("choices") or []:
+            message, called = assistant_message(choice.get("text") or "", parses_tools(body))
+            reason = finish(choice.get("finish_reason"), called)
+            ids = choice.get("token_ids") or []
+            self._record_choice(call, choice.get("index", 0),
+                                choice.get("prompt_token_ids") or prompt_ids, ids,
+                                token_logprobs(choice.get("logprobs")), _plain(message),
+                                reason, reply.get("model"), reply.get("usage"))
+            out["choices"].append({"index": choice.get("index", 0), "message": message,
+                                   "logprobs": chat_logprobs(choice.get("logprobs")),
+                                   "finish_reason": reason,
+                                   "stop_reason": choice.get("stop_reason"), "token_ids": ids})
+        return out
 
     def _record_choice(self, call: dict, index: int, prompt_ids: list[int],
                        completion_ids: list[int], logprobs: list[float], output: dict,
@@ -334,12 +446,17 @@ class Recorder:
                      status=status, error=error)
 
     async def _stream(self, request: web.Request, resp: aiohttp.ClientResponse, call: dict,
-                      asked_logprobs: bool, asked_ids: bool) -> web.StreamResponse:
+                      body: dict, continued: list[int] | None) -> web.StreamResponse:
+        """Pass a stream on event by event (a continued call's completions chunks as chat
+        chunks), and record each choice when it ends."""
+        asked_logprobs = bool(body.get("logprobs"))
+        asked_ids = bool(body.get("return_token_ids"))
         out = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                           "Cache-Control": "no-cache"})
         await out.prepare(request)
         choices: dict[int, _Accumulator] = {}
-        prompt_ids: list[int] = []
+        streams: dict[int, ChoiceStream] = {}
+        prompt_ids: list[int] = continued or []
         model = usage = None
         buffer = b""
         try:
@@ -352,20 +469,29 @@ class Recorder:
                     if not data or data == b"[DONE]":
                         continue  # [DONE] goes out once the call is recorded
                     chunk = loads(data)
-                    prompt_ids = chunk.get("prompt_token_ids") or prompt_ids
+                    if "error" in chunk and not chunk.get("choices"):
+                        raise _StreamError(str((chunk["error"] or {}).get("message", "")))
                     model = chunk.get("model") or model
                     usage = chunk.get("usage") or usage
-                    for choice in chunk.get("choices") or []:
-                        choices.setdefault(choice.get("index", 0), _Accumulator()).add(choice)
-                        _strip_choice(choice, asked_logprobs, asked_ids)
-                    _strip_reply(chunk, asked_ids)
-                    outgoing.append(b"data: " + dumps_bytes(chunk) + b"\n\n")
+                    if continued is not None:
+                        chunks = self._chat_chunks(chunk, streams, body, prompt_ids)
+                    else:
+                        prompt_ids = chunk.get("prompt_token_ids") or prompt_ids
+                        for choice in chunk.get("choices") or []:
+                            choices.setdefault(choice.get("index", 0),
+                                               _Accumulator()).add(choice)
+                            _strip_choice(choice, asked_logprobs, asked_ids)
+                        _strip_reply(chunk, asked_ids)
+                        chunks = [chunk]
+                    outgoing += [b"data: " + dumps_bytes(c) + b"\n\n" for c in chunks]
                 if outgoing:
                     await out.write(b"".join(outgoing))
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as err:
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, _StreamError) as err:
             # Recorded, told in one line, and sent to the agent as vLLM reports an error in a
             # stream (an error event, then the end): a proper failure, not a cut-off reply.
             message = f"stream from {self.upstream} broke: {type(err).__name__}"
+            if isinstance(err, _StreamError):
+                message = f"stream from {self.upstream} ended with an error: {err}"[:1000]
             self._finish(call, status="error", error=message)
             print(f"recorder: session {call['session']}: {message}", file=sys.stderr)
             error = {"error": {"message": message, "type": "upstream_error", "code": 502}}
@@ -376,9 +502,39 @@ class Recorder:
         for index, acc in sorted(choices.items()):
             self._record_choice(call, index, prompt_ids, acc.token_ids, acc.logprobs,
                                 _plain(acc.message()), acc.finish_reason, model, usage)
+        for index, stream in sorted(streams.items()):
+            message = stream.message or assistant_message(stream.text, stream.tools)[0]
+            self._record_choice(call, index, prompt_ids, stream.token_ids, stream.logprobs,
+                                _plain(message), stream.finish_reason, model, usage)
         await out.write(b"data: [DONE]\n\n")
         await out.write_eof()
         return out
+
+    @staticmethod
+    def _chat_chunks(chunk: dict, streams: dict[int, ChoiceStream], body: dict,
+                     prompt_ids: list[int]) -> list[dict]:
+        """A completions stream chunk as chat chunks, one choice each."""
+        asked_logprobs = bool(body.get("logprobs"))
+        asked_ids = bool(body.get("return_token_ids"))
+        head = envelope(str(chunk.get("id", "")).replace("cmpl-", "chatcmpl-", 1),
+                        chunk.get("model"), chunk.get("created"), "chat.completion.chunk")
+        out = []
+        for choice in chunk.get("choices") or []:
+            index = choice.get("index", 0)
+            first = index not in streams
+            stream = streams.setdefault(index, ChoiceStream(index, parses_tools(body)))
+            for piece in stream.add(choice, asked_logprobs, asked_ids):
+                out.append({**head, "choices": [piece]})
+                if first and asked_ids:  # vLLM's chat stream sends the prompt ids first
+                    out[-1]["prompt_token_ids"] = prompt_ids
+                first = False
+        if chunk.get("usage") is not None and not chunk.get("choices"):
+            out.append({**head, "choices": [], "usage": chunk["usage"]})
+        return out
+
+
+class _StreamError(Exception):
+    """The upstream sent an error event in the stream."""
 
 
 def _strip_choice(choice: dict, asked_logprobs: bool, asked_ids: bool) -> None:
@@ -399,3 +555,18 @@ def _strip_reply(reply: dict, asked_ids: bool) -> None:
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"message": message, "type": "recorder_error",
                                         "code": status}}, status=status)
+
+
+def _tokenizer_of(model: dict) -> Any:
+    """The tokenizer of the served model: its directory (``root``) where this machine has it,
+    else its name (a model directory, or the embedded model)."""
+    from flywheel.chat_template import load_tokenizer
+
+    names = [n for n in (model.get("root"), model.get("id")) if n]
+    errors = []
+    for name in names:
+        try:
+            return load_tokenizer(name)
+        except FlywheelError as err:
+            errors.append(err.message)
+    raise FlywheelError(f"no tokenizer for the served model ({'; '.join(errors) or 'unnamed'})")
