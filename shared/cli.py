@@ -18,6 +18,7 @@ import click
 
 from .config import load_config_defaults
 from .errors import FlywheelError
+from .extras import missing_extra
 from .jsonl import ReadStats, read_jsonl
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -86,6 +87,14 @@ class ToolCommand(click.Command):
             signum = getattr(err, "signum", None)
             click.echo("Terminated." if signum else "Interrupted.", err=True)
             ctx.exit(128 + signum if signum else 130)
+        except ModuleNotFoundError as err:
+            if ctx.params.get("verbose"):
+                traceback.print_exc()
+            message = missing_extra(err, _tool_name(ctx))
+            if message is None:
+                raise FlywheelError(f"{type(err).__name__}: {err} (run with -v for the "
+                                    f"traceback)") from err
+            raise FlywheelError(message) from err
         except Exception as err:  # the last line of defence: one line, never a bare traceback
             if ctx.params.get("verbose"):
                 traceback.print_exc()
@@ -270,11 +279,75 @@ class Summary:
             click.echo(self.line(), err=True)
 
 
+PROGRESS_SECONDS = 30.0  # how often a log gets a progress line ($FLYWHEEL_PROGRESS_SECONDS)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+class ProgressLog:
+    """Progress for logs (stderr not a terminal): a line at a steady interval, from a thread of
+    its own, so that a long step still shows the run is alive, e.g.
+    ``train: step 3 of 17 (18%), 412 tokens/s, elapsed 2m10s, ETA 9m52s``."""
+
+    def __init__(self, desc: str, *, total: int | None = None, unit: str = "rec",
+                 interval: float | None = None):
+        self.desc, self.total, self.unit = desc, total, unit
+        self.interval = interval or float(os.environ.get("FLYWHEEL_PROGRESS_SECONDS")
+                                          or PROGRESS_SECONDS)
+        self.done = 0
+        self.figures: dict[str, str] = {}
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+        self._thread.start()
+
+    def update(self, n: int = 1, **figures: str) -> None:
+        self.done += n
+        self.figures.update(figures)
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.started
+        if self.total:
+            text = f"{self.unit} {self.done} of {self.total} ({self.done / self.total:.0%})"
+        else:
+            text = f"{self.done} {self.unit}s"
+        parts = [text, *self.figures.values(), f"elapsed {_duration(elapsed)}"]
+        if self.total and self.done:
+            parts.append(f"ETA {_duration(elapsed / self.done * (self.total - self.done))}")
+        return f"{self.desc}: " + ", ".join(parts)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            click.echo(self.line(), err=True)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
 def progress(items: Iterable[T], *, total: int | None = None, desc: str = "",
              quiet: bool = False, unit: str = "rec") -> Iterable[T]:
-    """A progress bar on stderr when stderr is a terminal; the items unchanged otherwise."""
-    if quiet or not sys.stderr.isatty():
+    """A progress bar on stderr when stderr is a terminal; else a progress line in the log at
+    a steady interval (ProgressLog). The items are unchanged."""
+    if quiet:
         return items
+    if not sys.stderr.isatty():
+        return _logged(items, ProgressLog(desc, total=total, unit=unit))
     from tqdm import tqdm
 
     return tqdm(items, total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
+
+
+def _logged(items: Iterable[T], log: ProgressLog) -> Iterator[T]:
+    try:
+        for item in items:
+            yield item
+            log.update()
+    finally:
+        log.close()

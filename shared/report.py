@@ -162,61 +162,81 @@ def report(run: Path) -> str:
             if line:
                 lines.append(f"\n`{line}`\n")
     lines.append("")
-    lines += ["![held-out reward](reward.png)", "", "![training](training.png)", ""]
-    plot(run, evals)
+    for name, title in plot(run, evals):
+        lines += [f"![{title}]({name})", ""]
     return "\n".join(lines)
 
 
-def plot(run: Path, evals: dict[int, dict[str, float]]) -> None:
+def plot(run: Path, evals: dict[int, dict[str, float]]) -> list[tuple[str, str]]:
+    """Draw the figures the run has data for; their file names and titles. No figure, and no
+    panel, without data."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = []
     points = [(i, estimate(list(r.values()))) for i, r in sorted(evals.items())]
     points = [(i, e) for i, e in points if e]
-    if points:
-        xs = [i for i, _ in points]
-        below = [e.mean - e.low for _, e in points]
-        above = [e.high - e.mean for _, e in points]
-        ax.errorbar(xs, [e.mean for _, e in points], yerr=[below, above],
-                    marker="o", capsize=4, label="held-out reward (95% CI)")
     train = [(i, [r["reward"] for r in read(run / f"iter-{i}" / "rollouts.jsonl")
                   if r.get("reward") is not None]) for i in iterations(run) if i > 0]
     train = [(i - 1, statistics.fmean(r)) for i, r in train if r]
-    if train:
-        ax.plot([i for i, _ in train], [m for _, m in train], "s--", label="training rollouts")
-    ax.set_xlabel("iteration (0: the starting model)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole numbers
-    ax.set_ylabel("reward")
-    ax.set_title(f"{run.name}: reward per iteration")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(run / "reward.png", dpi=100)
-    plt.close(fig)
+    if points or train:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        if points:
+            below = [e.mean - e.low for _, e in points]
+            above = [e.high - e.mean for _, e in points]
+            ax.errorbar([i for i, _ in points], [e.mean for _, e in points],
+                        yerr=[below, above], marker="o", capsize=4,
+                        label="held-out reward (95% CI)")
+        if train:
+            ax.plot([i for i, _ in train], [m for _, m in train], "s--",
+                    label="training rollouts (model before the iteration)")
+        ax.set_xlabel("iteration (0: the starting model)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole numbers
+        ax.set_ylabel("mean reward per rollout (0 to 1)")
+        ax.set_title(f"{run.name}: reward per iteration")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(run / "reward.png", dpi=100)
+        plt.close(fig)
+        drawn.append(("reward.png", "held-out reward"))
 
-    fig, (loss_ax, reward_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    runs = []
     offset = 0
     for i in iterations(run):
         metrics = read(run / f"iter-{i}" / "metrics.jsonl")
-        if not metrics:
-            continue
-        steps = [offset + (m.get("step") or k + 1) for k, m in enumerate(metrics)]
+        if metrics:
+            steps = [offset + (m.get("step") or k + 1) for k, m in enumerate(metrics)]
+            runs.append((i, steps, metrics))
+            offset = steps[-1]
+    if not runs:
+        return drawn
+    rewarded = any(m.get("reward_mean") is not None for _, _, ms in runs for m in ms)
+    fig, axes = plt.subplots(1, 2 if rewarded else 1, figsize=(10 if rewarded else 6, 4),
+                             squeeze=False)
+    loss_ax = axes[0][0]
+    for i, steps, metrics in runs:
         loss_ax.plot(steps, [m.get("loss") for m in metrics], marker=".", label=f"iteration {i}")
-        reward_ax.plot(steps, [m.get("reward_mean") for m in metrics], marker=".",
-                       label=f"iteration {i}")
-        offset = steps[-1]
     loss_ax.set_title("training loss")
-    reward_ax.set_title("reward of the trained rollouts")
-    for ax in (loss_ax, reward_ax):
-        ax.set_xlabel("optimizer step")
-        if ax.lines:
-            ax.legend()
+    loss_ax.set_ylabel("loss per trained token (SFT: nats; GRPO: objective)")
+    if rewarded:
+        reward_ax = axes[0][1]
+        for i, steps, metrics in runs:
+            if any(m.get("reward_mean") is not None for m in metrics):
+                reward_ax.plot(steps, [m.get("reward_mean") for m in metrics], marker=".",
+                               label=f"iteration {i}")
+        reward_ax.set_title("reward of the trained rollouts")
+        reward_ax.set_ylabel("mean reward per rollout (0 to 1)")
+    for ax in axes[0]:
+        ax.set_xlabel("optimizer step (iterations one after another)")
+        ax.legend()
     fig.tight_layout()
     fig.savefig(run / "training.png", dpi=100)
     plt.close(fig)
+    drawn.append(("training.png", "training"))
+    return drawn
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -113,3 +113,24 @@ def test_report_reads_a_run_folder_back(tmp_path):
 def test_report_refuses_a_missing_folder(tmp_path, capsys):
     assert report_main([str(tmp_path / "nope")]) == 1
     assert "no such run folder" in capsys.readouterr().err
+
+
+def _png_width(path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")  # the IHDR chunk's width
+
+
+def test_report_draws_no_empty_panel(tmp_path):
+    run = tmp_path / "sft"
+    write(run / "heldout.jsonl", [task(i) for i in range(4)])
+    write(run / "iter-0" / "eval.jsonl", [rollout(f"t{i}", 0.0) for i in range(4)])
+    assert report_main([str(run)]) == 0
+    text = (run / "report.md").read_text()
+    assert "training.png" not in text and not (run / "training.png").exists()  # no training
+    # An SFT warm-up has no reward: the training figure is its loss alone, one panel.
+    write(run / "iter-1" / "metrics.jsonl", [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}])
+    assert report_main([str(run)]) == 0
+    assert "![training](training.png)" in (run / "report.md").read_text()
+    assert _png_width(run / "training.png") == 600
+    write(run / "iter-2" / "metrics.jsonl", [{"step": 1, "loss": 0.1, "reward_mean": 0.5}])
+    assert report_main([str(run)]) == 0
+    assert _png_width(run / "training.png") == 1000  # loss and reward side by side

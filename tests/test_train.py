@@ -558,3 +558,38 @@ def test_packing_respects_the_budget_and_keeps_processes_in_lockstep():
     assert len(steps) == 4 and {s.epoch for s in steps} == {0, 1}
     assert plan_steps(samples, cfg, world=2)[0].batches == steps[0].batches  # seeded
     assert all(len(rank) == 1 for s in steps for rank in s.batches)
+
+
+# ---- experiment trackers and progress in logs ------------------------------------------------
+
+def test_report_to_tensorboard_holds_the_metrics_of_stdout(records, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logs = tmp_path / "tb"
+    metrics, _ = run(["--out", str(tmp_path / "ckpt"), "--epochs", "2", "--lr", "1e-4",
+                      "--report-to", "tensorboard", "--report-dir", str(logs)], records)
+    events = EventAccumulator(str(next(p.parent for p in logs.rglob("events.out.tfevents*"))))
+    events.Reload()
+    for key in ("loss", "lr", "grad_norm"):
+        logged = [(e.step, e.value) for e in events.Scalars(key)]
+        assert logged == [(m["step"], pytest.approx(m[key], rel=1e-6)) for m in metrics], key
+
+
+def test_report_to_a_tracker_that_is_not_installed_says_what_to_install(records, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    _, result = run(["--out", str(tmp_path / "ckpt"), "--report-to", "wandb"], records,
+                    exit_code=1)
+    assert "--report-to wandb needs the wandb package: pip install wandb" in result.stderr
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_training_in_a_log_writes_progress_lines(records, tmp_path, monkeypatch):
+    monkeypatch.setenv("FLYWHEEL_PROGRESS_SECONDS", "0.05")
+    _, result = run(["--out", str(tmp_path / "ckpt"), "--epochs", "2", "--lr", "1e-4"],
+                    records)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("train: step ")]
+    assert lines, result.stderr
+    assert " of 2 (" in lines[-1] and "elapsed" in lines[-1]

@@ -26,13 +26,14 @@ from flywheel.cli import (
 from flywheel.client import Endpoint as ClientEndpoint
 from flywheel.client import endpoint_options, make_client
 from flywheel.errors import FlywheelError
+from flywheel.extras import require
 from flywheel.jsonl import ReadStats, open_output, read_jsonl, records_stdout
 from flywheel.models import EMBEDDED_MODEL
 from flywheel.workflow import absolute_spec, load_workflow
 
 from . import rewards
+from .continuation import CONTINUATION
 from .engine import Endpoint, Runner, Sessions, Settings
-from .recorder import CONTINUATION, Recorder
 
 
 def continuation_options(fn: Any) -> Any:
@@ -129,6 +130,7 @@ def run(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, v
     """
     if serve and base_url:
         raise click.UsageError("--serve and --base-url cannot be used together")
+    require("rollout", "aiohttp", "agentscope", *(["ray"] if ray_address else []))
     if (rubrics or judge_base_url or judge_model) and reward_kind != "judge":
         raise click.UsageError("--rubrics, --judge-base-url and --judge-model need "
                                "--reward judge")
@@ -159,6 +161,8 @@ def run(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, v
                 echo(f"vLLM ready at {server.base_url} in {server.startup_seconds:.0f} s")
                 upstream, name = server.base_url, server.model_name
             name = name or _served_model(upstream, api_key, timeout)
+            from .recorder import Recorder  # aiohttp: the [rollout] extra
+
             recorder = stack.enter_context(Recorder(
                 upstream, on_call=sessions.add, host=record_host, port=record_port,
                 api_key=api_key, retries=retries, timeout=timeout, continuation=continuation,
@@ -323,6 +327,7 @@ def record(output: str | None, quiet: bool, verbose: int, upstream: str, host: s
       rollout record --upstream http://127.0.0.1:8000/v1 --port 8100 > calls.jsonl
       rollout record --upstream http://gpu:8000/v1 --host 0.0.0.0 -o calls.jsonl
     """
+    require("rollout", "aiohttp")
     summary = Summary("rollout record", "calls", "failed")
     lock = threading.Lock()
     with records_stdout() as stdout, open_output(output, stdout=stdout) as out:
@@ -330,6 +335,8 @@ def record(output: str | None, quiet: bool, verbose: int, upstream: str, host: s
             with lock:
                 out.write(call)
                 summary.add("calls" if call.get("status") == "ok" else "failed")
+
+        from .recorder import Recorder  # aiohttp: the [rollout] extra
 
         recorder = Recorder(upstream, on_call=on_call, host=host, port=port, api_key=api_key,
                             retries=retries, timeout=timeout, continuation=continuation,

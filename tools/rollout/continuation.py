@@ -31,7 +31,7 @@ from typing import Any
 from flywheel.chat_template import encode, render, server_tools
 from flywheel.messages import message_key
 
-TOOL_PARSERS = ("hermes",)
+CONTINUATION = ("auto", "on", "off")  # rollout --continuation
 MAX_SESSIONS = 4096  # timelines kept for `rollout record`, whose sessions never say they ended
 
 # Chat request keys that mean the same in vLLM's completions API.

@@ -44,10 +44,9 @@ from .completions import (
     finish,
     token_logprobs,
 )
-from .continuation import Continuation, Plan, Turn, parses_tools, tools_key
+from .continuation import CONTINUATION, Continuation, Plan, Turn, parses_tools, tools_key
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
-CONTINUATION = ("auto", "on", "off")
 # What return_token_ids fills in; vLLM sends these keys as null when not asked.
 _ADDED = ("prompt_token_ids", "prompt_text")
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive",

@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
 from flywheel.cli import (
+    ProgressLog,
     Summary,
     common_options,
     hint_if_waiting,
@@ -19,12 +20,16 @@ from flywheel.cli import (
     tool_command,
 )
 from flywheel.errors import FlywheelError
+from flywheel.extras import require
 from flywheel.jsonl import ReadStats, open_output
 from flywheel.models import resolve_model
 
 from .checkpoint import check_out_dir
 from .config import TrainConfig
-from .data import DataReport, fingerprint, plan_steps, read_samples
+from .tracking import REPORT_TO, Trackers, check_report_to
+
+if TYPE_CHECKING:  # .data imports torch: `train --help` answers without it
+    from .data import DataReport
 
 GRPO_ONLY = ("adv_norm", "clip_low", "clip_high", "recompute_logprobs", "tis_cap", "kl_coef")
 LORA_ONLY = ("lora_alpha", "lora_dropout", "save_adapter")
@@ -187,11 +192,19 @@ def summarise(summary: Summary, report: DataReport, stats: ReadStats, algo: str)
 @click.option("--allow-empty", is_flag=True,
               help="With no sample left to train on (every GRPO group with equal rewards, say), "
                    "write the starting model to --out unchanged and succeed, instead of failing.")
+@click.option("--report-to", type=click.Choice(REPORT_TO), multiple=True, default=("none",),
+              show_default=True,
+              help="Also log the metrics to an experiment tracker (Accelerate's): TensorBoard "
+                   "event files, wandb (offline unless WANDB_MODE says otherwise) or MLflow (a "
+                   "local file store unless MLFLOW_TRACKING_URI names a server). Repeatable.")
+@click.option("--report-dir", metavar="DIR", default=None,
+              help="Where the trackers write [default: OUT.logs].")
 @click.option("--dry-run", is_flag=True,
               help="Check the samples and print the plan (steps, batches) without training.")
 def main(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, verbose: int,
          ray_address: str | None, ray_workers: int, ray_gpu: bool | None, dry_run: bool,
-         allow_empty: bool, **options: Any) -> None:
+         allow_empty: bool, report_to: tuple[str, ...], report_dir: str | None,
+         **options: Any) -> None:
     """Train the policy on merged samples: SFT or GRPO, with Accelerate or Ray.
 
     Reads sample records (from ctx-merge) from INPUT (default stdin), writes the trained model
@@ -207,6 +220,7 @@ def main(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, 
     """
     ctx = click.get_current_context()
     check_options(ctx, {**options, "ray_address": ray_address, "dry_run": dry_run})
+    require("train", "torch", "transformers", "accelerate", *(["ray"] if ray_address else []))
     cfg = TrainConfig.from_dict(options)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     main_process = int(os.environ.get("RANK", "0")) == 0
@@ -216,8 +230,11 @@ def main(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, 
                                f"a file: every process reads it", ctx)
     if not dry_run:
         check_out_dir(cfg.out)
+        check_report_to(report_to)
 
     from transformers import AutoConfig
+
+    from .data import fingerprint, plan_steps, read_samples
 
     vocab_size = AutoConfig.from_pretrained(resolve_model(cfg.model)).vocab_size
     summary = Summary("train")
@@ -268,6 +285,8 @@ def main(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, 
     log = (lambda line: click.echo(f"train: {line}", err=True)) if show else (lambda line: None)
     steps_done = 0
     reader_gone = False
+    trackers = Trackers(report_to if main_process else (), report_dir or f"{cfg.out}.logs",
+                        os.path.basename(os.path.normpath(cfg.out)), cfg.to_dict())
     with open_output(output if main_process else os.devnull) as out:
         bar = _progress_bar(len(steps), show)
 
@@ -275,7 +294,9 @@ def main(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, 
             nonlocal steps_done, reader_gone
             steps_done += 1
             if bar is not None:
-                bar.update(1)
+                speed = metrics.get("tokens_per_s")
+                bar.update(1, **({"speed": f"{speed:.0f} tokens/s"} if speed else {}))
+            trackers.log(metrics)
             if reader_gone:
                 return
             try:
@@ -299,6 +320,7 @@ def main(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, 
         finally:
             if bar is not None:
                 bar.close()
+            trackers.finish()
     summary.extra.append(f"{steps_done} steps")
     summary.extra.append(f"model in {cfg.out}")
     summary.print(not main_process or quiet)
@@ -312,12 +334,28 @@ def _silence_stdout() -> None:
         os.close(devnull)
 
 
-def _progress_bar(total: int, show: bool):
-    if not show or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
+class _Bar:
+    """tqdm on a terminal, with the same ``update(n, **figures)`` as ProgressLog."""
 
-    return tqdm(total=total, desc="train", unit="step", file=sys.stderr, leave=False)
+    def __init__(self, total: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc="train", unit="step", file=sys.stderr, leave=False)
+
+    def update(self, n: int = 1, **figures: str) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _progress_bar(total: int, show: bool) -> _Bar | ProgressLog | None:
+    """A bar on a terminal; in a log, a progress line at a steady interval."""
+    if not show:
+        return None
+    if not sys.stderr.isatty():
+        return ProgressLog("train", total=total, unit="step")
+    return _Bar(total)
 
 
 if __name__ == "__main__":
