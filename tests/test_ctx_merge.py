@@ -310,6 +310,22 @@ def test_a_branch_is_not_a_mismatch():
     assert sum(samples[1]["loss_mask"]) == 2
 
 
+def test_a_call_with_another_tool_list_starts_its_own_timeline():
+    """An agent's last call without tools (ReActAgent at its step limit): another system turn,
+    so another context, not a mismatch of the calls that had the tools."""
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    base = [{"role": "system", "content": "s"}, {"role": "user", "content": "go"}]
+    first = {"agent": "A", "messages": base, "tools": tools, "prompt_ids": render(base),
+             "completion_ids": [*encode("aqb"), END], "logprobs": [-0.1] * 4,
+             "output": {"role": "assistant", "content": "aqb"}, "finish_reason": "stop"}
+    messages = [*base, first["output"], {"role": "user", "content": "answer"}]
+    last = {**first, "tools": None, "messages": messages, "prompt_ids": render(messages),
+            "completion_ids": [*encode("ok"), END], "logprobs": [-0.1] * 3}
+    samples, stats = merge([first, last])
+    assert not stats.mismatches
+    assert [s["calls"]["indices"] for s in samples] == [[0], [1]]
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(step_strategy, min_size=1, max_size=12), st.integers(4, 60))
 def test_max_len_splits_at_call_boundaries_and_counts_cuts(steps, max_len):

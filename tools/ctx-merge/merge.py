@@ -1,11 +1,11 @@
 """Token mode: the LLM calls of a rollout to as few training samples as possible.
 
-Calls are grouped into timelines (agent name + system prompt). Within a timeline each call's
-parent is the call whose whole context (prompt ids + completion ids, exactly as sampled) is the
-longest prefix of its prompt ids, found with a prefix tree in time linear in the tokens. The
-parents form a forest; each call continues its parent's sample when it is the parent's first
-child, else it starts a sample of its own (whose prompt holds the shared part as context). That
-gives one sample per leaf: the fewest possible, and one per linear chain.
+Calls are grouped into timelines (agent name + system prompt + tool list). Within a timeline
+each call's parent is the call whose whole context (prompt ids + completion ids, exactly as
+sampled) is the longest prefix of its prompt ids, found with a prefix tree in time linear in
+the tokens. The parents form a forest; each call continues its parent's sample when it is the
+parent's first child, else it starts a sample of its own (whose prompt holds the shared part as
+context). That gives one sample per leaf: the fewest possible, and one per linear chain.
 
 Every completion token is trained (loss mask 1) in exactly one sample; everything else (prompt
 tokens, and the completions of calls trained in another sample) has loss mask 0.
@@ -13,6 +13,7 @@ tokens, and the completions of calls trained in another sample) has loss mask 0.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -40,15 +41,22 @@ def _system_prompt(messages: list) -> str | None:
     return None
 
 
+def _tools(tools: Any) -> str:
+    return json.dumps(tools or [], sort_keys=True, ensure_ascii=False)
+
+
 def timelines(calls: list[dict]) -> dict[tuple, list[CallView]]:
-    """The calls of a rollout by timeline (agent name, system prompt), in call order."""
+    """The calls of a rollout by timeline (agent name, system prompt, tool list), in call
+    order. Another tool list renders another system turn: a call that drops the tools (an
+    agent's last step) does not continue the calls that had them."""
     groups: dict[tuple, list[CallView]] = {}
     for i, call in enumerate(calls):
         messages = call.get("messages") or []
         view = CallView(i, call["prompt_ids"], call["completion_ids"], call["logprobs"],
                         messages, call.get("output"), call.get("finish_reason"),
                         call.get("model"))
-        groups.setdefault((call.get("agent"), _system_prompt(messages)), []).append(view)
+        key = (call.get("agent"), _system_prompt(messages), _tools(call.get("tools")))
+        groups.setdefault(key, []).append(view)
     return groups
 
 
@@ -132,7 +140,7 @@ def merge_rollout(rollout: dict, *, on_mismatch: str = "new", max_len: int | Non
     if not rollout["calls"]:  # an agent that answered without its model: nothing to train on
         stats.dropped["rollouts without calls"] += 1
         return samples
-    for (agent, _system), calls in timelines(rollout["calls"]).items():
+    for (agent, _system, _tools_key), calls in timelines(rollout["calls"]).items():
         stats.calls += len(calls)
         usable = []
         for call in calls:
