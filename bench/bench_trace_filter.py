@@ -6,8 +6,8 @@
 short LLM judge call; at 100 ms and 64 in flight, 640 requests a second, the client's own CPU
 cost per request (and the canned server's, on the same two cores) starts to bound it.
 
-The endpoint is flywheel.testing.CannedServer answering every request with a verdict after the
-latency. trace-filter runs as the real command (a subprocess), so start-up counts.
+The endpoint is the tests' CannedServer (tests/canned.py) answering every request with a
+verdict after the latency. trace-filter runs as the real command (a subprocess), so start-up counts.
 
     .venv/bin/python bench/bench_trace_filter.py [--latency 0.5 0.1] [--seconds 8] [--cached 20000]
 """
@@ -23,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from flywheel.testing import CannedServer, chat_completion
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from canned import CannedServer, chat_completion  # noqa: E402  (the tests' fault injector)
 
 VERDICT = json.dumps({"verdict": "keep", "reason": "fine"})
 

@@ -24,8 +24,6 @@ from .jsonl import ReadStats, read_jsonl
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
-ENV_PREFIX = "FLYWHEEL"
-
 
 def _quiet_stdout() -> None:
     """After a reader closed our stdout (``| head``), make the final flush harmless."""

@@ -134,21 +134,33 @@ def backoff_delay(attempt: int, base: float = 0.5, cap: float = 20.0) -> float:
     return random.uniform(0, min(cap, base * (2 ** attempt)))
 
 
-def _retry_after(err: Exception) -> float | None:
-    response = getattr(err, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})  # HTTP statuses worth another try
+BASE_DELAY, MAX_DELAY = 0.5, 20.0
+
+
+def retry_delay(attempt: int, retry_after: str | None = None, base: float = BASE_DELAY,
+                cap: float = MAX_DELAY) -> float:
+    """The wait before retry ``attempt + 1``: the server's Retry-After (within ``cap``), else
+    full-jitter backoff. The one policy of every client here, the recorder's included."""
     try:
-        return float(value) if value is not None else None
+        if retry_after is not None:
+            return min(float(retry_after), cap)
     except ValueError:
-        return None
+        pass
+    return backoff_delay(attempt, base, cap)
+
+
+def _retry_after(err: Exception) -> str | None:
+    response = getattr(err, "response", None)
+    return response.headers.get("retry-after") if response is not None else None
 
 
 def call_with_retries(
     fn: Callable[[], R],
     *,
     retries: int = 4,
-    base_delay: float = 0.5,
-    max_delay: float = 20.0,
+    base_delay: float = BASE_DELAY,
+    max_delay: float = MAX_DELAY,
     on_retry: Callable[[int, Exception, float], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> R:
@@ -161,9 +173,7 @@ def call_with_retries(
         except transient as err:
             if attempt == retries:
                 raise
-            delay = _retry_after(err)
-            delay = min(delay, max_delay) if delay is not None else backoff_delay(
-                attempt, base_delay, max_delay)
+            delay = retry_delay(attempt, _retry_after(err), base_delay, max_delay)
             if on_retry is not None:
                 on_retry(attempt + 1, err, delay)
             sleep(delay)

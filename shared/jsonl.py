@@ -10,7 +10,7 @@ import os
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -119,11 +119,6 @@ class JsonlWriter:
         if self._flush_each:
             self._stream.flush()
         self.count += 1
-
-    def write_all(self, records: Iterable[Any]) -> int:
-        for record in records:
-            self.write(record)
-        return self.count
 
 
 @contextlib.contextmanager

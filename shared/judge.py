@@ -7,13 +7,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from .ask import MAX_FIELD, JsonAsker, ReplyError, clip, parse_json_object
 from .client import Endpoint
 from .ids import stable_id
+from .messages import content_text
 
 if TYPE_CHECKING:
     import openai
@@ -78,20 +79,12 @@ def system_prompt(rubrics: str | None) -> str:
     return SYSTEM.format(base=BASE_CRITERIA, custom=custom)
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return "" if content is None else json.dumps(content, ensure_ascii=False)
-
-
 def _tool_summary(trajectory: list[dict]) -> list[str]:
     lines = []
     for call in trajectory or []:
         if call.get("type") == "tool" and not call.get("framework"):
             args = json.dumps(call.get("arguments"), ensure_ascii=False)
-            result = _text(call.get("result"))
+            result = content_text(call.get("result"))
             lines.append(f"- {call.get('name')}({args[:500]}) -> {result[:500]}"
                          f"{' [failed]' if call.get('status') == 'error' else ''}")
         elif call.get("type") == "llm" and call.get("status") == "error":
@@ -107,8 +100,8 @@ def record_view(record: dict, limit: int = MAX_FIELD) -> str:
     parts = []
     if context:
         parts.append("## Earlier conversation\n" + clip("\n".join(
-            f"[{m.get('role')}] {_text(m.get('content'))}" for m in context), limit))
-    parts.append("## Request\n" + clip(_text(record.get("query")), limit))
+            f"[{m.get('role')}] {content_text(m.get('content'))}" for m in context), limit))
+    parts.append("## Request\n" + clip(content_text(record.get("query")), limit))
     tools = _tool_summary(record.get("trajectory") or [])
     if tools:
         parts.append("## Tool calls the agent made\n" + clip("\n".join(tools), limit))
@@ -120,7 +113,7 @@ def record_view(record: dict, limit: int = MAX_FIELD) -> str:
     feedback = record.get("feedback") or []
     if feedback:
         parts.append("## What the user said next\n" + clip("\n".join(
-            _text(m.get("content")) for m in feedback), limit))
+            content_text(m.get("content")) for m in feedback), limit))
     return "\n\n".join(parts)
 
 

@@ -9,20 +9,22 @@ from typing import Any
 
 
 def content_text(content: Any) -> str:
-    """A message's content as plain text: a string as it is, the text parts of a list joined."""
+    """A message's content (or a tool result, a final answer) as plain text, the one way every
+    tool reads it: a string as it is; the text of a list's text blocks, one per line (other
+    blocks, images say, have no text); a text block's text; any other value as JSON."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, str):
-                parts.append(part)
-            elif isinstance(part, dict) and part.get("type") in (None, "text"):
-                parts.append(str(part.get("text") or ""))
-        return "".join(parts)
-    return str(content)
+        parts = [content_text(block) if isinstance(block, (str, dict)) else ""
+                 for block in content]
+        return "\n".join(p for p in parts if p)
+    if isinstance(content, dict) and ("type" in content or "text" in content):
+        if content.get("type", "text") != "text":
+            return ""
+        return str(content.get("text") or content.get("content") or "")
+    return json.dumps(content, ensure_ascii=False, default=str)
 
 
 def _arguments(value: Any) -> Any:

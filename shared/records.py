@@ -1,4 +1,4 @@
-"""The record contracts every tool shares (DESIGN.md section 4).
+"""The record contracts every tool shares (docs/architecture.md, "The records").
 
 Validation checks the fields a tool relies on and leaves the record itself alone: unknown fields
 pass through untouched, so a tool validates, then adds its own fields to the same dict.

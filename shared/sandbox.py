@@ -1,4 +1,4 @@
-"""Run model-written Python code apart from the tool's own process (DESIGN.md section 9).
+"""Run model-written Python code apart from the tool's own process.
 
 The code runs in a child process with a wall-clock timeout, CPU-time, memory, file-size and
 process limits, in a fresh temporary working directory that is removed afterwards, with an

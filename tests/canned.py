@@ -1,6 +1,7 @@
-"""A local HTTP server that answers from a script of canned replies, for injecting faults (429,
-500, slow answers, malformed bodies) into client code, and for benchmarks against an endpoint of
-fixed latency. Never a stand-in for the real path. Binds 127.0.0.1."""
+"""Test and benchmark helper, not part of the library: a local HTTP server that answers from a
+script of canned replies, for injecting faults (429, 500, slow answers, malformed bodies) into
+client code, and for benchmarks against an endpoint of fixed latency. Never a stand-in for the
+real path. Binds 127.0.0.1."""
 
 from __future__ import annotations
 

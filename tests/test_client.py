@@ -7,6 +7,7 @@ import time
 
 import openai
 import pytest
+from canned import CannedServer, chat_completion
 
 from flywheel.client import (
     Endpoint,
@@ -16,7 +17,6 @@ from flywheel.client import (
     make_client,
     redact,
 )
-from flywheel.testing import CannedServer, chat_completion
 
 SECRET = "sk-test-0123456789abcdef"
 

@@ -79,7 +79,8 @@ def test_output_file_appears_only_when_complete(tmp_path):
     assert list((tmp_path / "out").iterdir()) == []  # no temporary file left behind
 
     with open_output(target) as writer:
-        writer.write_all({"n": i, "text": "é"} for i in range(3))
+        for i in range(3):
+            writer.write({"n": i, "text": "é"})
     assert target.read_text(encoding="utf-8").splitlines() == [
         '{"n":0,"text":"é"}', '{"n":1,"text":"é"}', '{"n":2,"text":"é"}'
     ]

@@ -8,11 +8,11 @@ import json
 import re
 
 import pytest
+from canned import CannedServer, chat_completion
 from click.testing import CliRunner
 
 from flywheel.ask import ReplyError
 from flywheel.errors import RecordError
-from flywheel.testing import CannedServer, chat_completion
 from flywheel_tools.trace_filter.cli import main as trace_filter
 from flywheel_tools.trace_filter.learn import example_label, parse_rubrics
 

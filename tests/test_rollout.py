@@ -15,9 +15,9 @@ from pathlib import Path
 
 import openai
 import pytest
+from canned import CannedServer, chat_completion
 from click.testing import CliRunner
 
-from flywheel.testing import CannedServer, chat_completion
 from flywheel.vllm import CHAT_TEMPLATE
 from flywheel_tools.rollout.cli import main as rollout
 from flywheel_tools.rollout.recorder import Recorder, split_path

@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 
 import pytest
+from canned import CannedServer, chat_completion
 from click.testing import CliRunner
 
-from flywheel.testing import CannedServer, chat_completion
 from flywheel_tools.task_augment.cli import main as task_augment
 from flywheel_tools.task_augment.documents import chunk_blocks, markdown_blocks
 from flywheel_tools.task_augment.replies import ReplyError, parse_reply

@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
+from canned import CannedServer, chat_completion
 from click.testing import CliRunner
 
 from flywheel.answers import check_answer
 from flywheel.judge import BASE_CRITERIA
-from flywheel.testing import CannedServer, chat_completion
 from flywheel_tools.trace_export.cli import main as trace_export
 from flywheel_tools.trace_filter.cli import main as trace_filter
 

@@ -18,7 +18,7 @@ from flywheel.workflow import Handle, Result, as_result, call_workflow, load_wor
 
 from .rewards import RewardFn
 
-# The fields of a recorded call that go into the rollout record (DESIGN.md section 4).
+# The fields of a recorded call that go into the rollout record (docs/architecture.md).
 CALL_FIELDS = ("id", "index", "agent", "messages", "tools", "params", "prompt_ids",
                "completion_ids", "logprobs", "output", "finish_reason", "model", "usage",
                "latency_ms", "time", "stream", "choice", "tokens", "continues", "drift",

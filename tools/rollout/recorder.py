@@ -1,5 +1,7 @@
-"""The recording endpoint (DESIGN.md section 6): an OpenAI-compatible HTTP proxy in front of
-vLLM that keeps the token ids and logprobs of every chat completion.
+"""The recording endpoint: an OpenAI-compatible HTTP proxy in front of vLLM that keeps the
+token ids and logprobs of every chat completion. A request that continues an earlier call of
+its session is sent to vLLM as token ids (``continuation.py``), and its reply turned back into
+a chat completion (``completions.py``).
 
 Each rollout gets its own base URL, ``http://HOST:PORT/s/<session>/v1`` (and, to name the
 agent that calls, ``/s/<session>/agent/<name>/v1``); plain ``/v1`` is the session ``default``.
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import sys
 import threading
 import time
@@ -32,6 +33,7 @@ import aiohttp
 from aiohttp import web
 
 from flywheel.chat_template import server_tools, template_text
+from flywheel.client import RETRY_STATUS, retry_delay
 from flywheel.errors import FlywheelError
 from flywheel.ids import stable_id
 from flywheel.jsonl import dumps_bytes, loads
@@ -46,7 +48,6 @@ from .completions import (
 )
 from .continuation import CONTINUATION, Continuation, Plan, Turn, parses_tools, tools_key
 
-RETRY_STATUS = {429, 500, 502, 503, 504}
 # What return_token_ids fills in; vLLM sends these keys as null when not asked.
 _ADDED = ("prompt_token_ids", "prompt_text")
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive",
@@ -294,11 +295,13 @@ class Recorder:
 
     async def _post(self, body: dict, headers: dict,
                     path: str = "/v1/chat/completions") -> aiohttp.ClientResponse:
-        """POST upstream, retrying connection failures, 429 and 5xx; the caller closes it."""
+        """POST upstream, retrying connection failures, 429 and 5xx with the clients' one
+        policy (``flywheel.client.retry_delay``); the caller closes the response."""
         assert self._http is not None
         data = dumps_bytes(body)
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
+            retry_after = None
             try:
                 resp = await self._http.post(self.upstream + path, data=data,
                                              headers={**headers,
@@ -309,9 +312,10 @@ class Recorder:
             else:
                 if resp.status not in RETRY_STATUS or last:
                     return resp
+                retry_after = resp.headers.get("Retry-After")
                 await resp.read()
                 resp.release()
-            await asyncio.sleep(random.uniform(0, min(10.0, 0.5 * 2 ** attempt)))
+            await asyncio.sleep(retry_delay(attempt, retry_after))
         raise AssertionError("unreachable")
 
     def _start_call(self, session: str, agent: str | None, body: dict) -> dict:

@@ -9,23 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from flywheel.answers import boxed_reward
 from flywheel.errors import FlywheelError
+from flywheel.messages import content_text
 from flywheel.workflow import load_callable
 
 RewardFn = Callable[[dict, dict], Awaitable[tuple[float | None, dict]]]
 
 
-def answer_text(final: Any) -> str:
-    return final if isinstance(final, str) else json.dumps(final, ensure_ascii=False)
-
-
 async def boxed(task: dict, rollout: dict) -> tuple[float | None, dict]:
-    return boxed_reward(answer_text(rollout.get("final")), task.get("reference"))
+    return boxed_reward(content_text(rollout.get("final")), task.get("reference"))
 
 
 def tool_trajectory(calls: list[dict]) -> list[dict]:
@@ -48,7 +44,7 @@ def judge_reward(judge: Any) -> RewardFn:
 
     async def score(task: dict, rollout: dict) -> tuple[float | None, dict]:
         record = {"query": task.get("query"), "messages": task.get("messages") or [],
-                  "answer": answer_text(rollout.get("final")) if rollout.get("final") is not None
+                  "answer": content_text(rollout.get("final")) if rollout.get("final") is not None
                   else None,
                   "trajectory": tool_trajectory(rollout.get("calls") or []),
                   "reference": task.get("reference"), "feedback": []}

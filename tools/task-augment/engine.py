@@ -16,23 +16,17 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from flywheel.ask import JsonAsker, Reply, ReplyError
 from flywheel.cache import Cache, cache_key
 from flywheel.cli import Summary
-from flywheel.client import (
-    Endpoint,
-    api_errors,
-    bounded_map,
-    call_with_retries,
-    chat,
-)
+from flywheel.client import Endpoint, api_errors, bounded_map
 
 from .prompts import PROMPT_VERSION, reply_schema
-from .replies import ReplyError, parse_reply
+from .replies import parse_reply
 
 if TYPE_CHECKING:
     import openai
 
-RETRY_TEMPERATURE = 0.7  # a parse retry must sample: at temperature 0 it would repeat itself
 # Attempts planned at once at most, whatever the concurrency: a later round's prompts list what
 # earlier rounds produced (so the model does not repeat it), and the plan must not depend on
 # --max-thread for a re-run with other concurrency to find its replies in the cache.
@@ -108,15 +102,15 @@ def request_seed(key: str, attempt: int) -> int:
 
 
 class Asker:
-    """Sends an attempt's requests. ``client()`` gives the OpenAI client (a LazyClient: the
-    embedded server starts with the first request, not before). Thread-safe."""
+    """Sends an attempt's requests through the shared JSON client (``flywheel.ask``).
+    ``client()`` gives the OpenAI client (a LazyClient: the embedded server starts with the
+    first request, not before). Thread-safe."""
 
     def __init__(self, settings: Settings, client: Callable[[], openai.OpenAI]):
         self.settings = settings
         self.client = client
-        # Optional parts of a request an endpoint may refuse; dropped for the rest of the run.
-        self.structured = settings.structured
-        self.send_seed = settings.request_seeds
+        self.json = JsonAsker(settings.endpoint, client, structured=settings.structured,
+                              seeds=settings.request_seeds)
 
     def key(self, attempt: Attempt) -> str:
         s = self.settings
@@ -124,63 +118,25 @@ class Asker:
                          attempt.want, s.model, s.temperature, s.max_tokens, s.parse_retries,
                          s.structured, s.seed, s.request_seeds)
 
-    def _body(self, attempt: Attempt, temperature: float, seed: int) -> dict[str, Any]:
-        s = self.settings
-        body: dict[str, Any] = {"model": s.model, "messages": attempt.messages,
-                                "temperature": temperature, "max_tokens": s.max_tokens}
-        if self.send_seed:
-            body["seed"] = seed
-        if self.structured:
-            body["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": "tasks", "strict": True,
-                "schema": reply_schema(attempt.method, attempt.want)}}
-        return body
-
-    def _post(self, attempt: Attempt, temperature: float, seed: int,
-              on_retry: Callable[..., None]) -> tuple[str | None, str | None, int]:
-        """(reply text, finish reason, requests made) for one ask."""
-        import openai  # not at the top: a run answered from the cache never loads it
-
-        body = self._body(attempt, temperature, seed)
-        try:
-            reply = call_with_retries(lambda: chat(self.client(), body),
-                                      retries=self.settings.endpoint.retries, on_retry=on_retry)
-        except openai.BadRequestError as err:
-            refused = str(err)
-            if "response_format" in body and "response_format" in refused:
-                self.structured = False  # no structured output here: parse strictly instead
-            elif "seed" in body and "seed" in refused:
-                self.send_seed = False
-            else:
-                raise
-            text, finish, made = self._post(attempt, temperature, seed, on_retry)
-            return text, finish, made + 1
-        choices = reply.get("choices") or [{}]
-        message = choices[0].get("message") or {}
-        return message.get("content"), choices[0].get("finish_reason"), 1
-
     def __call__(self, attempt: Attempt) -> Outcome:
         """The attempt's items, or the reason of its last unparseable reply. Endpoint errors
         (after their own retries) propagate."""
         s = self.settings
         outcome = Outcome()
 
-        def on_retry(n: int, err: Exception, delay: float) -> None:
-            outcome.retries += 1
+        def count(reply: Reply) -> None:
+            outcome.requests += reply.requests  # every request sent, HTTP retries included
+            outcome.retries += reply.retries
 
-        posts = 0
-        for tries in range(s.parse_retries + 1):
-            temperature = s.temperature if tries == 0 else max(s.temperature, RETRY_TEMPERATURE)
-            text, finish, made = self._post(attempt, temperature,
-                                            request_seed(attempt.key, tries), on_retry)
-            posts += made
-            try:
-                outcome.items = parse_reply(text, attempt.method, finish)
-                outcome.reason = outcome.detail = None
-                break
-            except ReplyError as err:
-                outcome.reason, outcome.detail = err.reason, str(err)
-        outcome.requests = posts + outcome.retries  # every request sent, HTTP retries included
+        try:
+            outcome.items = self.json.ask_reply(
+                attempt.messages, lambda r: parse_reply(r.text, attempt.method, r.finish_reason),
+                schema=reply_schema(attempt.method, attempt.want), name="tasks",
+                temperature=s.temperature, max_tokens=s.max_tokens,
+                parse_retries=s.parse_retries, seed=lambda n: request_seed(attempt.key, n),
+                count=count)
+        except ReplyError as err:
+            outcome.reason, outcome.detail = err.reason, str(err)
         return outcome
 
 

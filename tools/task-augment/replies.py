@@ -18,12 +18,11 @@ from .prompts import FIELDS
 _TYPES = {"string": str, "null": type(None)}
 
 
-class ReplyError(ValueError):
-    """A reply that is not the JSON asked for. ``reason`` is a short label for the summary."""
+class ReplyError(JsonReplyError):
+    """The shared ReplyError, made from a reason label and its detail."""
 
     def __init__(self, reason: str, detail: str):
-        super().__init__(detail if detail.startswith(reason) else f"{reason}: {detail}")
-        self.reason = reason
+        super().__init__(detail if detail.startswith(reason) else f"{reason}: {detail}", reason)
 
 
 def _snippet(text: str) -> str:

@@ -1,5 +1,5 @@
 """Task records in and out: which input tasks can serve as examples or be reworded, and the new
-task records (DESIGN.md section 4) with their ``augment`` provenance."""
+task records (docs/architecture.md) with their ``augment`` provenance."""
 
 from __future__ import annotations
 

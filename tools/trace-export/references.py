@@ -38,11 +38,9 @@ class References:
                     raise DataError(path, lineno, "a reference record needs an `id` or a "
                                     "`query` to match tasks by")
         self.by_query = {q: next(iter(refs)) for q, refs in by_query.items() if len(refs) == 1}
-        self.used = 0
 
     def reference_for(self, task: dict) -> str | None:
         found = self.by_id.get(task["id"])
         if found is None and isinstance(task.get("query"), str):
             found = self.by_query.get(_key(task["query"]))
-        self.used += found is not None
         return found

@@ -1,6 +1,6 @@
 """Studio span rows, of either schema and any AgentScope version, as one normalized shape.
 
-Three layouts occur (DESIGN.md section 5; the fixtures' README):
+Three layouts occur (the fixtures' README):
 - Studio 1.0.5 + AgentScope 1.0.7/1.0.8: ``spanKind`` AGENT/LLM/TOOL/FORMATTER, attributes
   ``input``/``output``/``metadata``.
 - Studio 1.0.9 + AgentScope 1.0.9+: OpenTelemetry rows, ``gen_ai.*`` attributes, and the traced
@@ -19,6 +19,7 @@ from functools import cached_property
 from typing import Any
 
 from flywheel.jsonl import loads
+from flywheel.messages import content_text
 
 from .reprparse import ReprError, parse_msg, parse_repr
 
@@ -131,25 +132,6 @@ def otel_span(row: dict) -> Span:
 
 # --- content helpers ------------------------------------------------------------------------
 
-def blocks_text(content: Any) -> str:
-    """The text of a message's content: a string, or the text of its text blocks."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for block in content:
-            if isinstance(block, str):
-                parts.append(block)
-            elif isinstance(block, dict) and block.get("type", "text") == "text":
-                parts.append(block.get("text") or block.get("content") or "")
-        return "\n".join(p for p in parts if p)
-    if isinstance(content, dict):
-        return blocks_text([content])
-    return str(content)
-
-
 def parts_to_openai(message: dict) -> dict:
     """A gen_ai message (``role``, ``parts``) as an OpenAI chat message."""
     role = message.get("role") or "user"
@@ -167,7 +149,7 @@ def parts_to_openai(message: dict) -> dict:
             }})
         elif kind in ("tool_call_response", "tool_result"):
             results.append({"role": "tool", "tool_call_id": part.get("id"),
-                            "content": blocks_text(part.get("response", part.get("result")))})
+                            "content": content_text(part.get("response", part.get("result")))})
     if results:
         return results[0] if len(results) == 1 else {"role": "tool", "parts": results}
     out: dict[str, Any] = {"role": role, "content": "\n".join(texts) if texts else None}
@@ -182,7 +164,7 @@ def msg_to_openai(msg: dict) -> dict:
     """An AgentScope Msg (parsed) as an OpenAI chat message (text content)."""
     role = msg.get("role") or "user"
     out = {"role": role if role in ("system", "user", "assistant") else "user",
-           "content": blocks_text(msg.get("content"))}
+           "content": content_text(msg.get("content"))}
     if msg.get("name"):
         out["name"] = msg["name"]
     return out
@@ -219,14 +201,14 @@ def agent_output(span: Span) -> str | None:
     """The text of an agent invocation's reply, or None when it has none (failed turn)."""
     messages = span.gen_ai.get("output", {}).get("messages")
     if messages:
-        return "\n".join(blocks_text([{"type": "text", "text": p.get("content")}
+        return "\n".join(content_text([{"type": "text", "text": p.get("content")}
                                       for p in m.get("parts") or [] if p.get("type") == "text"])
                          for m in messages)
     raw = span.fn.get("output")
     if isinstance(raw, str):
         try:
             msg = parse_msg(raw)
-            return blocks_text(msg.get("content")) if msg else None
+            return content_text(msg.get("content")) if msg else None
         except ReprError:
             return raw
     return None
@@ -319,8 +301,8 @@ def tool_result_text(raw: Any) -> str | None:
         except ReprError:
             return raw  # AgentScope 2.x pydantic reprs are not Python syntax: keep the text
         if isinstance(data, dict):
-            return blocks_text(data.get("content"))
+            return content_text(data.get("content"))
         return str(data)
     if isinstance(raw, dict):
-        return blocks_text(raw.get("content"))
+        return content_text(raw.get("content"))
     return str(raw)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flywheel.ids import stable_id
+from flywheel.messages import content_text
 
 from .reprparse import ReprError
 from .spans import (
@@ -18,7 +19,6 @@ from .spans import (
     agent_input,
     agent_name,
     agent_output,
-    blocks_text,
     chat_output,
     chat_prompt,
     chat_tools,
@@ -108,7 +108,7 @@ def _turn(span: Span) -> Turn:
 def _query(inputs: list[dict]) -> str:
     """The request that opened the turn: the last message the agent was given (a user's, or
     another agent's in multi-agent runs; the first may carry the original question too)."""
-    return blocks_text(inputs[-1].get("content")) if inputs else ""
+    return content_text(inputs[-1].get("content")) if inputs else ""
 
 
 def tasks_of_run(run: Run, spans: list[Span], *, unit: str, source_extra: dict[str, Any],
@@ -182,7 +182,7 @@ def _call_records(turn_record: dict) -> Iterator[dict]:
             **turn_record,
             "id": stable_id(turn_record["id"], call["span_id"], prefix="studio-"),
             "messages": call["messages"],
-            "answer": blocks_text(output.get("content")) if output else None,
+            "answer": content_text(output.get("content")) if output else None,
             "trajectory": [call],
             "status": call["status"], "error": call["error"],
             "source": {**turn_record["source"], "span_id": call["span_id"],

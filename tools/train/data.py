@@ -1,6 +1,6 @@
 """Samples in, packed micro-batches out.
 
-- ``read_samples``: sample records (DESIGN.md section 4) to compact arrays, with every problem
+- ``read_samples``: sample records (docs/architecture.md) to compact arrays, with every problem
   named by file and line, and GRPO's group-relative advantages.
 - ``plan_steps``: the order of a run, fixed by the seed: rollouts shuffled each epoch, their
   samples packed into micro-batches of at most ``--max-tokens-per-batch`` tokens, micro-batches
