@@ -9,6 +9,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import sqlite_utils
+from sqlite_utils.db import NotFoundError
+
 from .ids import stable_id
 from .jsonl import dumps, loads
 from .models import cache_dir
@@ -24,35 +27,44 @@ def cache_key(*parts: Any) -> str:
     return stable_id(*parts)
 
 
+def open_store(path: str | os.PathLike) -> sqlite_utils.Database:
+    """A SQLite file several processes may use at once (WAL, a busy timeout, each statement
+    committed), through sqlite-utils: the cache and task-augment's history."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite_utils.Database(sqlite3.connect(path, timeout=30, isolation_level=None))
+    db.enable_wal()
+    db.execute("PRAGMA synchronous = NORMAL")
+    return db
+
+
 class Cache:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self.db = open_store(self.path)
+        self.table = self.db.table("cache")
+        self.table.create({"key": str, "value": str}, pk="key", not_null={"value"},
+                          if_not_exists=True)
         self.hits = 0
         self.misses = 0
 
     def get(self, key: str) -> Any | None:
-        row = self._conn.execute("SELECT value FROM cache WHERE key = ?", (key,)).fetchone()
-        if row is None:
+        try:
+            row = self.table.get(key)
+        except NotFoundError:
             self.misses += 1
             return None
         self.hits += 1
-        return loads(row[0])
+        return loads(row["value"])
 
     def put(self, key: str, value: Any) -> None:
-        self._conn.execute("INSERT OR REPLACE INTO cache (key, value) VALUES (?, ?)",
-                           (key, dumps(value)))
+        self.table.insert({"key": key, "value": dumps(value)}, replace=True)
 
     def __len__(self) -> int:
-        return self._conn.execute("SELECT count(*) FROM cache").fetchone()[0]
+        return self.table.count
 
     def close(self) -> None:
-        self._conn.close()
+        self.db.close()
 
     def __enter__(self) -> Cache:
         return self

@@ -9,12 +9,12 @@ own earlier self, so a cached re-run writes the same records again.
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from flywheel.cache import open_store
 from flywheel.jsonl import read_jsonl
 
 _ORIGINS = {"input": "input", "corpus": "corpus", "new": "generated", "earlier": "generated"}
@@ -33,25 +33,24 @@ class History:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._conn.execute("CREATE TABLE IF NOT EXISTS generated (id TEXT PRIMARY KEY, "
-                           "text TEXT NOT NULL, method TEXT NOT NULL, created REAL NOT NULL)")
+        self.db = open_store(self.path)
+        self.table = self.db.table("generated")
+        self.table.create({"id": str, "text": str, "method": str, "created": float}, pk="id",
+                          not_null={"text", "method", "created"}, if_not_exists=True)
 
     def items(self) -> Iterator[tuple[str, str]]:
-        yield from self._conn.execute("SELECT id, text FROM generated ORDER BY rowid")
+        for row in self.table.rows_where(select="id, text", order_by="rowid"):
+            yield row["id"], row["text"]
 
     def add(self, task_id: str, text: str, method: str) -> None:
-        self._conn.execute("INSERT OR IGNORE INTO generated VALUES (?, ?, ?, ?)",
-                           (task_id, text, method, time.time()))
+        self.table.insert({"id": task_id, "text": text, "method": method,
+                           "created": time.time()}, ignore=True)
 
     def __len__(self) -> int:
-        return self._conn.execute("SELECT count(*) FROM generated").fetchone()[0]
+        return self.table.count
 
     def close(self) -> None:
-        self._conn.close()
+        self.db.close()
 
     def __enter__(self) -> History:
         return self
