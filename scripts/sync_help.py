@@ -12,8 +12,9 @@ from pathlib import Path
 import click
 from click.testing import CliRunner
 
+from flywheel.config import TOOLS, tool_dir
+
 ROOT = Path(__file__).resolve().parent.parent
-TOOLS = ["trace-export", "trace-filter", "task-augment", "rollout", "ctx-merge", "train"]
 
 
 def tool_main(name: str) -> click.Command:
@@ -39,7 +40,7 @@ def usage_blocks(name: str) -> dict[str, str]:
 
 def main() -> int:
     for name in TOOLS:
-        path = ROOT / "tools" / name / "README.md"
+        path = tool_dir(name) / "README.md"
         text = original = path.read_text()
         for heading, help_text in usage_blocks(name).items():
             block = f"## {heading}\n\n```\n{help_text}\n```\n"

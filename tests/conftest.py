@@ -12,7 +12,6 @@ import pytest
 from flywheel.models import EMBEDDED_MODEL, resolve_model
 from flywheel.vllm import VLLMServer
 
-TOOLS = ["trace-export", "trace-filter", "task-augment", "rollout", "ctx-merge", "train"]
 JSONL_TOOLS = {  # tools that read JSONL, and the record kind they read
     "trace-filter": "task",
     "task-augment": "task",

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import JSONL_TOOLS, REQUIRED_ARGS, TOOLS
+from flywheel.config import TOOLS, tool_dir
+
+from conftest import JSONL_TOOLS, REQUIRED_ARGS
 
 
 def args(name: str, *more: str) -> list[str]:
@@ -129,7 +131,7 @@ def test_each_tool_readme_shows_its_current_help(name):
     """The help text is the manual's source: a README out of date with --help fails here,
     the help of each subcommand (`rollout record`) included."""
     command = tool_main(name)
-    readme = (Path(__file__).parent.parent / "tools" / name / "README.md").read_text()
+    readme = (tool_dir(name) / "README.md").read_text()
     subcommands = [s for s in getattr(command, "commands", {}) if s != command.default]
     for args in [[], *([s] for s in subcommands)]:
         result = CliRunner().invoke(command, [*args, "--help"], terminal_width=100)

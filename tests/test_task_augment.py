@@ -11,12 +11,13 @@ import pytest
 from canned import CannedServer, chat_completion
 from click.testing import CliRunner
 
+from flywheel.config import tool_dir
 from flywheel_tools.task_augment.cli import main as task_augment
 from flywheel_tools.task_augment.documents import chunk_blocks, markdown_blocks
 from flywheel_tools.task_augment.replies import ReplyError, parse_reply
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "tools" / "task-augment" / "README.md"
+README = tool_dir("task-augment") / "README.md"
 MODEL = "smollm2-135m"
 
 SEEDS = [

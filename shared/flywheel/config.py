@@ -20,7 +20,18 @@ import yaml
 
 from .errors import FlywheelError
 
+# The tools, written once (pyproject.toml's console scripts name the same commands).
 TOOLS = ("trace-export", "trace-filter", "task-augment", "rollout", "ctx-merge", "train")
+
+
+def tool_dir(name: str) -> Path:
+    """The folder of a tool's package, ``flywheel_tools.<name>``: its code and its README."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("flywheel_tools." + name.replace("-", "_"))
+    if spec is None or spec.origin is None:
+        raise FlywheelError(f"no tool named {name!r}")
+    return Path(spec.origin).parent
 
 # The seed's feedback_tracing keys, as this toolkit's option names.
 _SEED_KEYS = {
