@@ -322,6 +322,10 @@ class ProgressLog:
         return f"{self.desc}: " + ", ".join(parts)
 
     def _run(self) -> None:
+        # Signals to the process must reach the main thread, which cleans up: a signal taken by
+        # this thread would leave the main thread blocked in a read, unaware, until its input
+        # ends and its output is complete.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
         while not self._stop.wait(self.interval):
             click.echo(self.line(), err=True)
 
