@@ -30,6 +30,9 @@ class MalformedReply(Exception):
     broken JSON, a JSON list. Retried like a 5xx; what still fails is the request's error."""
 
 
+TIMEOUT, RETRIES = 60.0, 4  # an endpoint's defaults: seconds to wait for a response; retries
+
+
 def retryable() -> tuple[type[BaseException], ...]:
     """The failures worth another try: 429, 5xx, timeouts, dropped connections (a server
     restarting), malformed replies. A function, so that importing this module does not import
@@ -54,8 +57,8 @@ class Endpoint:
     base_url: str | None
     model: str | None
     api_key: str | None = None
-    timeout: float = 60.0
-    retries: int = 4
+    timeout: float = TIMEOUT
+    retries: int = RETRIES
 
     def __repr__(self) -> str:
         return f"Endpoint(base_url={self.base_url!r}, model={self.model!r}, api_key=***)"
@@ -74,9 +77,9 @@ def redact(text: str, *secrets: str | None) -> str:
 def endpoint_options(f: F) -> F:
     """``--base-url``, ``--model``, ``--api-key``, ``--timeout``, ``--retries``: flags, then the
     environment (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``, ``FLYWHEEL_MODEL``), then --config."""
-    f = click.option("--retries", type=click.IntRange(0), default=4, show_default=True,
+    f = click.option("--retries", type=click.IntRange(0), default=RETRIES, show_default=True,
                      help="Retries of a request that failed with 429, 5xx or a timeout.")(f)
-    f = click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+    f = click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=TIMEOUT,
                      show_default=True, help="Seconds to wait for one response.")(f)
     f = click.option("--api-key", envvar="OPENAI_API_KEY", show_envvar=True,
                      help="API key of the endpoint (never logged).")(f)
