@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
 from typing import IO, Any
 
 import click
@@ -19,43 +18,18 @@ from flywheel.cli import (
     common_options,
     input_options,
     output_option,
-    progress,
     read_input,
     tool_group,
 )
 from flywheel.client import (
-    Endpoint,
-    LazyClient,
-    api_errors,
-    bounded_map,
-    describe_api_error,
     endpoint_options,
-    retryable,
 )
 from flywheel.errors import FlywheelError
-from flywheel.jsonl import ReadStats, atomic_path, open_output, read_jsonl
-from flywheel.judge import Judge, JudgeSettings, VerdictError, rubrics_text
-from flywheel.models import EMBEDDED_MODEL
+from flywheel.jsonl import ReadStats, atomic_path, open_output
+from flywheel.judge import Judge, JudgeSettings, rubrics_text
 
-from . import learn, rules
-
-
-def _load_corpus(deduper: Any, path: str) -> int:
-    """Remember the tasks of an existing corpus, so tasks already in it count as copies."""
-    count = 0
-    with open(path, "rb") as stream:
-        for record in read_jsonl(stream, path):
-            deduper.check(f"corpus:{record.get('id', count)}", dedup_text(record))
-            count += 1
-    return count
-
-
-def dedup_text(record: dict) -> str:
-    """What makes a task the same task: the conversation up to the request, not the request
-    alone ("Thanks, correct!" after two different answers is two different tasks)."""
-    turns = [m.get("content") for m in record.get("messages") or []
-             if m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)]
-    return "\n".join(turns) if turns else (record.get("query") or "")
+from . import learn
+from .run import FilterOptions, decide, filter_tasks, judge_client
 
 
 def _regex(value: str | None) -> str | None:
@@ -68,26 +42,9 @@ def _regex(value: str | None) -> str | None:
     return value
 
 
-def _drop(by: str, reason: str) -> dict:
-    return {"verdict": "drop", "by": by, "reason": reason}
-
-
 @tool_group("trace-filter", default="filter")
 def main() -> None:
     """Keep the good tasks, drop the bad ones; learn rubrics from labelled examples."""
-
-
-def _judge_client(stack: contextlib.ExitStack, base_url: str | None, model: str | None,
-                  api_key: str | None, timeout: float, retries: int,
-                  echo) -> tuple[Endpoint, LazyClient]:
-    """The judge's endpoint, and its client: the embedded model, served on first use, when no
-    --base-url is given."""
-    if base_url and not model:
-        raise click.UsageError("--model is needed with --base-url (or FLYWHEEL_MODEL)")
-    endpoint = Endpoint(base_url, model or EMBEDDED_MODEL, api_key, timeout, retries)
-    client = stack.enter_context(
-        LazyClient(endpoint, serve=None if base_url else EMBEDDED_MODEL, echo=echo))
-    return endpoint, client
 
 
 def ask_options(f):
@@ -154,15 +111,7 @@ def ask_options(f):
 @click.option("--unordered", is_flag=True, help="Write records as they are judged, not in order.")
 @ask_options
 def filter_command(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool,
-                   verbose: int, base_url: str | None, model: str | None, api_key: str | None,
-                   timeout: float, retries: int, rubrics: str | None, use_judge: bool,
-                   temperature: float, max_tokens: int, max_thread: int, parse_retries: int,
-                   no_structured: bool, print_reason: bool, require_boxed: bool,
-                   require_regex: str | None, min_len: int | None, max_len: int | None,
-                   drop_errors: bool, require_reference: bool, check_reference: bool,
-                   undecided: str | None, dedup: bool, similarity: float, against: str | None,
-                   annotate: bool, invert: bool, unordered: bool, cache_path: str | None,
-                   no_cache: bool) -> None:
+                   verbose: int, **options: Any) -> None:
     """Keep the good tasks, drop the bad ones: rule filters, dedup, then an LLM judge with your
     rubrics. Reads task records (from trace-export or task-augment) from INPUT (default stdin).
 
@@ -179,132 +128,15 @@ def filter_command(input: IO[bytes], output: str | None, skip_invalid: bool, qui
       trace-filter --base-url http://gpu:8000/v1 --model Qwen3-8B --max-thread 64 \\
           --rubrics "Drop the task if the answer is wrong." --annotate < t.jsonl > judged.jsonl
     """
-    if annotate and invert:
+    o = FilterOptions(**options)
+    if o.annotate and o.invert:
         raise click.UsageError("--annotate and --invert cannot be used together "
                                "(--annotate already writes every record)")
-    if against and not dedup:
+    if o.against and not o.dedup:
         raise click.UsageError("--against needs --dedup")
-    if undecided and not check_reference:
+    if o.undecided and not o.check_reference:
         raise click.UsageError("--undecided needs --check-reference")
-    summary = Summary("trace-filter", "read", "kept", "dropped", "error", "invalid")
-    check = rules.ReferenceCheck(undecided or "keep") if check_reference else None
-    if check is not None:
-        summary.add("undecided", 0)
-    rule_list = rules.rule_list(
-        drop_errors=drop_errors, require_reference=require_reference, check=check,
-        min_len=min_len, max_len=max_len, require_boxed=require_boxed,
-        require_regex=require_regex)
-    deduper = None
-    if dedup:
-        from flywheel.dedup import Deduper  # datasketch imports scipy: only when asked
-
-        deduper = Deduper(threshold=similarity)
-    if deduper and against:
-        n = _load_corpus(deduper, against)
-        if verbose:
-            click.echo(f"trace-filter: {n} tasks of {against} remembered for --dedup", err=True)
-
-    def echo(msg: str) -> None:
-        click.echo(f"trace-filter: {msg}", err=True)
-
-    with contextlib.ExitStack() as stack:
-        judge = cache = settings = client = None
-        if use_judge:
-            endpoint, client = _judge_client(stack, base_url, model, api_key, timeout, retries,
-                                             echo)
-            settings = JudgeSettings(endpoint, rubrics_text(rubrics), temperature, max_tokens,
-                                     parse_retries, structured=not no_structured)
-            judge = Judge(settings, client, on_retry=lambda n, err, d: summary.add("retries"))
-            if not no_cache:
-                cache = stack.enter_context(Cache(cache_path or default_cache_path("trace-filter")))
-
-        stats = ReadStats()
-        records = read_input(input, "task", skip_invalid=skip_invalid, stats=stats,
-                             tool="trace-filter", verbose=verbose,
-                             also=check.validate if check is not None else None)
-        decided = _decide(records, rule_list, deduper, judge, settings, client, cache,
-                          max_thread, unordered, summary)
-        out = stack.enter_context(open_output(output))
-        try:
-            for record, verdict in progress(decided, desc="trace-filter", quiet=quiet):
-                summary.add("read")
-                checked = check.take(record) if check is not None else None
-                if checked is not None:
-                    verdict = {**verdict, "reference_check": checked.to_dict()}
-                    if checked.outcome == "undecided":
-                        summary.add("undecided", reason=checked.kind)
-                kind = verdict["verdict"]
-                summary.add({"keep": "kept", "drop": "dropped", "error": "error"}[kind],
-                            reason=verdict.get("by") if kind == "drop" else None)
-                if kind == "error":
-                    echo(f"{record['id']}: no verdict: {verdict['reason']}")
-                elif print_reason:
-                    echo(f"{record['id']}: {kind} ({verdict.get('by')}): {verdict['reason']}")
-                if annotate:
-                    out.write({**record, "judge": verdict})
-                elif (kind == "keep") != invert and kind != "error":
-                    out.write(record)
-            if summary.counts["error"] and not summary.counts["judged"] and not (
-                    cache is not None and cache.hits):
-                raise FlywheelError(
-                    f"the judge gave no verdict: each of the {summary.counts['error']} records "
-                    f"it was asked about is an error (see above)"
-                    f"{'; the output file was not written' if output not in (None, '-') else ''}")
-        finally:
-            summary.absorb(stats)
-            if cache is not None:
-                summary.extra.append(f"{cache.hits} cached")
-            summary.print(quiet)
-
-
-def _decide(records: Iterator[dict], rule_list, deduper: Any, judge: Judge | None,
-            settings: JudgeSettings | None, client: LazyClient | None, cache: Cache | None,
-            workers: int, unordered: bool, summary: Summary) -> Iterator[tuple[dict, dict]]:
-    """Each record with its verdict, rules and dedup first, the judge only for what passes."""
-    labels: dict[str, Any] = {}
-    if settings is not None:
-        labels = {"model": settings.endpoint.model, "rubric": settings.rubric_hash}
-
-    def cheap(record: dict) -> dict | None:
-        for name, rule in rule_list:
-            reason = rule(record)
-            if reason:
-                return _drop(f"rule:{name}", reason)
-        if deduper is not None:
-            dup = deduper.check(record["id"], dedup_text(record))
-            if dup:
-                return _drop(f"dedup:{dup[0]}", f"duplicates {dup[1]}")
-        if judge is None:
-            return {"verdict": "keep", "by": "rules", "reason": "passed the rule filters"}
-        if cache is not None:
-            hit = cache.get(settings.key(record))
-            if hit is not None:
-                return {**hit, "by": "judge", **labels}
-        return None
-
-    def ask(record: dict) -> dict:
-        return judge(record)
-
-    for record, result in bounded_map(ask, records, workers=workers, ordered=not unordered,
-                                      ready=cheap):
-        if isinstance(result, VerdictError):
-            yield record, {"verdict": "error", "by": "judge", "reason": str(result), **labels}
-        elif isinstance(result, BaseException):
-            if not isinstance(result, api_errors()):
-                raise result
-            what = "did not answer" if isinstance(result, retryable()) else "refused the request"
-            raise FlywheelError(
-                f"the judge endpoint {what} ({describe_api_error(result, client.endpoint)}); "
-                f"{summary.counts['read']} records were written or counted before it; " + (
-                    "run again to resume (verdicts so far are cached)" if cache is not None
-                    else "with --no-cache a new run asks again from the start"))
-        else:
-            if result.get("by") is None:  # a fresh judge verdict: cache it
-                if cache is not None:
-                    cache.put(settings.key(record), result)
-                summary.add("judged")
-                result = {**result, "by": "judge", **labels}
-            yield record, result
+    filter_tasks(o, input, output, skip_invalid=skip_invalid, quiet=quiet, verbose=verbose)
 
 
 @main.command("learn-rubrics", cls=ToolCommand, context_settings=CONTEXT_SETTINGS)
@@ -378,7 +210,7 @@ def learn_rubrics_command(input: IO[bytes], output: str | None, skip_invalid: bo
         echo(f"warning: every example is labelled {kinds.pop()}: the rubrics cannot learn "
              f"the other verdict")
     with contextlib.ExitStack() as stack:
-        endpoint, client = _judge_client(stack, base_url, model, api_key, timeout, retries, echo)
+        endpoint, client = judge_client(stack, base_url, model, api_key, timeout, retries, echo)
         cache = None if no_cache else stack.enter_context(
             Cache(cache_path or default_cache_path("trace-filter")))
         on_retry = lambda n, err, d: summary.add("retries")  # noqa: E731
@@ -389,7 +221,7 @@ def learn_rubrics_command(input: IO[bytes], output: str | None, skip_invalid: bo
             judge_settings = JudgeSettings(endpoint, text, temperature, max_tokens,
                                            parse_retries, structured=not no_structured)
             judge = Judge(judge_settings, client, on_retry=on_retry)
-            return [verdict for _, verdict in _decide(
+            return [verdict for _, verdict in decide(
                 iter(examples), [], None, judge, judge_settings, client, cache, max_thread,
                 False, summary)]
 

@@ -1,0 +1,230 @@
+"""A filter run, as `trace-filter filter` carries it out: rules, then dedup, then the judge
+(asked concurrently, its verdicts cached), each record written or dropped in input order.
+Plain functions over ``FilterOptions``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+import click
+
+from flywheel.cache import Cache, default_cache_path
+from flywheel.cli import Summary, progress, read_input
+from flywheel.client import (
+    RETRIES,
+    TIMEOUT,
+    Endpoint,
+    LazyClient,
+    api_errors,
+    bounded_map,
+    describe_api_error,
+    retryable,
+)
+from flywheel.errors import FlywheelError
+from flywheel.jsonl import ReadStats, open_output, read_jsonl
+from flywheel.judge import Judge, JudgeSettings, VerdictError, rubrics_text
+from flywheel.models import EMBEDDED_MODEL
+
+from . import rules
+
+
+@dataclass
+class FilterOptions:
+    """What `trace-filter filter` is asked to do; its options, named as on the command line."""
+
+    base_url: str | None = None
+    model: str | None = None
+    api_key: str | None = None
+    timeout: float = TIMEOUT
+    retries: int = RETRIES
+    rubrics: str | None = None
+    use_judge: bool = True
+    temperature: float = 0.0
+    max_tokens: int = 512
+    max_thread: int = 8
+    parse_retries: int = 2
+    no_structured: bool = False
+    print_reason: bool = False
+    require_boxed: bool = False
+    require_regex: str | None = None
+    min_len: int | None = None
+    max_len: int | None = None
+    drop_errors: bool = False
+    require_reference: bool = False
+    check_reference: bool = False
+    undecided: str | None = None       # keep or drop what the reference check cannot decide
+    dedup: bool = False
+    similarity: float = 0.8
+    against: str | None = None
+    annotate: bool = False
+    invert: bool = False
+    unordered: bool = False
+    cache_path: str | None = None
+    no_cache: bool = False
+
+
+def filter_tasks(o: FilterOptions, input: IO[bytes], output: str | None, *,
+                 skip_invalid: bool, quiet: bool, verbose: int) -> None:
+    summary = Summary("trace-filter", "read", "kept", "dropped", "error", "invalid")
+    check = rules.ReferenceCheck(o.undecided or "keep") if o.check_reference else None
+    if check is not None:
+        summary.add("undecided", 0)
+    rule_list = rules.rule_list(
+        drop_errors=o.drop_errors, require_reference=o.require_reference, check=check,
+        min_len=o.min_len, max_len=o.max_len, require_boxed=o.require_boxed,
+        require_regex=o.require_regex)
+    deduper = None
+    if o.dedup:
+        from flywheel.dedup import Deduper  # datasketch imports scipy: only when asked
+
+        deduper = Deduper(threshold=o.similarity)
+    if deduper and o.against:
+        n = _load_corpus(deduper, o.against)
+        if verbose:
+            click.echo(f"trace-filter: {n} tasks of {o.against} remembered for --dedup", err=True)
+
+    def echo(msg: str) -> None:
+        click.echo(f"trace-filter: {msg}", err=True)
+
+    with contextlib.ExitStack() as stack:
+        judge = cache = settings = client = None
+        if o.use_judge:
+            endpoint, client = judge_client(stack, o.base_url, o.model, o.api_key, o.timeout,
+                                            o.retries, echo)
+            settings = JudgeSettings(endpoint, rubrics_text(o.rubrics), o.temperature,
+                                     o.max_tokens,
+                                     o.parse_retries, structured=not o.no_structured)
+            judge = Judge(settings, client, on_retry=lambda n, err, d: summary.add("retries"))
+            if not o.no_cache:
+                cache = stack.enter_context(
+                    Cache(o.cache_path or default_cache_path("trace-filter")))
+
+        stats = ReadStats()
+        records = read_input(input, "task", skip_invalid=skip_invalid, stats=stats,
+                             tool="trace-filter", verbose=verbose,
+                             also=check.validate if check is not None else None)
+        decided = decide(records, rule_list, deduper, judge, settings, client, cache,
+                          o.max_thread, o.unordered, summary)
+        out = stack.enter_context(open_output(output))
+        try:
+            for record, verdict in progress(decided, desc="trace-filter", quiet=quiet):
+                summary.add("read")
+                checked = check.take(record) if check is not None else None
+                if checked is not None:
+                    verdict = {**verdict, "reference_check": checked.to_dict()}
+                    if checked.outcome == "undecided":
+                        summary.add("undecided", reason=checked.kind)
+                kind = verdict["verdict"]
+                summary.add({"keep": "kept", "drop": "dropped", "error": "error"}[kind],
+                            reason=verdict.get("by") if kind == "drop" else None)
+                if kind == "error":
+                    echo(f"{record['id']}: no verdict: {verdict['reason']}")
+                elif o.print_reason:
+                    echo(f"{record['id']}: {kind} ({verdict.get('by')}): {verdict['reason']}")
+                if o.annotate:
+                    out.write({**record, "judge": verdict})
+                elif (kind == "keep") != o.invert and kind != "error":
+                    out.write(record)
+            if summary.counts["error"] and not summary.counts["judged"] and not (
+                    cache is not None and cache.hits):
+                raise FlywheelError(
+                    f"the judge gave no verdict: each of the {summary.counts['error']} records "
+                    f"it was asked about is an error (see above)"
+                    f"{'; the output file was not written' if output not in (None, '-') else ''}")
+        finally:
+            summary.absorb(stats)
+            if cache is not None:
+                summary.extra.append(f"{cache.hits} cached")
+            summary.print(quiet)
+
+
+
+
+def _load_corpus(deduper: Any, path: str) -> int:
+    """Remember the tasks of an existing corpus, so tasks already in it count as copies."""
+    count = 0
+    with open(path, "rb") as stream:
+        for record in read_jsonl(stream, path):
+            deduper.check(f"corpus:{record.get('id', count)}", dedup_text(record))
+            count += 1
+    return count
+
+
+def dedup_text(record: dict) -> str:
+    """What makes a task the same task: the conversation up to the request, not the request
+    alone ("Thanks, correct!" after two different answers is two different tasks)."""
+    turns = [m.get("content") for m in record.get("messages") or []
+             if m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)]
+    return "\n".join(turns) if turns else (record.get("query") or "")
+
+
+def _drop(by: str, reason: str) -> dict:
+    return {"verdict": "drop", "by": by, "reason": reason}
+
+
+def judge_client(stack: contextlib.ExitStack, base_url: str | None, model: str | None,
+                  api_key: str | None, timeout: float, retries: int,
+                  echo) -> tuple[Endpoint, LazyClient]:
+    """The judge's endpoint, and its client: the embedded model, served on first use, when no
+    --base-url is given."""
+    if base_url and not model:
+        raise click.UsageError("--model is needed with --base-url (or FLYWHEEL_MODEL)")
+    endpoint = Endpoint(base_url, model or EMBEDDED_MODEL, api_key, timeout, retries)
+    client = stack.enter_context(
+        LazyClient(endpoint, serve=None if base_url else EMBEDDED_MODEL, echo=echo))
+    return endpoint, client
+
+
+def decide(records: Iterator[dict], rule_list, deduper: Any, judge: Judge | None,
+            settings: JudgeSettings | None, client: LazyClient | None, cache: Cache | None,
+            workers: int, unordered: bool, summary: Summary) -> Iterator[tuple[dict, dict]]:
+    """Each record with its verdict, rules and dedup first, the judge only for what passes."""
+    labels: dict[str, Any] = {}
+    if settings is not None:
+        labels = {"model": settings.endpoint.model, "rubric": settings.rubric_hash}
+
+    def cheap(record: dict) -> dict | None:
+        for name, rule in rule_list:
+            reason = rule(record)
+            if reason:
+                return _drop(f"rule:{name}", reason)
+        if deduper is not None:
+            dup = deduper.check(record["id"], dedup_text(record))
+            if dup:
+                return _drop(f"dedup:{dup[0]}", f"duplicates {dup[1]}")
+        if judge is None:
+            return {"verdict": "keep", "by": "rules", "reason": "passed the rule filters"}
+        if cache is not None:
+            hit = cache.get(settings.key(record))
+            if hit is not None:
+                return {**hit, "by": "judge", **labels}
+        return None
+
+    def ask(record: dict) -> dict:
+        return judge(record)
+
+    for record, result in bounded_map(ask, records, workers=workers, ordered=not unordered,
+                                      ready=cheap):
+        if isinstance(result, VerdictError):
+            yield record, {"verdict": "error", "by": "judge", "reason": str(result), **labels}
+        elif isinstance(result, BaseException):
+            if not isinstance(result, api_errors()):
+                raise result
+            what = "did not answer" if isinstance(result, retryable()) else "refused the request"
+            raise FlywheelError(
+                f"the judge endpoint {what} ({describe_api_error(result, client.endpoint)}); "
+                f"{summary.counts['read']} records were written or counted before it; " + (
+                    "run again to resume (verdicts so far are cached)" if cache is not None
+                    else "with --no-cache a new run asks again from the start"))
+        else:
+            if result.get("by") is None:  # a fresh judge verdict: cache it
+                if cache is not None:
+                    cache.put(settings.key(record), result)
+                summary.add("judged")
+                result = {**result, "by": "judge", **labels}
+            yield record, result
+
+
