@@ -63,7 +63,19 @@ def signals_as_exceptions() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-class ToolCommand(click.Command):
+class _Ends:
+    """How every tool's process ends: SIGTERM and SIGHUP as Ctrl-C, a closed stdout quietly."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            with signals_as_exceptions():
+                return super().main(*args, **kwargs)  # type: ignore[misc]
+        except BrokenPipeError:
+            _quiet_stdout()
+            sys.exit(0)
+
+
+class ToolCommand(_Ends, click.Command):
     """A click command with the toolkit's conventions for ending.
 
     - a closed stdout ends the tool quietly, exit 0 (``tool | head -1`` is normal use)
@@ -100,13 +112,6 @@ class ToolCommand(click.Command):
                 f"{type(err).__name__}: {err} (run with -v for the traceback)"
             ) from err
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            with signals_as_exceptions():
-                return super().main(*args, **kwargs)
-        except BrokenPipeError:
-            _quiet_stdout()
-            sys.exit(0)
 
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100,
@@ -118,7 +123,7 @@ def tool_command(name: str) -> Callable[[F], click.Command]:
     return click.command(name=name, cls=ToolCommand, context_settings=CONTEXT_SETTINGS)
 
 
-class ToolGroup(click.Group):
+class ToolGroup(_Ends, click.Group):
     """A tool with subcommands whose first one is the default: ``rollout [OPTIONS] INPUT``
     means ``rollout run [OPTIONS] INPUT``; ``rollout record ...`` names another. ``--help``
     shows the default command's help, which points at the others."""
@@ -132,13 +137,6 @@ class ToolGroup(click.Group):
             args = [self.default, *args]
         return super().parse_args(ctx, args)
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            with signals_as_exceptions():
-                return super().main(*args, **kwargs)
-        except BrokenPipeError:
-            _quiet_stdout()
-            sys.exit(0)
 
 
 def tool_group(name: str, default: str) -> Callable[[F], click.Group]:

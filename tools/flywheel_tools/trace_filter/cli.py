@@ -3,33 +3,25 @@ examples."""
 
 from __future__ import annotations
 
-import contextlib
 import re
 from typing import IO, Any
 
 import click
 
-from flywheel.ask import JsonAsker
-from flywheel.cache import Cache, default_cache_path
 from flywheel.cli import (
     CONTEXT_SETTINGS,
-    Summary,
     ToolCommand,
     common_options,
     input_options,
     output_option,
-    read_input,
     tool_group,
 )
 from flywheel.client import (
     endpoint_options,
 )
-from flywheel.errors import FlywheelError
-from flywheel.jsonl import ReadStats, atomic_path, open_output
-from flywheel.judge import Judge, JudgeSettings, rubrics_text
 
 from . import learn
-from .run import FilterOptions, decide, filter_tasks, judge_client
+from .run import FilterOptions, LearnOptions, filter_tasks, learn_from_examples
 
 
 def _regex(value: str | None) -> str | None:
@@ -164,12 +156,7 @@ def filter_command(input: IO[bytes], output: str | None, skip_invalid: bool, qui
               help="Write every candidate (text, agreement, confusion counts) as JSONL to FILE.")
 @ask_options
 def learn_rubrics_command(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool,
-                          verbose: int, base_url: str | None, model: str | None,
-                          api_key: str | None, timeout: float, retries: int,
-                          rubrics: str | None, candidates: int, rounds: int, shots: int,
-                          seed: int, temperature: float, max_tokens: int, max_thread: int,
-                          parse_retries: int, no_structured: bool, scores: str | None,
-                          cache_path: str | None, no_cache: bool) -> None:
+                          verbose: int, **options: Any) -> None:
     """Learn rubrics from labelled examples: the judge model proposes rubric texts from them,
     each text is scored by judging the examples with it, the best is revised from what it gets
     wrong, and the text that agrees best with the labels is written (to OUTPUT or stdout), for
@@ -186,71 +173,5 @@ def learn_rubrics_command(input: IO[bytes], output: str | None, skip_invalid: bo
       trace-filter learn-rubrics examples.jsonl -o rubrics.txt
       trace-filter --rubrics rubrics.txt < tasks.jsonl > kept.jsonl
     """
-    settings = learn.LearnSettings(candidates, rounds, shots, seed, temperature, max_tokens,
-                                   parse_retries)
-    summary = Summary("trace-filter learn-rubrics", "examples", "invalid")
-
-    def echo(msg: str) -> None:
-        click.echo(f"trace-filter learn-rubrics: {msg}", err=True)
-
-    stats = ReadStats()
-    try:
-        examples = list(read_input(input, "task", skip_invalid=skip_invalid, stats=stats,
-                                   tool="trace-filter learn-rubrics", verbose=verbose,
-                                   also=learn.validate_example))
-    finally:
-        summary.absorb(stats)
-    summary.add("examples", len(examples))
-    labels = [learn.example_label(e) for e in examples]
-    kinds = {label for label, _ in labels}
-    if len(examples) < 2:
-        raise FlywheelError(f"{len(examples)} labelled example(s): learning rubrics needs at "
-                            f"least 2, best with both labels")
-    if len(kinds) == 1:
-        echo(f"warning: every example is labelled {kinds.pop()}: the rubrics cannot learn "
-             f"the other verdict")
-    with contextlib.ExitStack() as stack:
-        endpoint, client = judge_client(stack, base_url, model, api_key, timeout, retries, echo)
-        cache = None if no_cache else stack.enter_context(
-            Cache(cache_path or default_cache_path("trace-filter")))
-        on_retry = lambda n, err, d: summary.add("retries")  # noqa: E731
-        propose = learn.Proposer(JsonAsker(endpoint, client, structured=not no_structured,
-                                           on_retry=on_retry), settings, cache)
-
-        def score(text: str | None) -> list[dict]:
-            judge_settings = JudgeSettings(endpoint, text, temperature, max_tokens,
-                                           parse_retries, structured=not no_structured)
-            judge = Judge(judge_settings, client, on_retry=on_retry)
-            return [verdict for _, verdict in decide(
-                iter(examples), [], None, judge, judge_settings, client, cache, max_thread,
-                False, summary)]
-
-        def shown(c: learn.Candidate) -> None:
-            if not quiet:
-                echo(f"{c.origin}: {c.agree}/{len(examples)} agree ({c.agreement:.0%})"
-                     f"{f', {c.errors} errors' if c.errors else ''}")
-
-        found = learn.learn_rubrics(examples, labels, propose, score, settings,
-                                    start=rubrics_text(rubrics), on_candidate=shown)
-        chosen = learn.best(found)
-        if chosen.text is None:
-            raise FlywheelError(f"no proposal parsed ({propose.failed} unparseable replies); "
-                                f"try --parse-retries, or a stronger --model")
-        if output and output != "-":
-            with atomic_path(output) as tmp:
-                tmp.write_text(chosen.text + "\n", encoding="utf-8")
-        else:
-            click.echo(chosen.text)
-        if scores:
-            with open_output(scores) as out:
-                for c in found:
-                    out.write({**c.summary(), "chosen": c is chosen})
-        baseline = found[0]
-        summary.extra += [f"{len(found)} candidates",
-                          f"best {chosen.origin} {chosen.agree}/{len(examples)} agree "
-                          f"({chosen.agreement:.0%}) vs {baseline.origin} "
-                          f"{baseline.agree}/{len(examples)}",
-                          f"{propose.requests} proposals asked ({propose.failed} unparseable)"]
-        if cache is not None:
-            summary.extra.append(f"{cache.hits} cached")
-        summary.print(quiet)
+    learn_from_examples(LearnOptions(**options), input, output, skip_invalid=skip_invalid,
+                        quiet=quiet, verbose=verbose)

@@ -11,6 +11,7 @@ from typing import IO, Any
 
 import click
 
+from flywheel.ask import JsonAsker
 from flywheel.cache import Cache, default_cache_path
 from flywheel.cli import Summary, progress, read_input
 from flywheel.client import (
@@ -24,11 +25,12 @@ from flywheel.client import (
     retryable,
 )
 from flywheel.errors import FlywheelError
-from flywheel.jsonl import ReadStats, open_output, read_jsonl
+from flywheel.jsonl import ReadStats, atomic_path, open_output, read_jsonl
 from flywheel.judge import Judge, JudgeSettings, VerdictError, rubrics_text
 from flywheel.models import EMBEDDED_MODEL
 
-from . import rules
+from . import learn, rules
+from .learn import LearnSettings
 
 
 @dataclass
@@ -228,3 +230,109 @@ def decide(records: Iterator[dict], rule_list, deduper: Any, judge: Judge | None
             yield record, result
 
 
+
+
+@dataclass
+class LearnOptions:
+    """What `trace-filter learn-rubrics` is asked to do; its options, as on the command line."""
+
+    base_url: str | None = None
+    model: str | None = None
+    api_key: str | None = None
+    timeout: float = TIMEOUT
+    retries: int = RETRIES
+    rubrics: str | None = None         # the text to start from
+    candidates: int = LearnSettings.candidates
+    rounds: int = LearnSettings.rounds
+    shots: int = LearnSettings.shots
+    seed: int = LearnSettings.seed
+    temperature: float = LearnSettings.temperature
+    max_tokens: int = LearnSettings.max_tokens
+    max_thread: int = 8
+    parse_retries: int = LearnSettings.parse_retries
+    no_structured: bool = False
+    scores: str | None = None
+    cache_path: str | None = None
+    no_cache: bool = False
+
+
+def learn_from_examples(o: LearnOptions, input: IO[bytes], output: str | None, *,
+                        skip_invalid: bool, quiet: bool, verbose: int) -> None:
+    """Rubrics learned from the labelled examples of ``input``, written to ``output``."""
+    settings = LearnSettings(o.candidates, o.rounds, o.shots, o.seed, o.temperature,
+                             o.max_tokens, o.parse_retries)
+    summary = Summary("trace-filter learn-rubrics", "examples", "invalid")
+
+    def echo(msg: str) -> None:
+        click.echo(f"trace-filter learn-rubrics: {msg}", err=True)
+
+    examples, labels = _examples(input, summary, echo, skip_invalid=skip_invalid,
+                                 verbose=verbose)
+    with contextlib.ExitStack() as stack:
+        endpoint, client = judge_client(stack, o.base_url, o.model, o.api_key, o.timeout,
+                                        o.retries, echo)
+        cache = None if o.no_cache else stack.enter_context(
+            Cache(o.cache_path or default_cache_path("trace-filter")))
+        on_retry = lambda n, err, d: summary.add("retries")  # noqa: E731
+        propose = learn.Proposer(JsonAsker(endpoint, client, structured=not o.no_structured,
+                                           on_retry=on_retry), settings, cache)
+
+        def score(text: str | None) -> list[dict]:
+            judge_settings = JudgeSettings(endpoint, text, o.temperature, o.max_tokens,
+                                           o.parse_retries, structured=not o.no_structured)
+            judge = Judge(judge_settings, client, on_retry=on_retry)
+            return [verdict for _, verdict in decide(
+                iter(examples), [], None, judge, judge_settings, client, cache, o.max_thread,
+                False, summary)]
+
+        def shown(c: learn.Candidate) -> None:
+            if not quiet:
+                echo(f"{c.origin}: {c.agree}/{len(examples)} agree ({c.agreement:.0%})"
+                     f"{f', {c.errors} errors' if c.errors else ''}")
+
+        found = learn.learn_rubrics(examples, labels, propose, score, settings,
+                                    start=rubrics_text(o.rubrics), on_candidate=shown)
+        chosen = learn.best(found)
+        if chosen.text is None:
+            raise FlywheelError(f"no proposal parsed ({propose.failed} unparseable replies); "
+                                f"try --parse-retries, or a stronger --model")
+        if output and output != "-":
+            with atomic_path(output) as tmp:
+                tmp.write_text(chosen.text + "\n", encoding="utf-8")
+        else:
+            click.echo(chosen.text)
+        if o.scores:
+            with open_output(o.scores) as out:
+                for c in found:
+                    out.write({**c.summary(), "chosen": c is chosen})
+        baseline = found[0]
+        summary.extra += [f"{len(found)} candidates",
+                          f"best {chosen.origin} {chosen.agree}/{len(examples)} agree "
+                          f"({chosen.agreement:.0%}) vs {baseline.origin} "
+                          f"{baseline.agree}/{len(examples)}",
+                          f"{propose.requests} proposals asked ({propose.failed} unparseable)"]
+        if cache is not None:
+            summary.extra.append(f"{cache.hits} cached")
+        summary.print(quiet)
+
+
+def _examples(input: IO[bytes], summary: Summary, echo: Any, *, skip_invalid: bool,
+              verbose: int) -> tuple[list[dict], list]:
+    """The labelled examples and their labels; fewer than two is an error."""
+    stats = ReadStats()
+    try:
+        examples = list(read_input(input, "task", skip_invalid=skip_invalid, stats=stats,
+                                   tool="trace-filter learn-rubrics", verbose=verbose,
+                                   also=learn.validate_example))
+    finally:
+        summary.absorb(stats)
+    summary.add("examples", len(examples))
+    labels = [learn.example_label(e) for e in examples]
+    kinds = {label for label, _ in labels}
+    if len(examples) < 2:
+        raise FlywheelError(f"{len(examples)} labelled example(s): learning rubrics needs at "
+                            f"least 2, best with both labels")
+    if len(kinds) == 1:
+        echo(f"warning: every example is labelled {kinds.pop()}: the rubrics cannot learn "
+             f"the other verdict")
+    return examples, labels
