@@ -145,8 +145,11 @@ def _started_writing(tmp_path: Path, name: str, kind: str, *args: str):
     more on its stdin: its temporary file is there."""
     exe = str(Path(sys.executable).parent / name)
     out = tmp_path / "out.jsonl"
+    # SIGINT as a terminal sends it: a suite started in the background (`make test &`) has it
+    # ignored, and a child would inherit that.
     proc = subprocess.Popen([exe, *args, "-o", str(out)], stdin=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = {"task": '{"id": "t1", "query": "q", "answer": "4"}\n',
              "rollout": '{"id": "r/0", "task_id": "r", "group": "r", "sample": 0, "calls": [],'
                         ' "status": "ok"}\n'}[kind]
@@ -166,7 +169,7 @@ def test_a_signal_leaves_no_temporary_file_and_no_output(tmp_path, name, kind, a
     proc, out = _started_writing(tmp_path, name, kind, *args)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + sig if sig != signal.SIGINT else 130
+    assert proc.returncode == (128 + sig if sig != signal.SIGINT else 130)
     assert "Traceback" not in stderr
     assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary file
 
