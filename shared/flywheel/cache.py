@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlite_utils
 from sqlite_utils.db import NotFoundError
@@ -27,24 +27,41 @@ def cache_key(*parts: Any) -> str:
     return stable_id(*parts)
 
 
-def open_store(path: str | os.PathLike) -> sqlite_utils.Database:
-    """A SQLite file several processes may use at once (WAL, a busy timeout, each statement
-    committed), through sqlite-utils: the cache and task-augment's history."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite_utils.Database(sqlite3.connect(path, timeout=30, isolation_level=None))
-    db.enable_wal()
-    db.execute("PRAGMA synchronous = NORMAL")
-    return db
+S = TypeVar("S", bound="Store")
 
 
-class Cache:
-    def __init__(self, path: str | os.PathLike):
+class Store:
+    """One table in a SQLite file several processes may use at once (WAL, a busy timeout, each
+    statement committed), through sqlite-utils: the cache, and task-augment's history."""
+
+    def __init__(self, path: str | os.PathLike, table: str, columns: dict[str, type], *,
+                 pk: str, not_null: set[str]):
         self.path = Path(path)
-        self.db = open_store(self.path)
-        self.table = self.db.table("cache")
-        self.table.create({"key": str, "value": str}, pk="key", not_null={"value"},
-                          if_not_exists=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite_utils.Database(sqlite3.connect(self.path, timeout=30,
+                                                        isolation_level=None))
+        self.db.enable_wal()
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        self.table = self.db.table(table)
+        self.table.create(columns, pk=pk, not_null=not_null, if_not_exists=True)
+
+    def __len__(self) -> int:
+        return self.table.count
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self: S) -> S:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Cache(Store):
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(path, "cache", {"key": str, "value": str}, pk="key",
+                         not_null={"value"})
         self.hits = 0
         self.misses = 0
 
@@ -59,15 +76,3 @@ class Cache:
 
     def put(self, key: str, value: Any) -> None:
         self.table.insert({"key": key, "value": dumps(value)}, replace=True)
-
-    def __len__(self) -> int:
-        return self.table.count
-
-    def close(self) -> None:
-        self.db.close()
-
-    def __enter__(self) -> Cache:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

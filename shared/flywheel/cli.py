@@ -100,7 +100,7 @@ class ToolCommand(_Ends, click.Command):
         except ModuleNotFoundError as err:
             if ctx.params.get("verbose"):
                 traceback.print_exc()
-            message = missing_extra(err, _tool_name(ctx))
+            message = missing_extra(err.name, _tool_name(ctx))
             if message is None:
                 raise FlywheelError(f"{type(err).__name__}: {err} (run with -v for the "
                                     f"traceback)") from err

@@ -18,9 +18,10 @@ EXTRA_OF_MODULE = {
 EXTRA_OF_TOOL = {"rollout": "rollout", "train": "train"}
 
 
-def missing_extra(err: ModuleNotFoundError, tool: str | None = None) -> str | None:
-    """The one-line message for a package an extra installs, or None for another module."""
-    module = (err.name or "").split(".")[0]
+def missing_extra(name: str | None, tool: str | None = None) -> str | None:
+    """The one-line message for a missing module (``name``, dotted or not) that an extra
+    installs, or None for another module."""
+    module = (name or "").split(".")[0]
     extra = EXTRA_OF_MODULE.get(module)
     if extra is None:
         return None
@@ -39,5 +40,5 @@ def require(tool: str, *modules: str) -> None:
 
     for module in modules:
         if importlib.util.find_spec(module) is None:
-            err = ModuleNotFoundError(f"No module named {module!r}", name=module)
-            raise FlywheelError(missing_extra(err, tool) or str(err))
+            raise FlywheelError(missing_extra(module, tool)
+                                or f"{tool} needs the {module} package")

@@ -47,6 +47,11 @@ def _tool_calls(message: dict) -> tuple:
     return tuple(calls)
 
 
+def tools_key(tools: Any) -> str:
+    """A tool list as one comparable value: the same tools, the same key (no tools: ``[]``)."""
+    return json.dumps(tools or [], sort_keys=True, ensure_ascii=False)
+
+
 def message_key(message: Any) -> tuple:
     """What makes two messages the same message."""
     if not isinstance(message, dict):

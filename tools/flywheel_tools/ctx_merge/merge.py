@@ -13,9 +13,10 @@ tokens, and the completions of calls trained in another sample) has loss mask 0.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
+
+from flywheel.messages import tools_key
 
 from .mismatch import ConversationIndex, classify, splice_offset
 from .prefix_tree import PrefixTree, common_prefix
@@ -41,10 +42,6 @@ def _system_prompt(messages: list) -> str | None:
     return None
 
 
-def _tools(tools: Any) -> str:
-    return json.dumps(tools or [], sort_keys=True, ensure_ascii=False)
-
-
 def timelines(calls: list[dict]) -> dict[tuple, list[CallView]]:
     """The calls of a rollout by timeline (agent name, system prompt, tool list), in call
     order. Another tool list renders another system turn: a call that drops the tools (an
@@ -55,7 +52,7 @@ def timelines(calls: list[dict]) -> dict[tuple, list[CallView]]:
         view = CallView(i, call["prompt_ids"], call["completion_ids"], call["logprobs"],
                         messages, call.get("output"), call.get("finish_reason"),
                         call.get("model"))
-        key = (call.get("agent"), _system_prompt(messages), _tools(call.get("tools")))
+        key = (call.get("agent"), _system_prompt(messages), tools_key(call.get("tools")))
         groups.setdefault(key, []).append(view)
     return groups
 

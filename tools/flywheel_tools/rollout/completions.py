@@ -10,7 +10,7 @@ from typing import Any
 from .continuation import TOOL_CALL_START, held_back, parse_tool_calls
 
 
-def chat_logprobs(logprobs: dict | None, start: int = 0) -> dict | None:
+def chat_logprobs(logprobs: dict | None) -> dict | None:
     """Completions logprobs (``tokens``, ``token_logprobs``, ``top_logprobs``) as chat's."""
     if not logprobs:
         return None
@@ -18,7 +18,7 @@ def chat_logprobs(logprobs: dict | None, start: int = 0) -> dict | None:
     values = logprobs.get("token_logprobs") or []
     tops = logprobs.get("top_logprobs") or [None] * len(tokens)
     content = []
-    for token, value, top in zip(tokens[start:], values[start:], tops[start:], strict=False):
+    for token, value, top in zip(tokens, values, tops, strict=False):
         content.append({"token": token, "logprob": value, "bytes": list(token.encode()),
                         "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())}
                                          for t, lp in (top or {}).items()]})

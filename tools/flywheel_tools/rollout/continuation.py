@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flywheel.chat_template import encode, render, server_tools
-from flywheel.messages import message_key
+from flywheel.messages import message_key, tools_key
 
 CONTINUATION = ("auto", "on", "off")  # rollout --continuation
 MAX_SESSIONS = 4096  # timelines kept for `rollout record`, whose sessions never say they ended
@@ -86,10 +86,6 @@ def _is_output(message: Any, key: tuple, output: dict) -> bool:
         return True
     ids = _call_ids(message)
     return bool(ids) and None not in ids and ids == _call_ids(output)
-
-
-def tools_key(tools: list | None) -> str:
-    return json.dumps(tools or [], sort_keys=True, ensure_ascii=False)
 
 
 class Continuation:
