@@ -35,6 +35,10 @@ from .errors import FlywheelError
 from .ids import stable_id
 
 RESULT_KEYS = {"answer", "reward", "reward_info", "metadata"}
+# The agent's client waits this long for the local recorder: to connect, and for a reply. The
+# openai client's own 5-s connect limit failed rollouts on a loaded 2-core CI machine (vLLM, the
+# agents and their sandboxes on the same cores); the rollout's --rollout-timeout bounds the rest.
+AGENT_TIMEOUT = 600.0
 
 
 @dataclass
@@ -74,7 +78,8 @@ class Handle:
 
         return OpenAIChatModel(
             self.model_name, api_key=self.api_key, stream=stream,
-            client_kwargs={"base_url": self.base_url_for(agent), "max_retries": 0},
+            client_kwargs={"base_url": self.base_url_for(agent), "max_retries": 0,
+                           "timeout": AGENT_TIMEOUT},
             generate_kwargs={**self.sampling, **generate_kwargs})
 
     @cached_property
