@@ -128,6 +128,24 @@ def test_agentscope_streaming_works_with_the_pinned_openai(vllm_server):
     assert text.strip()
 
 
+def test_many_seeded_requests_at_once_are_all_answered(vllm_server):
+    """rollout --seed gives every request a seed; many long prompts at once (an evaluation
+    set) made the CPU build prefill them in chunks and crash its engine (every request 500)."""
+    client = openai.AsyncOpenAI(base_url=vllm_server.base_url, api_key="EMPTY", max_retries=0)
+
+    async def one(i):
+        text = f"word {i} " * 300 + "Count the words."
+        resp = await client.chat.completions.create(
+            model="smollm2-135m", messages=[{"role": "user", "content": text}], max_tokens=4,
+            seed=i, temperature=1.0)
+        return resp.choices[0].finish_reason
+
+    async def run():
+        return await asyncio.gather(*[one(i) for i in range(24)])
+
+    assert all(reason in ("length", "stop") for reason in asyncio.run(run()))
+
+
 def test_check_reports_token_level_figures(vllm_server):
     report = check(vllm_server)
     assert report["prompt_ids"] > 0 and report["completion_ids"] == report["logprobs"] > 0

@@ -178,6 +178,12 @@ class VLLMServer:
         ]
         if self.eager:
             cmd.append("--enforce-eager")
+        if not has_cuda():
+            # vLLM's CPU build crashes (RuntimeError: CPU Generator does not use offset) when a
+            # request with a seed is prefilled in chunks: rollout --seed and many prompts at
+            # once (an evaluation set) do that. Whole prompts per step avoid the chunks.
+            cmd += ["--no-enable-chunked-prefill",
+                    "--max-num-batched-tokens", str(max(self.max_model_len, 8192))]
         if self.chat_template:
             cmd += ["--chat-template", str(self.chat_template)]
         if self.tool_parser:
