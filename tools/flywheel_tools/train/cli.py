@@ -145,7 +145,7 @@ def check_options(ctx: click.Context, p: dict[str, Any]) -> None:
 @click.option("--mixed-precision", type=click.Choice(["auto", "bf16", "fp32"]),
               default=D.mixed_precision,
               show_default=True, help="auto: bf16 autocast on a GPU (or what accelerate launch "
-                                      "says); on a CPU, bf16 for SFT where it is native "
+                                      "says); on a CPU, bf16 where it is native "
                                       "(AVX512-BF16, AMX), else fp32.")
 @click.option("--attn", type=click.Choice(["auto", "varlen_sdpa", "flash_attention_2", "sdpa",
                                            "eager"]), default=D.attn, show_default=True,

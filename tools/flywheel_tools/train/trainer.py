@@ -64,10 +64,12 @@ def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def mixed_precision(requested: str, algo: str = "sft") -> str | None:
-    """``auto``: what ``accelerate launch`` was told, else bf16 on a GPU that has it; on a CPU,
-    bf16 for SFT where the CPU does bf16 matmuls natively, and float32 for GRPO, whose ratios
-    compare with a CPU sampler's float32 logprobs (the launcher serves float32 on a CPU)."""
+def mixed_precision(requested: str) -> str | None:
+    """``auto``: what ``accelerate launch`` was told, else bf16 on a GPU that has it, and on a
+    CPU where it does bf16 matmuls natively; float32 elsewhere. GRPO too: its first step's
+    ratio then holds the bf16 trainer's gap to the float32 sampler, a few thousandths per token
+    (``bench/bench_grpo.py`` measures it), well inside the clip range, and the loss's
+    importance-sampling truncation bounds the rest."""
     if requested == "fp32":
         return "no"
     if requested != "auto":
@@ -76,7 +78,7 @@ def mixed_precision(requested: str, algo: str = "sft") -> str | None:
         return None  # Accelerate reads it
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    return "bf16" if algo == "sft" and cpu_has_native_bf16() else "no"
+    return "bf16" if cpu_has_native_bf16() else "no"
 
 
 def cpu_has_native_bf16() -> bool:
@@ -116,7 +118,7 @@ class Trainer:
         # process (a notebook, the tests) with other settings would be refused. The process
         # group (PartialState) is kept.
         AcceleratorState._reset_state()
-        precision = mixed_precision(cfg.mixed_precision, cfg.algo)
+        precision = mixed_precision(cfg.mixed_precision)
         self.accelerator = Accelerator(mixed_precision=precision, cpu=cpu)
         set_seed(cfg.seed)
         self.model_dir = resolve_model(cfg.model)
