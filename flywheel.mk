@@ -1,5 +1,5 @@
 # The loop behind `make flywheel`: Studio traces -> tasks -> rollouts -> samples -> a trained
-# model -> held-out evaluation, one file per step under runs/$(RUN)/, so a re-run redoes only
+# model -> evaluation (held-out split and EVAL set), one file per step under runs/$(RUN)/, so a re-run redoes only
 # what changed. Every setting is a variable (`make help` lists them):
 #   make flywheel DB=studio.sqlite AGENT=MyAgent MODEL=/models/Qwen3-8B WORKFLOW=my_agent.py:run
 # Steps that need an LLM run inside a *phase*: `make flywheel` serves one model per phase with
@@ -20,6 +20,8 @@ REWARD ?= examples/math_reward.py:reward## rollout's --reward: boxed, judge, or 
 ITERS ?= 1## training iterations
 SAMPLES ?= 4## rollouts per training task (a GRPO group)
 EVAL_SAMPLES ?= 4## rollouts per held-out task
+EVAL ?= examples/math-eval.jsonl## labelled tasks (id, query, reference) every model is scored on, checked disjoint from training; empty: the held-out split only
+EVAL_SET_SAMPLES ?= 1## rollouts per task of the EVAL set
 MAX_TOKENS ?= 192## tokens one LLM call may generate
 JOBS ?= 16## rollouts in flight at once
 MAX_MODEL_LEN ?= 4096## context length vLLM serves
@@ -113,7 +115,22 @@ $(R)/iter-%/eval.jsonl: $(R)/heldout.jsonl $(AGENT_FILES) $$(call trained,$$*)
 	  --max-tokens $(MAX_TOKENS) --seed $(SEED) $(call engine,$*) \
 	  $< -o $@ $(call log,eval-$*)
 
-$(R)/report.md: $(foreach i,0 $(ITER_NUMS),$(R)/iter-$i/eval.jsonl)
+# The EVAL set, refused where any task of it is a training task or paraphrase (id or query).
+$(R)/eval-tasks.jsonl: $(EVAL) $(R)/train.jsonl
+	$(FLYWHEEL_BIN)/python -m flywheel.evalset --train $(R)/train.jsonl $< -o $@ \
+	  $(call log,evalset)
+
+# Model N on the EVAL set. Each task's sampling seed is the same for every model (rollout
+# --seed), so the paired changes in the report compare models on the same draws.
+$(R)/iter-%/eval-set.jsonl: $(R)/eval-tasks.jsonl $(AGENT_FILES) $$(call trained,$$*)
+	@mkdir -p $(@D)
+	$(FLYWHEEL_BIN)/rollout -w $(WORKFLOW) -n $(EVAL_SET_SAMPLES) -j $(JOBS) --reward $(REWARD) \
+	  --max-tokens $(MAX_TOKENS) --seed $(SEED) $(call engine,$*) \
+	  $< -o $@ $(call log,eval-set-$*)
+
+evaluations = $(R)/iter-$1/eval.jsonl $(if $(EVAL),$(R)/iter-$1/eval-set.jsonl)
+
+$(R)/report.md: $(foreach i,0 $(ITER_NUMS),$(call evaluations,$i))
 	$(FLYWHEEL_BIN)/python -m flywheel.report $(R) > /dev/null
 
 # One phase per model: model 0 serves the filter, the paraphrases, its evaluation and the first
@@ -124,7 +141,7 @@ DRY_RUN := $(findstring n,$(firstword -$(MAKEFLAGS)))
 flywheel-loop:
 	@mkdir -p $(R)/logs
 	@for k in 0 $(ITER_NUMS); do \
-	  goals="$(R)/iter-$$k/eval.jsonl"; \
+	  goals="$(R)/iter-$$k/eval.jsonl $(if $(EVAL),$(R)/iter-$$k/eval-set.jsonl)"; \
 	  if [ $$k -eq 0 ]; then goals="$$goals $(R)/train.jsonl"; fi; \
 	  case " $(ROLLOUT_ITERS) " in *" $$((k + 1)) "*) \
 	    goals="$$goals $(R)/iter-$$((k + 1))/rollouts.jsonl";; esac; \

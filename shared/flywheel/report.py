@@ -3,7 +3,8 @@ better, as ``RUN_DIR/report.md`` with plots (``reward.png``, ``training.png``).
 
 It reads the files the Makefile's steps leave in the run folder (any may be missing: the
 report says so): the task sets, and per iteration ``iter-N/`` the rollouts, samples, training
-metrics and the held-out evaluation (``iter-0/eval.jsonl`` is the starting model's).
+metrics, and each model's evaluations: on the held-out split (``iter-N/eval.jsonl``) and on
+the evaluation set (``iter-N/eval-set.jsonl``); ``iter-0`` is the starting model.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from .jsonl import atomic_path, loads
 
 TASK_FILES = [("exported", "tasks.exported.jsonl"), ("kept by trace-filter", "tasks.kept.jsonl"),
               ("made by task-augment", "tasks.augmented.jsonl"), ("training", "train.jsonl"),
-              ("held out", "heldout.jsonl")]
+              ("held out", "heldout.jsonl"),
+              ("evaluation set", "eval-tasks.jsonl")]
 
 
 def read(path: Path) -> list[dict]:
@@ -92,6 +94,53 @@ def merge_figures(rollouts: list[dict], samples: list[dict]) -> tuple[int, int, 
     return len(calls), len(samples), separate, merged
 
 
+# The evaluations of every model: rollouts file in iter-N/, section title, what it is.
+EVAL_SETS = [
+    ("Held-out reward", "eval.jsonl",
+     "the production tasks set aside before training (`heldout.jsonl`)"),
+    ("Evaluation set", "eval-set.jsonl",
+     "labelled tasks checked disjoint from every training task and paraphrase "
+     "(`eval-tasks.jsonl`, from `EVAL=`)"),
+]
+
+
+def paired(after: dict[str, float], before: dict[str, float]) -> str:
+    """The mean per-task change from ``before`` to ``after`` on the tasks both have, with its
+    95% interval; paired, so the tasks' own difficulty cancels out."""
+    common = sorted(set(before) & set(after))
+    diff = estimate([after[t] - before[t] for t in common])
+    return f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]" if diff else ""
+
+
+def evaluation(title: str, about: str, runs: dict[int, list[dict]]) -> list[str]:
+    """A section: each model's mean reward and share of right answers, and the paired change
+    of each from the model before it and from the start."""
+    lines = [f"## {title}", "",
+             f"Every model on {about}. *Reward*: mean per task (its samples averaged; no "
+             "reward counts 0), 95% confidence interval. *Right*: the share of answers that "
+             "were right, where the reward says. Changes are paired by task, with their 95% "
+             "intervals: an interval above zero is a gain the evaluation can tell from noise.",
+             "", "| model | reward | change from the model before | change from the start "
+             "| right | right: change from before | right: change from the start |",
+             "|---|---|---|---|---|---|---|"]
+    rewards = {i: task_rewards(rs) for i, rs in runs.items()}
+    right = {i: task_solved(rs) for i, rs in runs.items()}
+    order = sorted(runs)
+    for k, i in enumerate(order):
+        name = "start" if i == 0 else f"after iteration {i}"
+        before = order[k - 1] if k else None
+        cells = [name, str(estimate(list(rewards[i].values())) or ""),
+                 paired(rewards[i], rewards[before]) if before is not None else "",
+                 paired(rewards[i], rewards[order[0]]) if k else "",
+                 str(estimate(list(right[i].values())) or ""),
+                 paired(right[i], right[before]) if before is not None else "",
+                 paired(right[i], right[order[0]]) if k else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not runs:
+        lines.append("| (no evaluation yet) | | | | | | |")
+    return lines + [""]
+
+
 def report(run: Path) -> str:
     lines = [f"# Flywheel run `{run.name}`", ""]
     lines += ["## Tasks", "", "| set | tasks |", "|---|---|"]
@@ -104,34 +153,19 @@ def report(run: Path) -> str:
             lines.append(f"\n`{line}`")
     lines.append("")
 
-    eval_runs = {i: read(run / f"iter-{i}" / "eval.jsonl") for i in iterations(run)}
-    evals = {i: task_rewards(rs) for i, rs in eval_runs.items()}
-    evals = {i: e for i, e in evals.items() if e}
-    lines += ["## Held-out reward", "",
-              "Mean reward per held-out task (a task's samples averaged; no reward counts 0), "
-              "with a 95% confidence interval; *solved*: the share of answers that were right, "
-              "where the reward says.", "",
-              "| model | reward | change from the start (paired, 95% CI) | solved |",
-              "|---|---|---|---|"]
-    base = evals.get(0)
-    for i, rewards in sorted(evals.items()):
-        est = estimate(list(rewards.values()))
-        change = ""
-        if base is not None and i > 0:
-            common = sorted(set(base) & set(rewards))
-            diff = estimate([rewards[t] - base[t] for t in common])
-            change = f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]" if diff else ""
-        name = "start" if i == 0 else f"after iteration {i}"
-        solved = estimate(list(task_solved(eval_runs[i]).values()))
-        lines.append(f"| {name} | {est} | {change} | {solved or ''} |")
-    if not evals:
-        lines.append("| (no evaluation yet) | | | |")
-    lines.append("")
-
+    curves: list[tuple[str, dict[int, dict[str, float]]]] = []
+    for title, name, about in EVAL_SETS:
+        runs = {i: read(run / f"iter-{i}" / name) for i in iterations(run)}
+        runs = {i: rs for i, rs in runs.items() if rs}
+        if runs or name == "eval.jsonl":
+            lines += evaluation(title, about, runs)
+        if runs:
+            curves.append((title.split()[0].lower() if name == "eval.jsonl" else title.lower(),
+                           {i: task_rewards(rs) for i, rs in runs.items()}))
     lines += ["## Iterations", "",
               "| iteration | rollouts (ok) | train reward | equal-reward groups | calls -> samples "
-              "| tokens separate -> merged | steps | last loss | tokens/s |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| tokens separate -> merged | steps | last loss | tokens/s | kl_old | clip frac |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for i in iterations(run):
         if i == 0:
             continue
@@ -149,7 +183,8 @@ def report(run: Path) -> str:
         losses = [m["loss"] for m in metrics if m.get("loss") is not None]
         speeds = [m["tokens_per_s"] for m in metrics if m.get("tokens_per_s")]
         tail = (f"| {len(metrics)} | {losses[-1] if losses else float('nan'):.4f} | "
-                f"{statistics.fmean(speeds) if speeds else 0:.0f} |")
+                f"{statistics.fmean(speeds) if speeds else 0:.0f} | {_mean(metrics, 'kl_old')} "
+                f"| {_mean(metrics, 'clip_frac')} |")
         if not rollouts:  # a warm-up: SFT on the production traces, not on rollouts
             lines.append(f"| {i} (SFT on traces) | - | - | - | - -> {n_samples} "
                          f"| - -> {merged} {tail}")
@@ -162,14 +197,24 @@ def report(run: Path) -> str:
             if line:
                 lines.append(f"\n`{line}`\n")
     lines.append("")
-    for name, title in plot(run, evals):
+    for name, title in plot(run, curves):
         lines += [f"![{title}]({name})", ""]
     return "\n".join(lines)
 
 
-def plot(run: Path, evals: dict[int, dict[str, float]]) -> list[tuple[str, str]]:
+def _mean(metrics: list[dict], key: str) -> str:
+    """A GRPO telemetry figure over an iteration's steps ("-" for SFT): ``kl_old`` (how far
+    each step's policy is from the one that sampled) and ``clip_frac`` (the share of tokens
+    whose ratio was clipped) near 0 say the iteration hardly moved the policy."""
+    values = [m[key] for m in metrics if m.get(key) is not None]
+    return f"{statistics.fmean(values):.2g}" if values else "-"
+
+
+def plot(run: Path, curves: list[tuple[str, dict[int, dict[str, float]]]]
+         ) -> list[tuple[str, str]]:
     """Draw the figures the run has data for; their file names and titles. No figure, and no
-    panel, without data."""
+    panel, without data. ``curves``: each evaluation's name and its per-task rewards by
+    iteration."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,19 +222,20 @@ def plot(run: Path, evals: dict[int, dict[str, float]]) -> list[tuple[str, str]]
     from matplotlib.ticker import MaxNLocator
 
     drawn = []
-    points = [(i, estimate(list(r.values()))) for i, r in sorted(evals.items())]
-    points = [(i, e) for i, e in points if e]
+    lines = [(label, [(i, e) for i, r in sorted(evals.items())
+                      if (e := estimate(list(r.values())))]) for label, evals in curves]
+    lines = [(label, points) for label, points in lines if points]
     train = [(i, [r["reward"] for r in read(run / f"iter-{i}" / "rollouts.jsonl")
                   if r.get("reward") is not None]) for i in iterations(run) if i > 0]
     train = [(i - 1, statistics.fmean(r)) for i, r in train if r]
-    if points or train:
+    if lines or train:
         fig, ax = plt.subplots(figsize=(6, 4))
-        if points:
+        for label, points in lines:
             below = [e.mean - e.low for _, e in points]
             above = [e.high - e.mean for _, e in points]
             ax.errorbar([i for i, _ in points], [e.mean for _, e in points],
                         yerr=[below, above], marker="o", capsize=4,
-                        label="held-out reward (95% CI)")
+                        label=f"{label} reward (95% CI)")
         if train:
             ax.plot([i for i, _ in train], [m for _, m in train], "s--",
                     label="training rollouts (model before the iteration)")
@@ -201,7 +247,7 @@ def plot(run: Path, evals: dict[int, dict[str, float]]) -> list[tuple[str, str]]
         fig.tight_layout()
         fig.savefig(run / "reward.png", dpi=100)
         plt.close(fig)
-        drawn.append(("reward.png", "held-out reward"))
+        drawn.append(("reward.png", "reward per iteration"))
 
     runs = []
     offset = 0
