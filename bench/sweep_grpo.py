@@ -1,0 +1,120 @@
+"""The sweep that chose the demo's GRPO defaults: each setting trains the same rollouts, and each
+trained model is scored on the same evaluation set, paired against the model that sampled them.
+
+It reads a run folder of `make flywheel` (ITERS=2 or more): the model after iteration N-1
+(``iter-{N-1}/ckpt``), the rollouts it made (``iter-N/rollouts.jsonl``, merged as
+``iter-N/samples.jsonl``), the evaluation tasks (``eval-tasks.jsonl``) and that model's own
+evaluation (``iter-{N-1}/eval-set.jsonl``). For each setting: ``train --algo grpo`` with it,
+then the trained model served by vLLM and rolled out on the evaluation tasks with the run's
+seeds, so each task's draws are the same as the baseline's.
+
+Printed per setting: the evaluation reward and its paired change from the sampling model with
+a 95% interval, the share of right answers and its change, GRPO's telemetry (mean ``kl_old``:
+how far the steps moved from the sampler; ``clip_frac``), steps and training seconds.
+
+    .venv/bin/python bench/sweep_grpo.py runs/demo --iteration 2      # ~7 min per setting
+    .venv/bin/python bench/sweep_grpo.py runs/demo --setting "lr3e-5=--lr 3e-5"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from flywheel.report import estimate, task_rewards, task_solved
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# name=train options; each is added to the fixed ones below.
+SETTINGS = [
+    "lr1e-6=--lr 1e-6",
+    "lr1e-5=--lr 1e-5",
+    "lr1e-5x2=--lr 1e-5 --epochs 2",
+    "lr3e-5=--lr 3e-5",
+]
+FIXED = ["--algo", "grpo", "--seed", "0", "--allow-empty"]
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def paired(after: dict[str, float], before: dict[str, float]) -> str:
+    common = sorted(set(before) & set(after))
+    diff = estimate([after[t] - before[t] for t in common])
+    return f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]" if diff else "-"
+
+
+def evaluate(model: Path, tasks: Path, out: Path, log: Path) -> list[dict]:
+    """The model on the evaluation tasks, as `make flywheel` scores it."""
+    rollout = [BIN / "rollout", "-w", f"{ROOT}/examples/math_agent.py:run", "-n", "1", "-j",
+               "16", "--reward", f"{ROOT}/examples/math_reward.py:reward", "--max-tokens", "192",
+               "--seed", "0", "--base-url", "$OPENAI_BASE_URL", "--model", "$FLYWHEEL_MODEL",
+               tasks, "-o", out]
+    script = " ".join(shlex.quote(str(a)) if not str(a).startswith("$") else f'"{a}"'
+                      for a in rollout)
+    with log.open("a") as err:
+        subprocess.run([BIN / "python", "-m", "flywheel.vllm", model, "--log-file",
+                        log.with_suffix(".vllm.log"), "--exec", "sh", "-c", script],
+                       check=True, stderr=err)
+    return read(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", type=Path, help="a run folder of make flywheel")
+    parser.add_argument("--iteration", type=int, default=2, help="the GRPO iteration to redo")
+    parser.add_argument("--setting", action="append", help="NAME=TRAIN OPTIONS (repeatable)")
+    parser.add_argument("--tasks", type=int, help="only the first N evaluation tasks")
+    parser.add_argument("--workdir", type=Path, help="keep checkpoints and logs here")
+    args = parser.parse_args()
+    run, n = args.run, args.iteration
+    model, samples = run / f"iter-{n - 1}" / "ckpt", run / f"iter-{n}" / "samples.jsonl"
+    tasks, base_eval = run / "eval-tasks.jsonl", run / f"iter-{n - 1}" / "eval-set.jsonl"
+    for path in (model, samples, tasks, base_eval):
+        if not path.exists():
+            sys.exit(f"sweep_grpo: {path} is missing: run `make flywheel ITERS={n}` first")
+    chosen = read(tasks)[:args.tasks] if args.tasks else read(tasks)
+    ids = {t["id"] for t in chosen}
+    base = [r for r in read(base_eval) if r["task_id"] in ids]
+    base_reward, base_right = task_rewards(base), task_solved(base)
+    print(f"model {model} on {len(base_reward)} evaluation tasks: reward "
+          f"{estimate(list(base_reward.values()))}, right "
+          f"{estimate(list(base_right.values()))}")
+    print(f"{'setting':<12} {'reward':>7} {'change (95% CI)':>26} {'right':>6} "
+          f"{'right change':>26} {'kl_old':>8} {'clip':>6} {'steps':>5} {'train s':>7}")
+    with tempfile.TemporaryDirectory(prefix="sweep-grpo-") as tmp:
+        work = args.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        tasks = work / "eval-tasks.jsonl"
+        tasks.write_text("".join(json.dumps(t) + "\n" for t in chosen))
+        for setting in args.setting or SETTINGS:
+            name, _, options = setting.partition("=")
+            out, log = work / name, work / f"{name}.log"
+            started = time.perf_counter()
+            with log.open("w") as err, (work / f"{name}.metrics.jsonl").open("w") as metrics:
+                subprocess.run([BIN / "train", "--model", model, *FIXED, *shlex.split(options),
+                                "--out", out, samples], check=True, stdout=metrics, stderr=err)
+            seconds = time.perf_counter() - started
+            steps = read(work / f"{name}.metrics.jsonl")
+            rollouts = evaluate(out, tasks, work / f"{name}.eval.jsonl", log)
+            reward, right = task_rewards(rollouts), task_solved(rollouts)
+            kl = statistics.fmean(m["kl_old"] for m in steps) if steps else float("nan")
+            clip = statistics.fmean(m["clip_frac"] for m in steps) if steps else float("nan")
+            print(f"{name:<12} {estimate(list(reward.values())).mean:>7.3f} "
+                  f"{paired(reward, base_reward):>26} "
+                  f"{estimate(list(right.values())).mean:>6.3f} "
+                  f"{paired(right, base_right):>26} {kl:>8.1e} {clip:>6.3f} {len(steps):>5} "
+                  f"{seconds:>7.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
