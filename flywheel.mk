@@ -30,7 +30,7 @@ WARMUP ?= sft## iteration 1 learns the kept production traces by SFT; empty: it 
 WARMUP_ARGS ?= --lr 2e-5 --epochs 3## train options of the warm-up
 TRAIN_MAX_LEN ?= 2048## ctx-merge --max-len of the production traces the warm-up learns
 ALGO ?= grpo## train's --algo on rollouts: grpo or sft
-TRAIN_ARGS ?= --lr 1e-6 --allow-empty## train options on rollouts
+TRAIN_ARGS ?= --lr 3e-5 --allow-empty## train options on rollouts (the learning rate chosen by bench/sweep_grpo.py)
 SEED ?= 0## the seed of sampling, the split and training
 
 RUNS ?= runs## where runs go
