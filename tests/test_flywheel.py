@@ -38,7 +38,9 @@ def small_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("flywheel")
     refs = (ROOT / "examples" / "demo-references.jsonl").read_text().splitlines()
     (base / "refs.jsonl").write_text("\n".join(refs[:8]) + "\n")
-    settings = [f"REFERENCES={base / 'refs.jsonl'}", "ITERS=1", "SAMPLES=2", "EVAL_SAMPLES=1",
+    evaluation = (ROOT / "examples" / "math-eval.jsonl").read_text().splitlines()
+    (base / "eval.jsonl").write_text("\n".join(evaluation[:6]) + "\n")
+    settings = [f"REFERENCES={base / 'refs.jsonl'}", f"EVAL={base / 'eval.jsonl'}", "ITERS=1", "SAMPLES=2", "EVAL_SAMPLES=1",
                 "MAX_TOKENS=48", "PARAPHRASES=2", "HELDOUT=0.25", "JOBS=8",
                 "MAX_MODEL_LEN=2048", "TRAIN_ARGS=--lr 1e-5 --max-steps 1", "WARMUP=",
                 f"REWARD={ROOT / 'tests' / 'fixtures' / 'flywheel' / 'rewards.py'}:alternate"]
@@ -71,10 +73,15 @@ def test_the_loop_leaves_every_step_and_a_report(small_run):
         evaluation = lines(run / f"iter-{i}" / "eval.jsonl")
         assert sorted(r["task_id"] for r in evaluation) == sorted(t["id"] for t in heldout)
         assert all(r["status"] != "ok" or r["reward"] == r["sample"] % 2 for r in evaluation)
+        # and on the EVAL set, checked disjoint from training, one sample per task
+        eval_set = lines(run / f"iter-{i}" / "eval-set.jsonl")
+        assert sorted(r["task_id"] for r in eval_set) == [f"eval-0-{k:04d}" for k in range(6)]
+    assert len(lines(run / "eval-tasks.jsonl")) == 6
 
     report = (run / "report.md").read_text()
     assert f"| held out | {len(heldout)} |" in report
     assert "| start |" in report and "| after iteration 1 |" in report
+    assert "## Evaluation set" in report and "(n=6)" in report
     assert (run / "reward.png").is_file() and (run / "training.png").is_file()
     assert "flywheel phase 1: serving" in first.stdout
 
