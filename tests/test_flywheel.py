@@ -40,8 +40,9 @@ def small_run(tmp_path_factory):
     (base / "refs.jsonl").write_text("\n".join(refs[:8]) + "\n")
     evaluation = (ROOT / "examples" / "math-eval.jsonl").read_text().splitlines()
     (base / "eval.jsonl").write_text("\n".join(evaluation[:6]) + "\n")
-    settings = [f"REFERENCES={base / 'refs.jsonl'}", f"EVAL={base / 'eval.jsonl'}", "ITERS=1", "SAMPLES=2", "EVAL_SAMPLES=1",
-                "MAX_TOKENS=48", "PARAPHRASES=2", "HELDOUT=0.25", "JOBS=8",
+    settings = [f"REFERENCES={base / 'refs.jsonl'}", f"EVAL={base / 'eval.jsonl'}", "ITERS=1",
+                "SAMPLES=2", "EVAL_SAMPLES=1", "MAX_TOKENS=48", "PARAPHRASES=2", "HELDOUT=0.25",
+                "JOBS=8",
                 "MAX_MODEL_LEN=2048", "TRAIN_ARGS=--lr 1e-5 --max-steps 1", "WARMUP=",
                 f"REWARD={ROOT / 'tests' / 'fixtures' / 'flywheel' / 'rewards.py'}:alternate"]
     first = make("flywheel-loop", *settings, runs=base / "runs")
