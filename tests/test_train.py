@@ -122,7 +122,9 @@ def test_train_grpo_step_raises_positive_and_lowers_negative_completions(
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "ckpt"
-    metrics, _ = run(["--algo", "grpo", "--out", str(out), "--lr", "1e-6"], records)
+    # float32: the trainer computes what the (float32) sampler did, to the last digit.
+    metrics, _ = run(["--algo", "grpo", "--out", str(out), "--lr", "1e-6",
+                      "--mixed-precision", "fp32"], records)
     (step,) = metrics
     assert step["reward_mean"] == 0.5 and step["clip_frac"] == 0.0
     # The sampler's logprobs are the model's own: the ratio is 1, the policies agree.
@@ -135,6 +137,15 @@ def test_train_grpo_step_raises_positive_and_lowers_negative_completions(
             assert after > before, record["id"]
         else:
             assert after < before, record["id"]
+
+
+def test_bf16_grpo_sees_the_float32_sampler_a_little_apart(records, tmp_path):
+    """Under bf16 autocast (auto on a CPU with native bf16) the first step's ratio holds the
+    trainer's gap to the float32 sampler: small beside the clip range, never zero."""
+    (step,), _ = run(["--algo", "grpo", "--out", str(tmp_path / "ckpt"), "--lr", "1e-6",
+                      "--mixed-precision", "bf16"], records)
+    assert 0 < step["kl_old"] < 1e-2
+    assert step["clip_frac"] < 0.05
 
 
 def test_train_writes_every_metric_and_chains_iterations_through_model_dirs(records, tmp_path):
