@@ -1,6 +1,6 @@
 # The loop behind `make flywheel`: Studio traces -> tasks -> rollouts -> samples -> a trained
-# model -> evaluation (held-out split and EVAL set), one file per step under runs/$(RUN)/, so a re-run redoes only
-# what changed. Every setting is a variable (`make help` lists them):
+# model -> evaluation (held-out split and EVAL set), one file per step under runs/$(RUN)/, so a
+# re-run redoes only what changed. Every setting is a variable (`make help` lists them):
 #   make flywheel DB=studio.sqlite AGENT=MyAgent MODEL=/models/Qwen3-8B WORKFLOW=my_agent.py:run
 # Steps that need an LLM run inside a *phase*: `make flywheel` serves one model per phase with
 # `python -m flywheel.vllm MODEL --exec make GOALS ENDPOINT=...`, so the steps share one vLLM and
@@ -51,6 +51,12 @@ engine = $(if $(ENDPOINT),--base-url $(ENDPOINT) --model "$$FLYWHEEL_MODEL",--se
 helper = $(if $(ENDPOINT),--base-url $(ENDPOINT) --model "$$FLYWHEEL_MODEL")
 # Each step's stderr goes to the terminal and to logs/STEP.log, where the report finds it.
 log = 2> >(tee $(R)/logs/$1.log >&2)
+# The agent on the tasks in $< into $@: $1 rollouts per task by model $2, logged as $3. Every
+# model gets the same sampling seed per task (--seed), so evaluations pair draw for draw.
+rollouts = $(FLYWHEEL_BIN)/rollout -w $(WORKFLOW) -n $1 -j $(JOBS) --reward $(REWARD) \
+  --max-tokens $(MAX_TOKENS) --seed $(SEED) $(call engine,$2) $< -o $@ $(call log,$3)
+# The evaluations of model $1.
+evaluations = $(R)/iter-$1/eval.jsonl $(if $(EVAL),$(R)/iter-$1/eval-set.jsonl)
 
 .SECONDARY:  # keep every step's file: they are the run's record, and what makes re-runs cheap
 .SECONDEXPANSION:
@@ -96,9 +102,7 @@ endif
 
 $(R)/iter-%/rollouts.jsonl: $(R)/train.jsonl $(AGENT_FILES) $$(call trained,$$(call prev,$$*))
 	@mkdir -p $(@D)
-	$(FLYWHEEL_BIN)/rollout -w $(WORKFLOW) -n $(SAMPLES) -j $(JOBS) --reward $(REWARD) \
-	  --max-tokens $(MAX_TOKENS) --seed $(SEED) $(call engine,$(call prev,$*)) \
-	  $< -o $@ $(call log,rollout-$*)
+	$(call rollouts,$(SAMPLES),$(call prev,$*),rollout-$*)
 
 $(R)/iter-%/samples.jsonl: $(R)/iter-%/rollouts.jsonl
 	$(FLYWHEEL_BIN)/ctx-merge $(MERGE_ARGS) $< -o $@ $(call log,merge-$*)
@@ -111,24 +115,17 @@ $(R)/iter-%/metrics.jsonl: $(R)/iter-%/samples.jsonl
 
 $(R)/iter-%/eval.jsonl: $(R)/heldout.jsonl $(AGENT_FILES) $$(call trained,$$*)
 	@mkdir -p $(@D)
-	$(FLYWHEEL_BIN)/rollout -w $(WORKFLOW) -n $(EVAL_SAMPLES) -j $(JOBS) --reward $(REWARD) \
-	  --max-tokens $(MAX_TOKENS) --seed $(SEED) $(call engine,$*) \
-	  $< -o $@ $(call log,eval-$*)
+	$(call rollouts,$(EVAL_SAMPLES),$*,eval-$*)
 
 # The EVAL set, refused where any task of it is a training task or paraphrase (id or query).
 $(R)/eval-tasks.jsonl: $(EVAL) $(R)/train.jsonl
 	$(FLYWHEEL_BIN)/python -m flywheel.evalset --train $(R)/train.jsonl $< -o $@ \
 	  $(call log,evalset)
 
-# Model N on the EVAL set. Each task's sampling seed is the same for every model (rollout
-# --seed), so the paired changes in the report compare models on the same draws.
+# Model N on the EVAL set.
 $(R)/iter-%/eval-set.jsonl: $(R)/eval-tasks.jsonl $(AGENT_FILES) $$(call trained,$$*)
 	@mkdir -p $(@D)
-	$(FLYWHEEL_BIN)/rollout -w $(WORKFLOW) -n $(EVAL_SET_SAMPLES) -j $(JOBS) --reward $(REWARD) \
-	  --max-tokens $(MAX_TOKENS) --seed $(SEED) $(call engine,$*) \
-	  $< -o $@ $(call log,eval-set-$*)
-
-evaluations = $(R)/iter-$1/eval.jsonl $(if $(EVAL),$(R)/iter-$1/eval-set.jsonl)
+	$(call rollouts,$(EVAL_SET_SAMPLES),$*,eval-set-$*)
 
 $(R)/report.md: $(foreach i,0 $(ITER_NUMS),$(call evaluations,$i))
 	$(FLYWHEEL_BIN)/python -m flywheel.report $(R) > /dev/null
@@ -141,7 +138,7 @@ DRY_RUN := $(findstring n,$(firstword -$(MAKEFLAGS)))
 flywheel-loop:
 	@mkdir -p $(R)/logs
 	@for k in 0 $(ITER_NUMS); do \
-	  goals="$(R)/iter-$$k/eval.jsonl $(if $(EVAL),$(R)/iter-$$k/eval-set.jsonl)"; \
+	  goals="$(call evaluations,$$k)"; \
 	  if [ $$k -eq 0 ]; then goals="$$goals $(R)/train.jsonl"; fi; \
 	  case " $(ROLLOUT_ITERS) " in *" $$((k + 1)) "*) \
 	    goals="$$goals $(R)/iter-$$((k + 1))/rollouts.jsonl";; esac; \

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from flywheel.report import estimate, task_rewards, task_solved
+from flywheel.report import estimate, paired, read, task_rewards, task_solved
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -41,16 +41,6 @@ SETTINGS = [
     "lr3e-5=--lr 3e-5",
 ]
 FIXED = ["--algo", "grpo", "--seed", "0", "--allow-empty"]
-
-
-def read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def paired(after: dict[str, float], before: dict[str, float]) -> str:
-    common = sorted(set(before) & set(after))
-    diff = estimate([after[t] - before[t] for t in common])
-    return f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]" if diff else "-"
 
 
 def evaluate(model: Path, tasks: Path, out: Path, log: Path) -> list[dict]:

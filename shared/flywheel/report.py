@@ -15,6 +15,7 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .jsonl import atomic_path, loads
 
@@ -94,13 +95,23 @@ def merge_figures(rollouts: list[dict], samples: list[dict]) -> tuple[int, int, 
     return len(calls), len(samples), separate, merged
 
 
-# The evaluations of every model: rollouts file in iter-N/, section title, what it is.
+class EvalSet(NamedTuple):
+    """One evaluation of every model: its rollouts file in iter-N/, its section title, its
+    label in the plot, what it is; the held-out split's section shows even before it ran."""
+
+    file: str
+    title: str
+    label: str
+    about: str
+    always: bool
+
+
 EVAL_SETS = [
-    ("Held-out reward", "eval.jsonl",
-     "the production tasks set aside before training (`heldout.jsonl`)"),
-    ("Evaluation set", "eval-set.jsonl",
-     "labelled tasks checked disjoint from every training task and paraphrase "
-     "(`eval-tasks.jsonl`, from `EVAL=`)"),
+    EvalSet("eval.jsonl", "Held-out reward", "held-out",
+            "the production tasks set aside before training (`heldout.jsonl`)", True),
+    EvalSet("eval-set.jsonl", "Evaluation set", "evaluation set",
+            "labelled tasks checked disjoint from every training task and paraphrase "
+            "(`eval-tasks.jsonl`, from `EVAL=`)", False),
 ]
 
 
@@ -112,20 +123,19 @@ def paired(after: dict[str, float], before: dict[str, float]) -> str:
     return f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]" if diff else ""
 
 
-def evaluation(title: str, about: str, runs: dict[int, list[dict]]) -> list[str]:
-    """A section: each model's mean reward and share of right answers, and the paired change
-    of each from the model before it and from the start."""
-    lines = [f"## {title}", "",
-             f"Every model on {about}. *Reward*: mean per task (its samples averaged; no "
+def evaluation(which: EvalSet, rewards: dict[int, dict[str, float]],
+               right: dict[int, dict[str, float]]) -> list[str]:
+    """A section: each model's mean reward and share of right answers (per task, by
+    iteration), and the paired change of each from the model before it and from the start."""
+    lines = [f"## {which.title}", "",
+             f"Every model on {which.about}. *Reward*: mean per task (its samples averaged; no "
              "reward counts 0), 95% confidence interval. *Right*: the share of answers that "
              "were right, where the reward says. Changes are paired by task, with their 95% "
              "intervals: an interval above zero is a gain the evaluation can tell from noise.",
              "", "| model | reward | change from the model before | change from the start "
              "| right | right: change from before | right: change from the start |",
              "|---|---|---|---|---|---|---|"]
-    rewards = {i: task_rewards(rs) for i, rs in runs.items()}
-    right = {i: task_solved(rs) for i, rs in runs.items()}
-    order = sorted(runs)
+    order = sorted(rewards)
     for k, i in enumerate(order):
         name = "start" if i == 0 else f"after iteration {i}"
         before = order[k - 1] if k else None
@@ -136,7 +146,7 @@ def evaluation(title: str, about: str, runs: dict[int, list[dict]]) -> list[str]
                  paired(right[i], right[before]) if before is not None else "",
                  paired(right[i], right[order[0]]) if k else ""]
         lines.append("| " + " | ".join(cells) + " |")
-    if not runs:
+    if not rewards:
         lines.append("| (no evaluation yet) | | | | | | |")
     return lines + [""]
 
@@ -154,14 +164,14 @@ def report(run: Path) -> str:
     lines.append("")
 
     curves: list[tuple[str, dict[int, dict[str, float]]]] = []
-    for title, name, about in EVAL_SETS:
-        runs = {i: read(run / f"iter-{i}" / name) for i in iterations(run)}
+    for which in EVAL_SETS:
+        runs = {i: read(run / f"iter-{i}" / which.file) for i in iterations(run)}
         runs = {i: rs for i, rs in runs.items() if rs}
-        if runs or name == "eval.jsonl":
-            lines += evaluation(title, about, runs)
+        rewards = {i: task_rewards(rs) for i, rs in runs.items()}
+        if runs or which.always:
+            lines += evaluation(which, rewards, {i: task_solved(rs) for i, rs in runs.items()})
         if runs:
-            curves.append((title.split()[0].lower() if name == "eval.jsonl" else title.lower(),
-                           {i: task_rewards(rs) for i, rs in runs.items()}))
+            curves.append((which.label, rewards))
     lines += ["## Iterations", "",
               "| iteration | rollouts (ok) | train reward | equal-reward groups | calls -> samples "
               "| tokens separate -> merged | steps | last loss | tokens/s | kl_old | clip frac |",
