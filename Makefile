@@ -77,7 +77,9 @@ bench: deps ## benchmarks (print figures; never part of the tests)
 	for b in bench/bench_*.py; do $(BIN)/python $$b; done
 
 sweep: deps ## GRPO settings on a run's rollouts, scored on its evaluation set (RUN=, ITER=2)
-	$(BIN)/python bench/sweep_grpo.py $(R) --iteration $(or $(ITER),2) $(SWEEP_ARGS)
+	$(BIN)/python bench/sweep_grpo.py $(R) --iteration $(or $(ITER),2) --workflow $(WORKFLOW) \
+	  --reward $(REWARD) --samples $(EVAL_SET_SAMPLES) --jobs $(JOBS) --max-tokens $(MAX_TOKENS) \
+	  --seed $(SEED) $(SWEEP_ARGS)
 
 flywheel: deps ## the whole loop on the embedded defaults: runs/$(RUN)/report.md
 	@$(MAKE) --no-print-directory flywheel-loop

@@ -12,13 +12,17 @@ Printed per setting: the evaluation reward and its paired change from the sampli
 a 95% interval, the share of right answers and its change, GRPO's telemetry (mean ``kl_old``:
 how far the steps moved from the sampler; ``clip_frac``), steps and training seconds.
 
-    .venv/bin/python bench/sweep_grpo.py runs/demo --iteration 2      # ~7 min per setting
-    .venv/bin/python bench/sweep_grpo.py runs/demo --setting "lr3e-5=--lr 3e-5"
+    make sweep RUN=demo ITER=2                                  # ~7 min per setting
+    make sweep RUN=demo SWEEP_ARGS='--setting "lr3e-5=--lr 3e-5"'
+
+`make sweep` passes the loop's own rollout settings (workflow, reward, tokens, seed: the
+variables of flywheel.mk), so the sweep scores models the way the run did.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shlex
 import statistics
@@ -29,8 +33,8 @@ import time
 from pathlib import Path
 
 from flywheel.report import estimate, paired, read, task_rewards, task_solved
+from flywheel_tools.rollout.rewards import function_reward
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 # name=train options; each is added to the fixed ones below.
@@ -40,15 +44,17 @@ SETTINGS = [
     "lr1e-5x2=--lr 1e-5 --epochs 2",
     "lr3e-5=--lr 3e-5",
 ]
-FIXED = ["--algo", "grpo", "--seed", "0", "--allow-empty"]
+FIXED = ["--algo", "grpo", "--allow-empty"]
+# The loop's rollout settings, as `make sweep` passes them from flywheel.mk.
+ROLLOUT_OPTIONS = ("workflow", "reward", "samples", "jobs", "max-tokens", "seed")
 
 
-def evaluate(model: Path, tasks: Path, out: Path, log: Path) -> list[dict]:
+def evaluate(model: Path, tasks: Path, out: Path, log: Path, args: argparse.Namespace
+             ) -> list[dict]:
     """The model on the evaluation tasks, as `make flywheel` scores it."""
-    rollout = [BIN / "rollout", "-w", f"{ROOT}/examples/math_agent.py:run", "-n", "1", "-j",
-               "16", "--reward", f"{ROOT}/examples/math_reward.py:reward", "--max-tokens", "192",
-               "--seed", "0", "--base-url", "$OPENAI_BASE_URL", "--model", "$FLYWHEEL_MODEL",
-               tasks, "-o", out]
+    rollout = [BIN / "rollout", "-w", args.workflow, "-n", args.samples, "-j", args.jobs,
+               "--reward", args.reward, "--max-tokens", args.max_tokens, "--seed", args.seed,
+               "--base-url", "$OPENAI_BASE_URL", "--model", "$FLYWHEEL_MODEL", tasks, "-o", out]
     script = " ".join(shlex.quote(str(a)) if not str(a).startswith("$") else f'"{a}"'
                       for a in rollout)
     with log.open("a") as err:
@@ -58,6 +64,13 @@ def evaluate(model: Path, tasks: Path, out: Path, log: Path) -> list[dict]:
     return read(out)
 
 
+def rescore(rollouts: list[dict], tasks: dict[str, dict], spec: str) -> None:
+    """Each rollout's reward again, by the reward function ``spec`` (FILE.py:FN or MODULE:FN)."""
+    score = function_reward(spec)
+    for r in rollouts:
+        r["reward"], r["reward_info"] = asyncio.run(score(tasks[r["task_id"]], r))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path, help="a run folder of make flywheel")
@@ -65,6 +78,8 @@ def main() -> None:
     parser.add_argument("--setting", action="append", help="NAME=TRAIN OPTIONS (repeatable)")
     parser.add_argument("--tasks", type=int, help="only the first N evaluation tasks")
     parser.add_argument("--workdir", type=Path, help="keep checkpoints and logs here")
+    for option in ROLLOUT_OPTIONS:
+        parser.add_argument(f"--{option}", required=True, help="as the run's rollouts had it")
     args = parser.parse_args()
     run, n = args.run, args.iteration
     model, samples = run / f"iter-{n - 1}" / "ckpt", run / f"iter-{n}" / "samples.jsonl"
@@ -75,6 +90,8 @@ def main() -> None:
     chosen = read(tasks)[:args.tasks] if args.tasks else read(tasks)
     ids = {t["id"] for t in chosen}
     base = [r for r in read(base_eval) if r["task_id"] in ids]
+    if ":" in args.reward:  # a reward function: score the baseline with it too (--reward may
+        rescore(base, {t["id"]: t for t in chosen}, args.reward)  # differ from the run's)
     base_reward, base_right = task_rewards(base), task_solved(base)
     print(f"model {model} on {len(base_reward)} evaluation tasks: reward "
           f"{estimate(list(base_reward.values()))}, right "
@@ -91,11 +108,12 @@ def main() -> None:
             out, log = work / name, work / f"{name}.log"
             started = time.perf_counter()
             with log.open("w") as err, (work / f"{name}.metrics.jsonl").open("w") as metrics:
-                subprocess.run([BIN / "train", "--model", model, *FIXED, *shlex.split(options),
+                subprocess.run([BIN / "train", "--model", model, *FIXED, "--seed", args.seed,
+                                *shlex.split(options),
                                 "--out", out, samples], check=True, stdout=metrics, stderr=err)
             seconds = time.perf_counter() - started
             steps = read(work / f"{name}.metrics.jsonl")
-            rollouts = evaluate(out, tasks, work / f"{name}.eval.jsonl", log)
+            rollouts = evaluate(out, tasks, work / f"{name}.eval.jsonl", log, args)
             reward, right = task_rewards(rollouts), task_solved(rollouts)
             kl = statistics.fmean(m["kl_old"] for m in steps) if steps else float("nan")
             clip = statistics.fmean(m["clip_frac"] for m in steps) if steps else float("nan")
