@@ -31,6 +31,7 @@ from fractions import Fraction
 from typing import Any
 
 from flywheel.answers import boxed_reward, normalize
+from flywheel.messages import content_text
 
 FORMAT_CREDIT = 0.2
 
@@ -74,10 +75,7 @@ def _printed(rollout: dict) -> set[Fraction]:
         for message in call.get("messages") or []:
             if message.get("role") != "tool":
                 continue
-            content = message.get("content")
-            if isinstance(content, list):
-                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-            for line in str(content or "").splitlines():
+            for line in content_text(message.get("content")).splitlines():
                 value = normalize(line.strip())
                 if isinstance(value, Fraction):
                     values.add(value)
@@ -102,14 +100,9 @@ def worked(final: str, boxed: str, rollout: dict, question: str) -> str | None:
     return None
 
 
-def _final(rollout: dict) -> str:
-    final = rollout.get("final")
-    return final if isinstance(final, str) else str(final or "")
-
-
 def reward(task: dict, rollout: dict) -> tuple[float | None, dict[str, Any]]:
     """1.0 right, FORMAT_CREDIT boxed but wrong, 0.0 not boxed (None: no reference)."""
-    value, info = boxed_reward(_final(rollout), task.get("reference"))
+    value, info = boxed_reward(content_text(rollout.get("final")), task.get("reference"))
     if value == 0.0 and info["predicted"]:
         value = FORMAT_CREDIT
     return value, info
@@ -117,7 +110,7 @@ def reward(task: dict, rollout: dict) -> tuple[float | None, dict[str, Any]]:
 
 def worked_reward(task: dict, rollout: dict) -> tuple[float | None, dict[str, Any]]:
     """1.0 right, FORMAT_CREDIT boxed, wrong and worked out, 0.0 else (None: no reference)."""
-    final = _final(rollout)
+    final = content_text(rollout.get("final"))
     value, info = boxed_reward(final, task.get("reference"))
     if value == 0.0 and info["predicted"]:
         how = worked(final, info["predicted"][-1], rollout, str(task.get("query") or ""))
