@@ -1,4 +1,4 @@
-# agent-flywheel: tracing-feedback training as Unix tools. `make help` lists the targets.
+# tracewheel: tracing-feedback training as Unix tools. `make help` lists the targets.
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -60,7 +60,7 @@ deps: ## install, vllm and model: everything the tests and the loop need
 	@$(MAKE) --no-print-directory model
 
 model: install ## convert the embedded model (once) into the cache
-	$(BIN)/python -m flywheel.models smollm2-135m
+	$(BIN)/python -m tracewheel.models smollm2-135m
 
 test: deps ## install what tests need, then run them
 	$(BIN)/ruff check shared tools tests bench examples scripts

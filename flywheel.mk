@@ -3,7 +3,7 @@
 # re-run redoes only what changed. Every setting is a variable (`make help` lists them):
 #   make flywheel DB=studio.sqlite AGENT=MyAgent MODEL=/models/Qwen3-8B WORKFLOW=my_agent.py:run
 # Steps that need an LLM run inside a *phase*: `make flywheel` serves one model per phase with
-# `python -m flywheel.vllm MODEL --exec make GOALS ENDPOINT=...`, so the steps share one vLLM and
+# `python -m tracewheel.vllm MODEL --exec make GOALS ENDPOINT=...`, so the steps share one vLLM and
 # none outlives them. A step made on its own (make runs/demo/iter-0/eval.jsonl) serves its model.
 
 RUN ?= demo## name of the run: its files go under runs/$(RUN)/
@@ -36,7 +36,7 @@ SEED ?= 0## the seed of sampling, the split and training
 RUNS ?= runs## where runs go
 R := $(RUNS)/$(RUN)
 ITER_NUMS := $(shell seq 1 $(ITERS))
-FLYWHEEL_BIN := $(VENV)/bin
+TRACEWHEEL_BIN := $(VENV)/bin
 # The workflow's and the reward's files, when they are files: editing them re-runs the rollouts.
 AGENT_FILES := $(wildcard $(firstword $(subst :, ,$(WORKFLOW))) $(firstword $(subst :, ,$(REWARD))))
 prev = $(shell echo $$(($1 - 1)))
@@ -45,15 +45,15 @@ warmup = $(and $(WARMUP),$(filter 1,$1))
 # Iterations that learn from rollouts of the previous model (all but a warm-up).
 ROLLOUT_ITERS := $(filter-out $(if $(WARMUP),1),$(ITER_NUMS))
 trained = $(if $(filter 0,$1),,$(R)/iter-$1/metrics.jsonl)
-# Inside a phase ENDPOINT is the phase's vLLM (FLYWHEEL_MODEL names its model); outside, a step
+# Inside a phase ENDPOINT is the phase's vLLM (TRACEWHEEL_MODEL names its model); outside, a step
 # serves its own model, and trace-filter / task-augment use the embedded one.
-engine = $(if $(ENDPOINT),--base-url $(ENDPOINT) --model "$$FLYWHEEL_MODEL",--serve $(call model_of,$1))
-helper = $(if $(ENDPOINT),--base-url $(ENDPOINT) --model "$$FLYWHEEL_MODEL")
+engine = $(if $(ENDPOINT),--base-url $(ENDPOINT) --model "$$TRACEWHEEL_MODEL",--serve $(call model_of,$1))
+helper = $(if $(ENDPOINT),--base-url $(ENDPOINT) --model "$$TRACEWHEEL_MODEL")
 # Each step's stderr goes to the terminal and to logs/STEP.log, where the report finds it.
 log = 2> >(tee $(R)/logs/$1.log >&2)
 # The agent on the tasks in $< into $@: $1 rollouts per task by model $2, logged as $3. Every
 # model gets the same sampling seed per task (--seed), so evaluations pair draw for draw.
-rollouts = $(FLYWHEEL_BIN)/rollout -w $(WORKFLOW) -n $1 -j $(JOBS) --reward $(REWARD) \
+rollouts = $(TRACEWHEEL_BIN)/rollout -w $(WORKFLOW) -n $1 -j $(JOBS) --reward $(REWARD) \
   --max-tokens $(MAX_TOKENS) --seed $(SEED) $(call engine,$2) $< -o $@ $(call log,$3)
 # The evaluations of model $1.
 evaluations = $(R)/iter-$1/eval.jsonl $(if $(EVAL),$(R)/iter-$1/eval-set.jsonl)
@@ -65,24 +65,24 @@ $(R)/logs:
 	mkdir -p $@
 
 $(R)/tasks.exported.jsonl: $(DB) $(REFERENCES) | $(R)/logs
-	$(FLYWHEEL_BIN)/trace-export $(DB) --status ok $(if $(AGENT),--agent $(AGENT)) \
+	$(TRACEWHEEL_BIN)/trace-export $(DB) --status ok $(if $(AGENT),--agent $(AGENT)) \
 	  $(if $(REFERENCES),--references $(REFERENCES)) -o $@ $(call log,export)
 
 $(R)/tasks.kept.jsonl: $(R)/tasks.exported.jsonl $(RUBRICS)
-	$(FLYWHEEL_BIN)/trace-filter $(FILTER_ARGS) $(if $(RUBRICS),--rubrics $(RUBRICS)) \
+	$(TRACEWHEEL_BIN)/trace-filter $(FILTER_ARGS) $(if $(RUBRICS),--rubrics $(RUBRICS)) \
 	  $(helper) $< -o $@ $(call log,filter)
 
 # Held-out tasks are chosen among the kept ones before augmenting, so no paraphrase of a
 # held-out task can reach training.
 $(R)/tasks.train.jsonl $(R)/heldout.jsonl &: $(R)/tasks.kept.jsonl
-	$(FLYWHEEL_BIN)/python -m flywheel.split --held-out $(R)/heldout.jsonl \
+	$(TRACEWHEEL_BIN)/python -m tracewheel.split --held-out $(R)/heldout.jsonl \
 	  --fraction $(HELDOUT) --seed $(SEED) $< -o $(R)/tasks.train.jsonl $(call log,split)
 
 $(R)/tasks.augmented.jsonl: $(R)/tasks.train.jsonl
 ifeq ($(PARAPHRASES),0)
 	: > $@
 else
-	head -n $(PARAPHRASES) $< | $(FLYWHEEL_BIN)/task-augment paraphrase -n 1 --seed $(SEED) \
+	head -n $(PARAPHRASES) $< | $(TRACEWHEEL_BIN)/task-augment paraphrase -n 1 --seed $(SEED) \
 	  --history $(R)/augment-history.sqlite $(helper) -o $@ $(call log,augment)
 endif
 
@@ -96,7 +96,7 @@ $(R)/train.jsonl: $(R)/tasks.train.jsonl $(R)/tasks.augmented.jsonl
 ifneq ($(WARMUP),)
 $(R)/iter-1/samples.jsonl: $(R)/tasks.train.jsonl
 	@mkdir -p $(@D)
-	$(FLYWHEEL_BIN)/ctx-merge --tokenizer $(MODEL) --max-len $(TRAIN_MAX_LEN) $(MERGE_ARGS) \
+	$(TRACEWHEEL_BIN)/ctx-merge --tokenizer $(MODEL) --max-len $(TRAIN_MAX_LEN) $(MERGE_ARGS) \
 	  $< -o $@ $(call log,merge-1)
 endif
 
@@ -105,11 +105,11 @@ $(R)/iter-%/rollouts.jsonl: $(R)/train.jsonl $(AGENT_FILES) $$(call trained,$$(c
 	$(call rollouts,$(SAMPLES),$(call prev,$*),rollout-$*)
 
 $(R)/iter-%/samples.jsonl: $(R)/iter-%/rollouts.jsonl
-	$(FLYWHEEL_BIN)/ctx-merge $(MERGE_ARGS) $< -o $@ $(call log,merge-$*)
+	$(TRACEWHEEL_BIN)/ctx-merge $(MERGE_ARGS) $< -o $@ $(call log,merge-$*)
 
 $(R)/iter-%/metrics.jsonl: $(R)/iter-%/samples.jsonl
 	rm -rf $(@D)/ckpt
-	$(FLYWHEEL_BIN)/train --model $(call model_of,$(call prev,$*)) \
+	$(TRACEWHEEL_BIN)/train --model $(call model_of,$(call prev,$*)) \
 	  $(if $(call warmup,$*),--algo $(WARMUP) $(WARMUP_ARGS),--algo $(ALGO) $(TRAIN_ARGS)) \
 	  --seed $(SEED) --out $(@D)/ckpt $< -o $@ $(call log,train-$*)
 
@@ -119,7 +119,7 @@ $(R)/iter-%/eval.jsonl: $(R)/heldout.jsonl $(AGENT_FILES) $$(call trained,$$*)
 
 # The EVAL set, refused where any task of it is a training task or paraphrase (id or query).
 $(R)/eval-tasks.jsonl: $(EVAL) $(R)/train.jsonl
-	$(FLYWHEEL_BIN)/python -m flywheel.evalset --train $(R)/train.jsonl $< -o $@ \
+	$(TRACEWHEEL_BIN)/python -m tracewheel.evalset --train $(R)/train.jsonl $< -o $@ \
 	  $(call log,evalset)
 
 # Model N on the EVAL set.
@@ -128,7 +128,7 @@ $(R)/iter-%/eval-set.jsonl: $(R)/eval-tasks.jsonl $(AGENT_FILES) $$(call trained
 	$(call rollouts,$(EVAL_SET_SAMPLES),$*,eval-set-$*)
 
 $(R)/report.md: $(foreach i,0 $(ITER_NUMS),$(call evaluations,$i))
-	$(FLYWHEEL_BIN)/python -m flywheel.report $(R) > /dev/null
+	$(TRACEWHEEL_BIN)/python -m tracewheel.report $(R) > /dev/null
 
 # One phase per model: model 0 serves the filter, the paraphrases, its evaluation and the first
 # rollouts (none before a warm-up); model K its evaluation and the next rollouts. A phase
@@ -146,11 +146,11 @@ flywheel-loop:
 	    if [ $$k -eq 0 ]; then model="$(MODEL)"; else model="$(R)/iter-$$k/ckpt"; fi; \
 	    echo "== flywheel phase $$k: serving $$model"; \
 	    if [ -n "$(DRY_RUN)" ]; then \
-	      echo "$(FLYWHEEL_BIN)/python -m flywheel.vllm $$model --max-model-len $(MAX_MODEL_LEN)" \
+	      echo "$(TRACEWHEEL_BIN)/python -m tracewheel.vllm $$model --max-model-len $(MAX_MODEL_LEN)" \
 	        "--log-file $(R)/logs/vllm-$$k.log --exec make $$goals ENDPOINT=<its base URL>"; \
 	      $(MAKE) --no-print-directory $$goals ENDPOINT=http://127.0.0.1:PORT/v1; \
 	    else \
-	      $(FLYWHEEL_BIN)/python -m flywheel.vllm "$$model" --max-model-len $(MAX_MODEL_LEN) \
+	      $(TRACEWHEEL_BIN)/python -m tracewheel.vllm "$$model" --max-model-len $(MAX_MODEL_LEN) \
 	        --log-file $(R)/logs/vllm-$$k.log \
 	        --exec sh -c '$(MAKE) --no-print-directory '"$$goals"' ENDPOINT="$$OPENAI_BASE_URL"'; \
 	    fi; \

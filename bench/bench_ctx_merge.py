@@ -90,8 +90,8 @@ def naive(rollout: dict) -> list[dict]:
 
 
 def worker(mode: str, calls: int) -> dict:
-    from flywheel_tools.ctx_merge.merge import merge_rollout
-    from flywheel_tools.ctx_merge.sequences import MergeStats
+    from tracewheel_ctx_merge.merge import merge_rollout
+    from tracewheel_ctx_merge.sequences import MergeStats
 
     stats = MergeStats()
     convert = {
@@ -128,7 +128,7 @@ def run_worker(mode: str, calls: int) -> dict:
 
 
 def saving_table() -> None:
-    from flywheel_tools.ctx_merge.merge import merge_rollout
+    from tracewheel_ctx_merge.merge import merge_rollout
 
     print(f"\n{'turns':>5}{'separate':>12}{'merged':>10}{'optimum':>10}{'saving':>9}"
           f"{'vs optimum':>12}{'samples':>9}")

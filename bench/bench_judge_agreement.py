@@ -100,9 +100,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-agreement-"))
-    env = {**os.environ, "FLYWHEEL_CACHE": str(tmp / "cache")}
+    env = {**os.environ, "TRACEWHEEL_CACHE": str(tmp / "cache")}
     # Converted models live in the user's cache; the verdicts of this run in a fresh one.
-    from flywheel.models import cache_dir
+    from tracewheel.models import cache_dir
 
     (tmp / "cache").mkdir()
     if (cache_dir() / "models").exists():
@@ -130,7 +130,7 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         base_url, model = args.base_url, args.model
         if base_url is None:
-            from flywheel.vllm import VLLMServer
+            from tracewheel.vllm import VLLMServer
 
             server = stack.enter_context(VLLMServer(model, log_file=tmp / "vllm.log"))
             base_url = server.base_url

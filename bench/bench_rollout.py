@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from flywheel_tools.rollout.continuation import SAMPLE_TOOLS
+from tracewheel_rollout.continuation import SAMPLE_TOOLS
 
 PROMPTS = ["What is 12 times 7?", "Name three prime numbers.", "Explain what a variable is.",
            "Write a haiku about rain.", "What is the capital of France?"]
@@ -126,7 +126,7 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         upstream = args.base_url
         if upstream is None:
-            from flywheel.vllm import VLLMServer
+            from tracewheel.vllm import VLLMServer
 
             server = stack.enter_context(VLLMServer(args.model))
             upstream = server.base_url

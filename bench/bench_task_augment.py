@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from flywheel.models import EMBEDDED_MODEL
-from flywheel.vllm import VLLMServer
+from tracewheel.models import EMBEDDED_MODEL
+from tracewheel.vllm import VLLMServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=Path, default=ROOT / "examples" / "demo-references.jsonl")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-task-augment-"))
-    env = {**os.environ, "FLYWHEEL_CACHE": str(work / "cache")}
+    env = {**os.environ, "TRACEWHEEL_CACHE": str(work / "cache")}
     seeds = sum(1 for line in args.seeds.read_text().splitlines() if line.strip())
 
     with VLLMServer(EMBEDDED_MODEL, log_file=work / "vllm.log") as server:

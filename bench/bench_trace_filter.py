@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--cached", type=int, default=20_000, help="records in the cached run")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-trace-filter-"))
-    env = {**os.environ, "FLYWHEEL_CACHE": str(work / "cache")}
+    env = {**os.environ, "TRACEWHEEL_CACHE": str(work / "cache")}
     for latency in args.latency:
         print(f"\nendpoint latency {latency * 1000:.0f} ms")
         print(f"{'concurrency':>12}{'records':>9}{'seconds':>9}{'rec/s':>9}{'ideal':>9}"

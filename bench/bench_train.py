@@ -61,7 +61,7 @@ def build_model(workdir: Path, model: str, layers: int | None) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from flywheel.models import resolve_model
+    from tracewheel.models import resolve_model
 
     source = resolve_model(model)
     config = AutoConfig.from_pretrained(source)
@@ -88,9 +88,9 @@ def plain_batches(samples: list[dict], order: list[int], batch: int) -> list[lis
 
 
 def run_train(args: argparse.Namespace, samples: list[dict], device: str) -> dict:
-    from flywheel_tools.train.config import TrainConfig
-    from flywheel_tools.train.data import to_train_sample
-    from flywheel_tools.train.trainer import Trainer
+    from tracewheel_train.config import TrainConfig
+    from tracewheel_train.data import to_train_sample
+    from tracewheel_train.trainer import Trainer
 
     cfg = TrainConfig(model=str(args.model_dir), out=str(args.workdir / "out"),
                       max_tokens_per_batch=args.max_tokens_per_batch, lr=1e-5, seed=args.seed,

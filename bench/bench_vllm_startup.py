@@ -14,7 +14,7 @@ import time
 import openai
 import psutil
 
-from flywheel.vllm import VLLMServer
+from tracewheel.vllm import VLLMServer
 
 
 def group_rss_mib(pid: int) -> float:

@@ -32,8 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from flywheel.report import estimate, paired, read, task_rewards, task_solved
-from flywheel_tools.rollout.rewards import function_reward
+from tracewheel.report import estimate, paired, read, task_rewards, task_solved
+from tracewheel_rollout.rewards import function_reward
 
 BIN = Path(sys.executable).parent
 
@@ -45,7 +45,7 @@ SETTINGS = [
     "lr3e-5=--lr 3e-5",
 ]
 FIXED = ["--algo", "grpo", "--allow-empty"]
-# The loop's rollout settings, as `make sweep` passes them from flywheel.mk.
+# The loop's rollout settings, as `make sweep` passes them from tracewheel.mk.
 ROLLOUT_OPTIONS = ("workflow", "reward", "samples", "jobs", "max-tokens", "seed")
 
 
@@ -54,11 +54,11 @@ def evaluate(model: Path, tasks: Path, out: Path, log: Path, args: argparse.Name
     """The model on the evaluation tasks, as `make flywheel` scores it."""
     rollout = [BIN / "rollout", "-w", args.workflow, "-n", args.samples, "-j", args.jobs,
                "--reward", args.reward, "--max-tokens", args.max_tokens, "--seed", args.seed,
-               "--base-url", "$OPENAI_BASE_URL", "--model", "$FLYWHEEL_MODEL", tasks, "-o", out]
+               "--base-url", "$OPENAI_BASE_URL", "--model", "$TRACEWHEEL_MODEL", tasks, "-o", out]
     script = " ".join(shlex.quote(str(a)) if not str(a).startswith("$") else f'"{a}"'
                       for a in rollout)
     with log.open("a") as err:
-        subprocess.run([BIN / "python", "-m", "flywheel.vllm", model, "--log-file",
+        subprocess.run([BIN / "python", "-m", "tracewheel.vllm", model, "--log-file",
                         log.with_suffix(".vllm.log"), "--exec", "sh", "-c", script],
                        check=True, stderr=err)
     return read(out)

@@ -3,7 +3,7 @@ code and gives its final answer in ``\boxed{}``.
 
     rollout --workflow examples/math_agent.py:run -n 4 --reward boxed < tasks.jsonl
 
-The model's code runs through ``flywheel.sandbox``: a child process with a timeout, CPU and
+The model's code runs through ``tracewheel.sandbox``: a child process with a timeout, CPU and
 memory limits, a fresh temporary directory and none of this process's environment.
 
 ``run_tool_first`` is the same agent made to call its tool in its first step (``tool_choice``
@@ -21,7 +21,7 @@ from agentscope.formatter import OpenAIChatFormatter
 from agentscope.message import Msg, TextBlock
 from agentscope.tool import Toolkit, ToolResponse
 
-from flywheel.sandbox import run_python
+from tracewheel.sandbox import run_python
 
 SYS_PROMPT = (
     "You are a careful math assistant. Solve the problem step by step. You can run Python "

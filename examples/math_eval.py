@@ -8,7 +8,7 @@ steps of arithmetic on whole numbers, the answer a whole number), made from temp
 fixed seed, so the same command always writes the same file (a test checks it) and every model
 of a run is scored on the same tasks. Their ids start ``eval-``; the loop checks that no task of
 the set shares an id or a normalised query with a training task or paraphrase
-(``python -m flywheel.evalset``).
+(``python -m tracewheel.evalset``).
 
 A hundred by default: one model's pass over them takes about 5 minutes on a 2-core CPU, and
 `make flywheel ITERS=3` scores four models. A larger set tells smaller gains apart from noise
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     text = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in generate(args.n, args.seed))
     if args.output:
-        from flywheel.jsonl import atomic_path
+        from tracewheel.jsonl import atomic_path
 
         with atomic_path(args.output) as tmp:
             tmp.write_text(text, encoding="utf-8")

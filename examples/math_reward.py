@@ -30,8 +30,8 @@ import re
 from fractions import Fraction
 from typing import Any
 
-from flywheel.answers import boxed_reward, normalize
-from flywheel.messages import content_text
+from tracewheel.answers import boxed_reward, normalize
+from tracewheel.messages import content_text
 
 FORMAT_CREDIT = 0.2
 

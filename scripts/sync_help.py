@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 from click.testing import CliRunner
 
-from flywheel.config import TOOLS, tool_dir
+from tracewheel.config import TOOLS, tool_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.models import EMBEDDED_MODEL, resolve_model
-from flywheel.vllm import VLLMServer
+from tracewheel.models import EMBEDDED_MODEL, resolve_model
+from tracewheel.vllm import VLLMServer
 
 JSONL_TOOLS = {  # tools that read JSONL, and the record kind they read
     "trace-filter": "task",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.answers import answers_match, boxed_reward, boxed_values, check_answer, normalize
+from tracewheel.answers import answers_match, boxed_reward, boxed_values, check_answer, normalize
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "studio"
 

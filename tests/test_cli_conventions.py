@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from flywheel.config import TOOLS, tool_dir
+from tracewheel.config import TOOLS, tool_dir
 
 from conftest import JSONL_TOOLS, REQUIRED_ARGS
 
@@ -87,8 +87,8 @@ def test_trace_export_reports_a_missing_database(tmp_path):
 
 
 WRITER = textwrap.dedent("""
-    from flywheel.cli import common_options, output_option, tool_command
-    from flywheel.jsonl import open_output
+    from tracewheel.cli import common_options, output_option, tool_command
+    from tracewheel.jsonl import open_output
 
     @tool_command("numbers")
     @common_options

@@ -9,7 +9,7 @@ import openai
 import pytest
 from canned import CannedServer, chat_completion
 
-from flywheel.client import (
+from tracewheel.client import (
     Endpoint,
     bounded_map,
     call_with_retries,
@@ -87,9 +87,9 @@ def test_api_key_is_sent_but_never_shown():
 
 
 def test_no_endpoint_is_a_clear_error():
-    from flywheel.errors import FlywheelError
+    from tracewheel.errors import TracewheelError
 
-    with pytest.raises(FlywheelError, match="--base-url"):
+    with pytest.raises(TracewheelError, match="--base-url"):
         make_client(Endpoint(None, "m"))
 
 

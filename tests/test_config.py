@@ -4,8 +4,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from flywheel.cli import common_options, tool_command
-from flywheel.client import endpoint_options
+from tracewheel.cli import common_options, tool_command
+from tracewheel.client import endpoint_options
 
 
 @tool_command("trace-filter")

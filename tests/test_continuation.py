@@ -12,13 +12,13 @@ import pytest
 from canned import CannedServer, chat_completion
 from click.testing import CliRunner
 
-from flywheel.chat_template import encode, render, server_tools, template_text
-from flywheel.errors import FlywheelError
-from flywheel_tools.ctx_merge.merge import merge_rollout
-from flywheel_tools.ctx_merge.sequences import MergeStats
-from flywheel_tools.rollout.cli import main as rollout
-from flywheel_tools.rollout.completions import ChoiceStream
-from flywheel_tools.rollout.continuation import (
+from tracewheel.chat_template import encode, render, server_tools, template_text
+from tracewheel.errors import TracewheelError
+from tracewheel_ctx_merge.merge import merge_rollout
+from tracewheel_ctx_merge.sequences import MergeStats
+from tracewheel_rollout.cli import main as rollout
+from tracewheel_rollout.completions import ChoiceStream
+from tracewheel_rollout.continuation import (
     SAMPLE_CONVERSATION,
     SAMPLE_TOOLS,
     Continuation,
@@ -26,7 +26,7 @@ from flywheel_tools.rollout.continuation import (
     parse_tool_calls,
     tools_key,
 )
-from flywheel_tools.rollout.recorder import Recorder
+from tracewheel_rollout.recorder import Recorder
 
 from conftest import ROOT, studio_tasks
 
@@ -133,7 +133,7 @@ def test_a_stream_sends_text_as_it_comes_and_holds_back_what_may_be_a_tool_call(
 
 def test_an_upstream_that_is_not_vllm_is_rendered_and_the_user_is_told_why():
     with CannedServer(lambda n: (200, {}, chat_completion("4", token_ids=True))) as up:
-        with pytest.raises(FlywheelError, match="does not say it is vLLM"):
+        with pytest.raises(TracewheelError, match="does not say it is vLLM"):
             Recorder(up.base_url, on_call=lambda c: None, continuation="on").start()
         result = invoke(["--base-url", up.base_url, "--model", "m", "-w",
                          f"{ROOT / 'tests' / 'fixtures' / 'rollout' / 'workflows.py'}:one_call"],

@@ -18,14 +18,14 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flywheel.records import validate_sample
-from flywheel.vllm import CHAT_TEMPLATE
-from flywheel_tools.ctx_merge.cli import main as ctx_merge
-from flywheel_tools.ctx_merge.merge import merge_rollout
-from flywheel_tools.ctx_merge.mismatch import splice_offset
-from flywheel_tools.ctx_merge.prefix_tree import PrefixTree, common_prefix
-from flywheel_tools.ctx_merge.sequences import MergeStats
-from flywheel_tools.ctx_merge.text_mode import merge_task
+from tracewheel.records import validate_sample
+from tracewheel.vllm import CHAT_TEMPLATE
+from tracewheel_ctx_merge.cli import main as ctx_merge
+from tracewheel_ctx_merge.merge import merge_rollout
+from tracewheel_ctx_merge.mismatch import splice_offset
+from tracewheel_ctx_merge.prefix_tree import PrefixTree, common_prefix
+from tracewheel_ctx_merge.sequences import MergeStats
+from tracewheel_ctx_merge.text_mode import merge_task
 
 # ---------------------------------------------------------------------------------------------
 # A toy chat template over a toy vocabulary.
@@ -707,7 +707,7 @@ def test_cli_text_mode_on_real_trace_export_output(db, tokenizer):
     """trace-export | ctx-merge --tokenizer smollm2-135m: every ok turn becomes samples whose
     trained text is its LLM calls' outputs, each ending with <|im_end|>; failed turns are
     counted."""
-    from flywheel_tools.trace_export.cli import main as trace_export
+    from tracewheel_trace_export.cli import main as trace_export
 
     exported = CliRunner().invoke(trace_export, [str(db)])
     tasks = [json.loads(line) for line in exported.stdout.splitlines()]

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from flywheel.dedup import normalize
-from flywheel.evalset import main as evalset
-from flywheel.report import main as report_main
+from tracewheel.dedup import normalize
+from tracewheel.evalset import main as evalset
+from tracewheel.report import main as report_main
 
 from conftest import ROOT
 

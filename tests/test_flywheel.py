@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.answers import check_answer
+from tracewheel.answers import check_answer
 
 from conftest import ROOT
 

@@ -1,4 +1,4 @@
-"""The light install: `pip install agent-flywheel` without extras gives the tools a CI job runs on
+"""The light install: `pip install tracewheel` without extras gives the tools a CI job runs on
 a Studio database, without torch, Ray, agentscope or transformers; the others say which extra
 they need. Installs the project into a fresh venv from the package registry (pip's cache)."""
 
@@ -64,7 +64,7 @@ def test_a_tool_without_its_extra_says_which_to_install(core_venv, tmp_path):
                                 text=True)
         assert result.returncode == 1, result.stderr
         lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and f"pip install 'agent-flywheel[{extra}]'" in lines[0], lines
+        assert len(lines) == 1 and f"pip install 'tracewheel[{extra}]'" in lines[0], lines
     # Their help needs no extra.
     for tool in ("rollout", "train"):
         assert subprocess.run([str(bin_ / tool), "--help"], capture_output=True).returncode == 0

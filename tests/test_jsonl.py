@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
-from flywheel.errors import DataError, RecordError
-from flywheel.jsonl import ReadStats, open_output, read_jsonl
+from tracewheel.errors import DataError, RecordError
+from tracewheel.jsonl import ReadStats, open_output, read_jsonl
 
 
 def read(text: bytes, **kw):

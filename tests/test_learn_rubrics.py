@@ -11,10 +11,10 @@ import pytest
 from canned import CannedServer, chat_completion
 from click.testing import CliRunner
 
-from flywheel.ask import ReplyError
-from flywheel.errors import RecordError
-from flywheel_tools.trace_filter.cli import main as trace_filter
-from flywheel_tools.trace_filter.learn import example_label, parse_rubrics
+from tracewheel.ask import ReplyError
+from tracewheel.errors import RecordError
+from tracewheel_trace_filter.cli import main as trace_filter
+from tracewheel_trace_filter.learn import example_label, parse_rubrics
 
 BOXED_RULE = "Drop the task when the final answer is not wrapped in \\boxed{}."
 VAGUE_RULE = "Keep answers that are polite."
@@ -22,7 +22,7 @@ VAGUE_RULE = "Keep answers that are polite."
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLYWHEEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TRACEWHEEL_CACHE", str(tmp_path / "cache"))
 
 
 def example(i: int, answer: str, label: str | None, **extra) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.workflow import load_callable
+from tracewheel.workflow import load_callable
 
 REWARDS = Path(__file__).resolve().parent.parent / "examples" / "math_reward.py"
 reward = load_callable(f"{REWARDS}:reward", "reward")

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from flywheel.errors import FlywheelError
-from flywheel.models import EMBEDDED_MODEL, embedded_gguf, resolve_model
+from tracewheel.errors import TracewheelError
+from tracewheel.models import EMBEDDED_MODEL, embedded_gguf, resolve_model
 
 
 def test_embedded_model_is_a_plain_safetensors_directory(embedded_model_dir):
@@ -39,5 +39,5 @@ def test_any_model_directory_works(tmp_path):
     (lambda p: p, "not a model directory (no config.json in it)"),
 ])
 def test_unknown_models_are_clear_errors(tmp_path, make, problem):
-    with pytest.raises(FlywheelError, match=re.escape(problem)):
+    with pytest.raises(TracewheelError, match=re.escape(problem)):
         resolve_model(str(make(tmp_path)))

@@ -2,8 +2,8 @@
 
 import pytest
 
-from flywheel.errors import RecordError
-from flywheel.records import (
+from tracewheel.errors import RecordError
+from tracewheel.records import (
     stable_id,
     task_messages,
     validate_rollout,

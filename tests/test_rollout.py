@@ -18,9 +18,9 @@ import pytest
 from canned import CannedServer, chat_completion
 from click.testing import CliRunner
 
-from flywheel.vllm import CHAT_TEMPLATE
-from flywheel_tools.rollout.cli import main as rollout
-from flywheel_tools.rollout.recorder import Recorder, split_path
+from tracewheel.vllm import CHAT_TEMPLATE
+from tracewheel_rollout.cli import main as rollout
+from tracewheel_rollout.recorder import Recorder, split_path
 
 from conftest import ROOT, studio_tasks
 
@@ -152,7 +152,7 @@ def test_each_task_runs_n_times_in_order_with_its_calls():
 
 
 def test_every_rollout_record_is_valid():
-    from flywheel.records import validate_rollout
+    from tracewheel.records import validate_rollout
 
     with canned() as up:
         _, records = run(["-w", wf("two_agents"), *base(up)], tasks(2))
@@ -241,7 +241,7 @@ def test_incompatible_options_are_usage_errors():
 
 
 def test_empty_input_starts_nothing(monkeypatch):
-    monkeypatch.setenv("FLYWHEEL_VLLM_PYTHON", "/nonexistent/python")
+    monkeypatch.setenv("TRACEWHEEL_VLLM_PYTHON", "/nonexistent/python")
     result, records = run(["-w", wf("one_call")], "")
     assert records == [] and "serving" not in result.output
 
@@ -384,9 +384,9 @@ def test_a_config_file_section_sets_rollout_options(tmp_path):
 
 
 def test_the_judge_reward_shows_the_judge_the_tasks_reference():
-    from flywheel.client import Endpoint, make_client
-    from flywheel.judge import Judge, JudgeSettings
-    from flywheel_tools.rollout.rewards import judge_reward
+    from tracewheel.client import Endpoint, make_client
+    from tracewheel.judge import Judge, JudgeSettings
+    from tracewheel_rollout.rewards import judge_reward
 
     keep = chat_completion('{"verdict": "keep", "reason": "agrees"}')
     with CannedServer(lambda n: (200, {}, keep)) as server:

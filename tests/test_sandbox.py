@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from flywheel.sandbox import run_python
+from tracewheel.sandbox import run_python
 
 
 def test_output_and_errors_come_back():

@@ -7,9 +7,9 @@ import json
 
 from click.testing import CliRunner
 
-from flywheel.report import main as report_main
-from flywheel.split import held_out
-from flywheel.split import main as split
+from tracewheel.report import main as report_main
+from tracewheel.split import held_out
+from tracewheel.split import main as split
 
 
 def task(i, **extra):

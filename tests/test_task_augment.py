@@ -11,10 +11,10 @@ import pytest
 from canned import CannedServer, chat_completion
 from click.testing import CliRunner
 
-from flywheel.config import tool_dir
-from flywheel_tools.task_augment.cli import main as task_augment
-from flywheel_tools.task_augment.documents import chunk_blocks, markdown_blocks
-from flywheel_tools.task_augment.replies import ReplyError, parse_reply
+from tracewheel.config import tool_dir
+from tracewheel_task_augment.cli import main as task_augment
+from tracewheel_task_augment.documents import chunk_blocks, markdown_blocks
+from tracewheel_task_augment.replies import ReplyError, parse_reply
 
 ROOT = Path(__file__).resolve().parent.parent
 README = tool_dir("task-augment") / "README.md"
@@ -51,7 +51,7 @@ Wipe the widget with a dry cloth once a week. Never put the widget in water.
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLYWHEEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TRACEWHEEL_CACHE", str(tmp_path / "cache"))
 
 
 def task(i, query, reference=None, system=None):
@@ -260,7 +260,7 @@ def test_an_endpoint_that_stays_down_is_one_clear_error_without_the_key(tmp_path
 
 def test_no_examples_is_no_work_and_starts_no_model(monkeypatch):
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.setenv("FLYWHEEL_VLLM_PYTHON", "/nonexistent/python")  # would fail if started
+    monkeypatch.setenv("TRACEWHEEL_VLLM_PYTHON", "/nonexistent/python")  # would fail if started
     follow_up = {"id": "f", "query": "Thanks!", "messages": [
         {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
         {"role": "user", "content": "Thanks!"}]}

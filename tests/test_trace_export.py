@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from flywheel.records import validate_task
-from flywheel_tools.trace_export.cli import main as trace_export
-from flywheel_tools.trace_export.reprparse import ReprError, parse_msg, parse_repr
+from tracewheel.records import validate_task
+from tracewheel_trace_export.cli import main as trace_export
+from tracewheel_trace_export.reprparse import ReprError, parse_msg, parse_repr
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "studio"
 DATABASES = sorted(FIXTURES.glob("*.sqlite"))
@@ -242,7 +242,7 @@ def test_studio_can_write_while_an_export_runs_and_the_export_is_one_snapshot(tm
     """Studio's database uses a rollback journal: a reader holding a transaction for the whole
     export would make Studio's writes fail. Between batches no lock is held; spans written
     after the export began wait for the next export."""
-    from flywheel_tools.trace_export.cli import export as export_records
+    from tracewheel_trace_export.cli import export as export_records
 
     db = tmp_path / "live.sqlite"
     shutil.copy(LEGACY_DB, db)
@@ -462,8 +462,8 @@ def test_a_wal_database_in_use_is_read_through_its_wal(tmp_path):
 
 
 def test_an_idle_wal_database_written_during_the_read_is_an_error(tmp_path):
-    from flywheel.errors import FlywheelError
-    from flywheel_tools.trace_export.cli import export as export_tasks
+    from tracewheel.errors import TracewheelError
+    from tracewheel_trace_export.cli import export as export_tasks
 
     db = tmp_path / "studio.sqlite"
     shutil.copy(LEGACY_DB, db)
@@ -472,7 +472,7 @@ def test_an_idle_wal_database_written_during_the_read_is_an_error(tmp_path):
     records = export_tasks(str(db))
     next(records)
     os.utime(db, ns=(time.time_ns(), time.time_ns() + 10**9))  # as a checkpoint would
-    with pytest.raises(FlywheelError, match="written while it was read"):
+    with pytest.raises(TracewheelError, match="written while it was read"):
         list(records)
 
 

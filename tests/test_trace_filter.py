@@ -11,10 +11,10 @@ import pytest
 from canned import CannedServer, chat_completion
 from click.testing import CliRunner
 
-from flywheel.answers import check_answer
-from flywheel.judge import BASE_CRITERIA
-from flywheel_tools.trace_export.cli import main as trace_export
-from flywheel_tools.trace_filter.cli import main as trace_filter
+from tracewheel.answers import check_answer
+from tracewheel.judge import BASE_CRITERIA
+from tracewheel_trace_export.cli import main as trace_export
+from tracewheel_trace_filter.cli import main as trace_filter
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "studio"
 LEGACY_DB = FIXTURES / "studio-1.0.5_agentscope-1.0.7.sqlite"
@@ -24,7 +24,7 @@ DROP = json.dumps({"verdict": "drop", "reason": "wrong"})
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLYWHEEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TRACEWHEEL_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module", params=sorted(FIXTURES.glob("*.sqlite")), ids=lambda p: p.stem)
@@ -477,7 +477,7 @@ def test_a_rubrics_file_that_is_not_there_is_a_usage_error():
 
 def test_records_the_rules_settle_start_no_judge(monkeypatch):
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.setenv("FLYWHEEL_VLLM_PYTHON", "/nonexistent/python")  # would fail if started
+    monkeypatch.setenv("TRACEWHEEL_VLLM_PYTHON", "/nonexistent/python")  # would fail if started
     result, kept = run(["--require-boxed"], input_text=jsonl(task(1, answer="no box")))
     assert result.exit_code == 0, result.output
     assert kept == [] and "serving" not in result.output
@@ -496,13 +496,13 @@ def test_with_no_endpoint_the_embedded_model_judges(monkeypatch, embedded_model_
 
 
 def test_the_verdict_cache_follows_xdg_unless_flywheel_cache_says(tmp_path, monkeypatch):
-    monkeypatch.delenv("FLYWHEEL_CACHE", raising=False)
+    monkeypatch.delenv("TRACEWHEEL_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     with CannedServer(lambda n: (200, {}, chat_completion(KEEP))) as server:
         result, _ = run(judge_args(server), input_text=jsonl(task(1)))
         assert result.exit_code == 0, result.output
-        assert (tmp_path / "xdg" / "agent-flywheel" / "trace-filter" / "cache.sqlite").is_file()
-        monkeypatch.setenv("FLYWHEEL_CACHE", str(tmp_path / "own"))
+        assert (tmp_path / "xdg" / "tracewheel" / "trace-filter" / "cache.sqlite").is_file()
+        monkeypatch.setenv("TRACEWHEEL_CACHE", str(tmp_path / "own"))
         run(judge_args(server), input_text=jsonl(task(1)))
     assert (tmp_path / "own" / "trace-filter" / "cache.sqlite").is_file()
 

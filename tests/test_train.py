@@ -18,9 +18,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from flywheel_tools.train.cli import main as train
-from flywheel_tools.train.config import TrainConfig
-from flywheel_tools.train.data import (
+from tracewheel_train.cli import main as train
+from tracewheel_train.config import TrainConfig
+from tracewheel_train.data import (
     TrainSample,
     collate,
     group_advantages,
@@ -29,7 +29,7 @@ from flywheel_tools.train.data import (
     spread,
     token_weights,
 )
-from flywheel_tools.train.losses import grpo_loss
+from tracewheel_train.losses import grpo_loss
 
 # (group, answer, reward): two right and two wrong answers to each of two questions.
 ANSWERS = [
@@ -151,7 +151,7 @@ def test_bf16_grpo_sees_the_float32_sampler_a_little_apart(records, tmp_path):
 def test_train_writes_every_metric_and_chains_iterations_through_model_dirs(records, tmp_path):
     """The flywheel's loop: iteration 2 starts from iteration 1's model directory (and may
     replace it in place); every step writes every metric key."""
-    from flywheel_tools.train.trainer import METRIC_KEYS
+    from tracewheel_train.trainer import METRIC_KEYS
 
     first, second = tmp_path / "iter-1", tmp_path / "iter-2"
     args = ["--algo", "grpo", "--max-steps", "1", "--lr", "1e-5"]
@@ -159,14 +159,14 @@ def test_train_writes_every_metric_and_chains_iterations_through_model_dirs(reco
     assert list(step) == list(METRIC_KEYS)
     assert step["padding_frac"] == 0.0 and step["reward_std"] == 0.5
     (step,), result = run([*args, "--model", str(first), "--out", str(second)], records)
-    assert json.loads((second / "flywheel_train.json").read_text())["base_model"] == str(first)
+    assert json.loads((second / "tracewheel_train.json").read_text())["base_model"] == str(first)
     assert step["kl_old"] > 0  # the sampler's logprobs are the base model's, not iteration 1's
     run([*args, "--model", str(second), "--out", str(second)], records)
     assert (second / "model.safetensors").is_file() and not list(tmp_path.glob(".iter-2.*"))
 
 
 def test_a_failed_write_leaves_no_model_dir_under_the_final_name(tmp_path):
-    from flywheel_tools.train.checkpoint import atomic_dir
+    from tracewheel_train.checkpoint import atomic_dir
 
     final = tmp_path / "ckpt"
     with pytest.raises(RuntimeError), atomic_dir(final) as tmp:
@@ -209,7 +209,7 @@ def test_train_allow_empty_writes_the_starting_model_unchanged(records, embedded
     assert "model in" in result.stderr and "unchanged" in result.stderr
     base = Path(embedded_model_dir)
     assert (out / "model.safetensors").read_bytes() == (base / "model.safetensors").read_bytes()
-    assert json.loads((out / "flywheel_train.json").read_text())["steps"] == 0
+    assert json.loads((out / "tracewheel_train.json").read_text())["steps"] == 0
 
 
 def test_train_grpo_with_lora_kl_and_recomputed_logprobs_saves_merged_weights(
@@ -272,8 +272,8 @@ def test_packed_row_gives_each_sample_the_logits_it_has_alone(records, embedded_
     """No attention across packed samples: the packed row's logits equal each sample's own."""
     from transformers import AutoModelForCausalLM
 
-    from flywheel_tools.train import attention
-    from flywheel_tools.train.data import to_train_sample
+    from tracewheel_train import attention
+    from tracewheel_train.data import to_train_sample
 
     attention.register()
     samples = [to_train_sample(r, 1, TrainConfig())[0] for r in records[:3]]
@@ -317,12 +317,12 @@ def test_train_checkpoint_loads_in_transformers_and_is_served_by_vllm(records, t
     import openai
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from flywheel.vllm import VLLMServer
+    from tracewheel.vllm import VLLMServer
 
     out = tmp_path / "ckpt"
     run(["--out", str(out), "--max-steps", "1", "--lr", "1e-4"], records)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja",
-                 "flywheel_train.json"):
+                 "tracewheel_train.json"):
         assert (out / name).is_file(), name
     assert oct((out / "model.safetensors").stat().st_mode & 0o044) == oct(0o044)
     assert not list(tmp_path.glob(".ckpt.*"))  # no temporary directory left behind
@@ -371,7 +371,7 @@ def test_train_runs_as_two_processes_under_torchrun(records, tmp_path):
     args = ["--max-tokens-per-batch", "60", "--max-steps", "1", str(data)]
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2",
-         "-m", "flywheel_tools.train", "--out", str(tmp_path / "two"), *args],
+         "-m", "tracewheel_train", "--out", str(tmp_path / "two"), *args],
         capture_output=True, text=True, timeout=600,
         env={**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -398,7 +398,7 @@ def test_train_on_two_gpus_under_accelerate_launch(records, tmp_path):
     launcher = Path(sys.executable).parent / "accelerate"
     proc = subprocess.run(
         [str(launcher), "launch", "--num_processes", "2", "--mixed_precision", "bf16",
-         "-m", "flywheel_tools.train", "--out", str(tmp_path / "ckpt"),
+         "-m", "tracewheel_train", "--out", str(tmp_path / "ckpt"),
          "--max-tokens-per-batch", "60", "--max-steps", "1", str(data)],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -598,7 +598,7 @@ def test_report_to_a_tracker_that_is_not_installed_says_what_to_install(records,
 
 
 def test_training_in_a_log_writes_progress_lines(records, tmp_path, monkeypatch):
-    monkeypatch.setenv("FLYWHEEL_PROGRESS_SECONDS", "0.05")
+    monkeypatch.setenv("TRACEWHEEL_PROGRESS_SECONDS", "0.05")
     _, result = run(["--out", str(tmp_path / "ckpt"), "--epochs", "2", "--lr", "1e-4"],
                     records)
     lines = [line for line in result.stderr.splitlines() if line.startswith("train: step ")]

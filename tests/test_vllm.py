@@ -13,8 +13,8 @@ import openai
 import pytest
 import torch
 
-from flywheel.errors import FlywheelError
-from flywheel.vllm import CHAT_TEMPLATE, VLLMServer, check, group_members
+from tracewheel.errors import TracewheelError
+from tracewheel.vllm import CHAT_TEMPLATE, VLLMServer, check, group_members
 
 pytestmark = pytest.mark.vllm
 
@@ -156,9 +156,9 @@ def test_launcher_reports_a_server_that_dies_while_starting(tmp_path, monkeypatc
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\necho 'ImportError: no module named vllm' >&2\nexit 3\n")
     fake.chmod(0o755)
-    monkeypatch.setenv("FLYWHEEL_VLLM_PYTHON", str(fake))
+    monkeypatch.setenv("TRACEWHEEL_VLLM_PYTHON", str(fake))
     server = VLLMServer("smollm2-135m", log_file=tmp_path / "v.log")
-    with pytest.raises(FlywheelError, match=r"vLLM exited with status 3(.|\n)*no module named"):
+    with pytest.raises(TracewheelError, match=r"vLLM exited with status 3(.|\n)*no module named"):
         server.start()
     assert server.process is None
 
@@ -172,7 +172,7 @@ def test_launcher_stops_the_whole_process_group(tmp_path, monkeypatch):
         "sed -E 's/.*--port ([0-9]+).*/\\1/')\" &\n"
         "sleep 300 &\nwait\n")
     fake.chmod(0o755)
-    monkeypatch.setenv("FLYWHEEL_VLLM_PYTHON", str(fake))
+    monkeypatch.setenv("TRACEWHEEL_VLLM_PYTHON", str(fake))
     server = VLLMServer("smollm2-135m", log_file=tmp_path / "v.log", startup_timeout=60)
     # http.server answers 404 on /v1/models, so wait for the port instead of readiness.
     monkeypatch.setattr(VLLMServer, "_wait_ready", lambda self: None)
@@ -186,7 +186,7 @@ def test_launcher_stops_the_whole_process_group(tmp_path, monkeypatch):
 
 def test_a_port_in_use_is_refused_not_mistaken_for_a_ready_server(vllm_server):
     server = VLLMServer("smollm2-135m", port=vllm_server.port)
-    with pytest.raises(FlywheelError, match=f"port {vllm_server.port} .* already in use"):
+    with pytest.raises(TracewheelError, match=f"port {vllm_server.port} .* already in use"):
         server.start()
 
 
@@ -207,7 +207,7 @@ def test_sigterm_to_the_tool_stops_its_server(tmp_path):
     """vLLM runs in its own process group: killing the tool must not orphan it."""
     import subprocess
 
-    proc = subprocess.Popen([sys.executable, "-m", "flywheel.vllm",
+    proc = subprocess.Popen([sys.executable, "-m", "tracewheel.vllm",
                              "--log-file", str(tmp_path / "serve.log")],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -260,14 +260,14 @@ def _refused(url: str) -> bool:
 
 @pytest.mark.parametrize("how", ["its caller is killed", "SIGHUP", "SIGTERM"])
 def test_the_launcher_stops_its_server_however_its_caller_stops(tmp_path, monkeypatch, how):
-    """`make flywheel` serves each phase with `python -m flywheel.vllm --exec`: a terminal
+    """`make flywheel` serves each phase with `python -m tracewheel.vllm --exec`: a terminal
     closed, make stopped or killed, the server must not outlive the loop."""
     import subprocess
 
-    monkeypatch.setenv("FLYWHEEL_VLLM_PYTHON", str(_fake_vllm(tmp_path)))
+    monkeypatch.setenv("TRACEWHEEL_VLLM_PYTHON", str(_fake_vllm(tmp_path)))
     err = tmp_path / "launcher.err"
     caller = subprocess.Popen(
-        ["bash", "-c", f"'{sys.executable}' -m flywheel.vllm --log-file '{tmp_path / 'v.log'}' "
+        ["bash", "-c", f"'{sys.executable}' -m tracewheel.vllm --log-file '{tmp_path / 'v.log'}' "
                        f"--exec sleep 600 2> '{err}' & echo $!; wait"],
         stdout=subprocess.PIPE, text=True, start_new_session=True)
     launcher = int(caller.stdout.readline())

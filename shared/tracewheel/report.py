@@ -1,0 +1,315 @@
+"""``python -m tracewheel.report RUN_DIR``: what a flywheel run did and whether the agent got
+better, as ``RUN_DIR/report.md`` with plots (``reward.png``, ``training.png``).
+
+It reads the files the Makefile's steps leave in the run folder (any may be missing: the
+report says so): the task sets, and per iteration ``iter-N/`` the rollouts, samples, training
+metrics, and each model's evaluations: on the held-out split (``iter-N/eval.jsonl``) and on
+the evaluation set (``iter-N/eval-set.jsonl``); ``iter-0`` is the starting model.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from .jsonl import atomic_path, loads
+
+TASK_FILES = [("exported", "tasks.exported.jsonl"), ("kept by trace-filter", "tasks.kept.jsonl"),
+              ("made by task-augment", "tasks.augmented.jsonl"), ("training", "train.jsonl"),
+              ("held out", "heldout.jsonl"),
+              ("evaluation set", "eval-tasks.jsonl")]
+
+
+def read(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+@dataclass
+class Estimate:
+    """A mean with its 95% confidence interval (normal approximation over tasks)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}] (n={self.n})"
+
+
+def estimate(values: list[float]) -> Estimate | None:
+    if not values:
+        return None
+    mean = statistics.fmean(values)
+    half = 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return Estimate(mean, mean - half, mean + half, len(values))
+
+
+def task_rewards(rollouts: list[dict]) -> dict[str, float]:
+    """Each task's mean reward over its samples (a rollout without a reward counts 0: failing
+    to answer is not better than a wrong answer)."""
+    by_task: dict[str, list[float]] = {}
+    for r in rollouts:
+        by_task.setdefault(r["task_id"], []).append(r.get("reward") or 0.0)
+    return {task: statistics.fmean(values) for task, values in by_task.items()}
+
+
+def task_solved(rollouts: list[dict]) -> dict[str, float]:
+    """Each task's share of samples whose answer was right (``reward_info.match``), apart from a
+    shaped reward's partial credit; empty when the reward does not say."""
+    by_task: dict[str, list[float]] = {}
+    for r in rollouts:
+        match = (r.get("reward_info") or {}).get("match")
+        if match is not None:
+            by_task.setdefault(r["task_id"], []).append(float(match))
+    return {task: statistics.fmean(values) for task, values in by_task.items()}
+
+
+def iterations(run: Path) -> list[int]:
+    found = [int(m.group(1)) for p in run.glob("iter-*")
+             if (m := re.fullmatch(r"iter-(\d+)", p.name))]
+    return sorted(found)
+
+
+def log_line(run: Path, step: str) -> str | None:
+    """The closing summary line a step's tool printed (kept under logs/)."""
+    path = run / "logs" / f"{step}.log"
+    if not path.is_file():
+        return None
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if re.search(r" in \d", ln)]
+    return lines[-1].strip() if lines else None
+
+
+def merge_figures(rollouts: list[dict], samples: list[dict]) -> tuple[int, int, int, int]:
+    """Calls, samples, tokens as separate calls, tokens merged."""
+    calls = [c for r in rollouts if r.get("status") == "ok" for c in r.get("calls") or []]
+    separate = sum(len(c["prompt_ids"]) + len(c["completion_ids"]) for c in calls)
+    merged = sum(len(s["input_ids"]) for s in samples)
+    return len(calls), len(samples), separate, merged
+
+
+class EvalSet(NamedTuple):
+    """One evaluation of every model: its rollouts file in iter-N/, its section title, its
+    label in the plot, what it is; the held-out split's section shows even before it ran."""
+
+    file: str
+    title: str
+    label: str
+    about: str
+    always: bool
+
+
+EVAL_SETS = [
+    EvalSet("eval.jsonl", "Held-out reward", "held-out",
+            "the production tasks set aside before training (`heldout.jsonl`)", True),
+    EvalSet("eval-set.jsonl", "Evaluation set", "evaluation set",
+            "labelled tasks checked disjoint from every training task and paraphrase "
+            "(`eval-tasks.jsonl`, from `EVAL=`)", False),
+]
+
+
+def paired(after: dict[str, float], before: dict[str, float]) -> str:
+    """The mean per-task change from ``before`` to ``after`` on the tasks both have, with its
+    95% interval; paired, so the tasks' own difficulty cancels out."""
+    common = sorted(set(before) & set(after))
+    diff = estimate([after[t] - before[t] for t in common])
+    return f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]" if diff else ""
+
+
+def evaluation(which: EvalSet, rewards: dict[int, dict[str, float]],
+               right: dict[int, dict[str, float]]) -> list[str]:
+    """A section: each model's mean reward and share of right answers (per task, by
+    iteration), and the paired change of each from the model before it and from the start."""
+    lines = [f"## {which.title}", "",
+             f"Every model on {which.about}. *Reward*: mean per task (its samples averaged; no "
+             "reward counts 0), 95% confidence interval. *Right*: the share of answers that "
+             "were right, where the reward says. Changes are paired by task, with their 95% "
+             "intervals: an interval above zero is a gain the evaluation can tell from noise.",
+             "", "| model | reward | change from the model before | change from the start "
+             "| right | right: change from before | right: change from the start |",
+             "|---|---|---|---|---|---|---|"]
+    order = sorted(rewards)
+    for k, i in enumerate(order):
+        name = "start" if i == 0 else f"after iteration {i}"
+        before = order[k - 1] if k else None
+        cells = [name, str(estimate(list(rewards[i].values())) or ""),
+                 paired(rewards[i], rewards[before]) if before is not None else "",
+                 paired(rewards[i], rewards[order[0]]) if k else "",
+                 str(estimate(list(right[i].values())) or ""),
+                 paired(right[i], right[before]) if before is not None else "",
+                 paired(right[i], right[order[0]]) if k else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not rewards:
+        lines.append("| (no evaluation yet) | | | | | | |")
+    return lines + [""]
+
+
+def report(run: Path) -> str:
+    lines = [f"# Flywheel run `{run.name}`", ""]
+    lines += ["## Tasks", "", "| set | tasks |", "|---|---|"]
+    for label, name in TASK_FILES:
+        path = run / name
+        lines.append(f"| {label} | {len(read(path)) if path.is_file() else '(not run)'} |")
+    for step in ("export", "filter", "augment", "split"):
+        line = log_line(run, step)
+        if line:
+            lines.append(f"\n`{line}`")
+    lines.append("")
+
+    curves: list[tuple[str, dict[int, dict[str, float]]]] = []
+    for which in EVAL_SETS:
+        runs = {i: read(run / f"iter-{i}" / which.file) for i in iterations(run)}
+        runs = {i: rs for i, rs in runs.items() if rs}
+        rewards = {i: task_rewards(rs) for i, rs in runs.items()}
+        if runs or which.always:
+            lines += evaluation(which, rewards, {i: task_solved(rs) for i, rs in runs.items()})
+        if runs:
+            curves.append((which.label, rewards))
+    lines += ["## Iterations", "",
+              "| iteration | rollouts (ok) | train reward | equal-reward groups | calls -> samples "
+              "| tokens separate -> merged | steps | last loss | tokens/s | kl_old | clip frac |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i in iterations(run):
+        if i == 0:
+            continue
+        folder = run / f"iter-{i}"
+        rollouts, samples = read(folder / "rollouts.jsonl"), read(folder / "samples.jsonl")
+        metrics = read(folder / "metrics.jsonl")
+        ok = sum(r.get("status") == "ok" for r in rollouts)
+        rewards = [r["reward"] for r in rollouts if r.get("reward") is not None]
+        groups: dict[str, list] = {}
+        for r in rollouts:
+            groups.setdefault(r["group"], []).append(r.get("reward"))
+        flat = sum(1 for g in groups.values() if None not in g and len(set(g)) == 1)
+        calls, n_samples, separate, merged = merge_figures(rollouts, samples)
+        saving = f" ({separate / merged:.2f}x)" if merged and separate else ""
+        losses = [m["loss"] for m in metrics if m.get("loss") is not None]
+        speeds = [m["tokens_per_s"] for m in metrics if m.get("tokens_per_s")]
+        tail = (f"| {len(metrics)} | {losses[-1] if losses else float('nan'):.4f} | "
+                f"{statistics.fmean(speeds) if speeds else 0:.0f} | {_mean(metrics, 'kl_old')} "
+                f"| {_mean(metrics, 'clip_frac')} |")
+        if not rollouts:  # a warm-up: SFT on the production traces, not on rollouts
+            lines.append(f"| {i} (SFT on traces) | - | - | - | - -> {n_samples} "
+                         f"| - -> {merged} {tail}")
+        else:
+            mean = statistics.fmean(rewards) if rewards else float("nan")
+            lines.append(f"| {i} | {len(rollouts)} ({ok}) | {mean:.3f} | {flat} of {len(groups)} "
+                         f"| {calls} -> {n_samples} | {separate} -> {merged}{saving} {tail}")
+        for step in ("rollout", "merge", "train"):
+            line = log_line(run, f"{step}-{i}")
+            if line:
+                lines.append(f"\n`{line}`\n")
+    lines.append("")
+    for name, title in plot(run, curves):
+        lines += [f"![{title}]({name})", ""]
+    return "\n".join(lines)
+
+
+def _mean(metrics: list[dict], key: str) -> str:
+    """A GRPO telemetry figure over an iteration's steps ("-" for SFT): ``kl_old`` (how far
+    each step's policy is from the one that sampled) and ``clip_frac`` (the share of tokens
+    whose ratio was clipped) near 0 say the iteration hardly moved the policy."""
+    values = [m[key] for m in metrics if m.get(key) is not None]
+    return f"{statistics.fmean(values):.2g}" if values else "-"
+
+
+def plot(run: Path, curves: list[tuple[str, dict[int, dict[str, float]]]]
+         ) -> list[tuple[str, str]]:
+    """Draw the figures the run has data for; their file names and titles. No figure, and no
+    panel, without data. ``curves``: each evaluation's name and its per-task rewards by
+    iteration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    drawn = []
+    lines = [(label, [(i, e) for i, r in sorted(evals.items())
+                      if (e := estimate(list(r.values())))]) for label, evals in curves]
+    lines = [(label, points) for label, points in lines if points]
+    train = [(i, [r["reward"] for r in read(run / f"iter-{i}" / "rollouts.jsonl")
+                  if r.get("reward") is not None]) for i in iterations(run) if i > 0]
+    train = [(i - 1, statistics.fmean(r)) for i, r in train if r]
+    if lines or train:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, points in lines:
+            below = [e.mean - e.low for _, e in points]
+            above = [e.high - e.mean for _, e in points]
+            ax.errorbar([i for i, _ in points], [e.mean for _, e in points],
+                        yerr=[below, above], marker="o", capsize=4,
+                        label=f"{label} reward (95% CI)")
+        if train:
+            ax.plot([i for i, _ in train], [m for _, m in train], "s--",
+                    label="training rollouts (model before the iteration)")
+        ax.set_xlabel("iteration (0: the starting model)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole numbers
+        ax.set_ylabel("mean reward per rollout (0 to 1)")
+        ax.set_title(f"{run.name}: reward per iteration")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(run / "reward.png", dpi=100)
+        plt.close(fig)
+        drawn.append(("reward.png", "reward per iteration"))
+
+    runs = []
+    offset = 0
+    for i in iterations(run):
+        metrics = read(run / f"iter-{i}" / "metrics.jsonl")
+        if metrics:
+            steps = [offset + (m.get("step") or k + 1) for k, m in enumerate(metrics)]
+            runs.append((i, steps, metrics))
+            offset = steps[-1]
+    if not runs:
+        return drawn
+    rewarded = any(m.get("reward_mean") is not None for _, _, ms in runs for m in ms)
+    fig, axes = plt.subplots(1, 2 if rewarded else 1, figsize=(10 if rewarded else 6, 4),
+                             squeeze=False)
+    loss_ax = axes[0][0]
+    for i, steps, metrics in runs:
+        loss_ax.plot(steps, [m.get("loss") for m in metrics], marker=".", label=f"iteration {i}")
+    loss_ax.set_title("training loss")
+    loss_ax.set_ylabel("loss per trained token (SFT: nats; GRPO: objective)")
+    if rewarded:
+        reward_ax = axes[0][1]
+        for i, steps, metrics in runs:
+            if any(m.get("reward_mean") is not None for m in metrics):
+                reward_ax.plot(steps, [m.get("reward_mean") for m in metrics], marker=".",
+                               label=f"iteration {i}")
+        reward_ax.set_title("reward of the trained rollouts")
+        reward_ax.set_ylabel("mean reward per rollout (0 to 1)")
+    for ax in axes[0]:
+        ax.set_xlabel("optimizer step (iterations one after another)")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(run / "training.png", dpi=100)
+    plt.close(fig)
+    drawn.append(("training.png", "training"))
+    return drawn
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m tracewheel.report RUN_DIR", file=sys.stderr)
+        return 2
+    run = Path(args[0])
+    if not run.is_dir():
+        print(f"Error: {run}: no such run folder", file=sys.stderr)
+        return 1
+    text = report(run)
+    with atomic_path(run / "report.md") as tmp:
+        Path(tmp).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

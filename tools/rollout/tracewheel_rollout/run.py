@@ -1,0 +1,235 @@
+"""A rollout run, as `rollout run` carries it out: bring up the engine (vLLM, unless given, and
+the recorder) when the first task arrives, run the workflow N times per task, write a record
+per rollout, and sum them up. Plain functions over ``RunOptions``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import IO, Any
+
+import click
+
+from tracewheel.cli import Summary, progress, read_input
+from tracewheel.client import RETRIES, TIMEOUT, make_client
+from tracewheel.client import Endpoint as ClientEndpoint
+from tracewheel.errors import TracewheelError
+from tracewheel.jsonl import ReadStats, open_output, records_stdout
+from tracewheel.models import EMBEDDED_MODEL
+from tracewheel.workflow import absolute_spec
+
+from . import rewards
+from .engine import Endpoint, Runner, Sessions, Settings
+
+
+@dataclass
+class RunOptions:
+    """What `rollout run` is asked to do; its options, named as on the command line."""
+
+    workflow: str
+    samples: int = 1                   # rollouts per task (a GRPO group)
+    jobs: int = 8                      # rollouts in flight at once
+    rollout_timeout: float = 600.0
+    base_url: str | None = None        # a running vLLM; else one is served for the run
+    model: str | None = None
+    api_key: str | None = None
+    timeout: float = TIMEOUT
+    retries: int = RETRIES
+    serve: str | None = None           # the model to serve (default: the embedded model)
+    max_model_len: int = 4096
+    temperature: float = 1.0
+    top_p: float | None = None
+    max_tokens: int = 512
+    seed: int | None = None
+    reward_kind: str | None = None     # boxed, judge, or FILE.py:FN
+    rubrics: str | None = None
+    judge_base_url: str | None = None
+    judge_model: str | None = None
+    judge_api_key: str | None = None
+    ray_address: str | None = None
+    ray_cpus: float = 0.25
+    record_host: str = "127.0.0.1"
+    record_port: int = 0
+    continuation: str = "auto"         # see the recorder
+    chat_template: str | None = None
+    unordered: bool = False
+
+    def sampling(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens}
+        if self.top_p is not None:
+            out["top_p"] = self.top_p
+        return out
+
+
+def run_rollouts(o: RunOptions, input: IO[bytes], output: str | None, *, skip_invalid: bool,
+                 quiet: bool, verbose: int) -> None:
+    """Every rollout of every task of ``input``, one record each, to ``output`` (stdout)."""
+    def echo(msg: str) -> None:
+        if not quiet:
+            click.echo(f"rollout: {msg}", err=True)
+
+    summary = Summary("rollout", "read", "rollouts", "ok", "error", "timeout", "invalid")
+    with contextlib.ExitStack() as stack:
+        sessions = Sessions()
+        engine: dict[str, Any] = {}
+        runner = Runner(_settings(o, engine),
+                        Endpoint(start=lambda: _start(o, stack, sessions, engine, echo),
+                                 sessions=sessions),
+                        submit=_submitter(o))
+        stats = ReadStats()
+        tasks = read_input(input, "task", skip_invalid=skip_invalid, stats=stats,
+                           tool="rollout", verbose=verbose)
+        groups: dict[str, list] = defaultdict(list)
+        out = stack.enter_context(open_output(output, stdout=stack.enter_context(
+            records_stdout())))
+        try:
+            for record in progress(_iterate(runner.all(tasks)), desc="rollout", unit="rollout",
+                                   quiet=quiet, total=None):
+                out.write(record)
+                _count(summary, record, echo)
+                groups[record["group"]].append(record["reward"])
+        finally:
+            summary.add("read", stats.records)
+            summary.absorb(stats)
+            _group_figures(summary, groups, o.samples)
+            if sessions.stray:
+                summary.add("stray calls", sessions.stray)
+            summary.print(quiet)
+
+
+def _start(o: RunOptions, stack: contextlib.ExitStack, sessions: Sessions, engine: dict,
+           echo: Any) -> tuple[str, str]:
+    """Bring up vLLM (unless given) and the recorder: on the first task, not before."""
+    upstream, name = o.base_url, o.model
+    if not upstream:
+        from tracewheel.vllm import VLLMServer
+
+        served = o.serve or EMBEDDED_MODEL
+        echo(f"serving {served} with vLLM for this run")
+        server = stack.enter_context(VLLMServer(served, max_model_len=o.max_model_len))
+        echo(f"vLLM ready at {server.base_url} in {server.startup_seconds:.0f} s")
+        upstream, name = server.base_url, server.model_name
+    name = name or _served_model(upstream, o.api_key, o.timeout)
+    from .recorder import Recorder  # aiohttp: the [rollout] extra
+
+    recorder = stack.enter_context(Recorder(
+        upstream, on_call=sessions.add, host=o.record_host, port=o.record_port,
+        api_key=o.api_key, retries=o.retries, timeout=o.timeout, continuation=o.continuation,
+        chat_template=o.chat_template))
+    sessions.on_close = recorder.forget
+    engine.update(upstream=upstream, model=name)
+    echo(f"recording at {recorder.base_url()} (upstream {upstream}, model {name})")
+    if recorder.continuation_off:
+        echo(f"prompts are rendered by the upstream, not continued as token ids: "
+             f"{recorder.continuation_off}")
+    return recorder.base_url().removesuffix("/v1"), name
+
+
+def _settings(o: RunOptions, engine: dict) -> Settings:
+    reward_fn = _reward(o.reward_kind, o.rubrics, o.judge_base_url, o.judge_model,
+                        o.judge_api_key, o.timeout, o.retries, engine)
+    return Settings(workflow=absolute_spec(o.workflow), samples=o.samples, jobs=o.jobs,
+                    timeout=o.rollout_timeout, sampling=o.sampling(), seed=o.seed,
+                    reward=reward_fn, ordered=not o.unordered)
+
+
+def _submitter(o: RunOptions) -> Any:
+    if o.ray_address is None:
+        return None
+    from .ray_exec import ray_submitter
+
+    return ray_submitter(None if o.ray_address == "local" else o.ray_address, o.ray_cpus)
+
+
+def _count(summary: Summary, record: dict, echo: Any) -> None:
+    summary.add("rollouts")
+    summary.add(record["status"])
+    if record["status"] != "ok":
+        echo(f"{record['id']}: {record['status']}: {record['error']}")
+    summary.add("calls", len(record["calls"]))
+    summary.add("continued calls", sum(c.get("tokens") == "continued" for c in record["calls"]))
+    if record["failed_calls"]:
+        summary.add("failed calls", len(record["failed_calls"]))
+
+
+def _iterate(agen) -> Any:
+    """An async generator, driven from synchronous code on an event loop of its own."""
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(agen.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(agen.aclose())
+        # What a workflow left running ends here, not in "Task was destroyed" at exit.
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def _group_figures(summary: Summary, groups: dict[str, list], samples: int) -> None:
+    rewards_ = [r for group in groups.values() for r in group if r is not None]
+    if rewards_:
+        summary.extra.append(f"reward mean {statistics.fmean(rewards_):.3f}")
+    unscored = sum(r is None for group in groups.values() for r in group)
+    if unscored:
+        summary.extra.append(f"{unscored} without a reward")
+    scored = [g for g in groups.values() if len(g) > 1 and None not in g]
+    if samples > 1 and scored:
+        flat = sum(1 for g in scored if len(set(g)) == 1)
+        summary.extra.append(f"{flat} of {len(scored)} groups with equal rewards "
+                             f"(no GRPO signal)")
+
+
+def _served_model(base_url: str, api_key: str | None, timeout: float) -> str:
+    """The first model an endpoint serves (when --model is not given)."""
+    client = make_client(ClientEndpoint(base_url, None, api_key, timeout, 0))
+    try:
+        models = [m.id for m in client.models.list().data]
+    except Exception as err:
+        raise TracewheelError(f"{base_url}: cannot list its models ({type(err).__name__}); "
+                            f"give --model") from err
+    if not models:
+        raise TracewheelError(f"{base_url} serves no model")
+    return models[0]
+
+
+def _reward(kind: str | None, rubrics: str | None, judge_base_url: str | None,
+            judge_model: str | None, judge_api_key: str | None, timeout: float, retries: int,
+            engine: dict) -> rewards.RewardFn | None:
+    if kind is None:
+        return None
+    if kind == "boxed":
+        return rewards.boxed
+    if kind != "judge":
+        return rewards.function_reward(kind)
+    from tracewheel.judge import Judge, JudgeSettings, rubrics_text
+
+    text = rubrics_text(rubrics)
+    built: list = []
+    lock = threading.Lock()
+
+    def judge() -> Any:
+        # Built on first use: by then the engine is up, and its URL and model are known.
+        with lock:
+            if not built:
+                endpoint = ClientEndpoint(judge_base_url or engine["upstream"],
+                                          judge_model or engine["model"], judge_api_key,
+                                          timeout, retries)
+                client = make_client(endpoint)
+                built.append(Judge(JudgeSettings(endpoint, text), lambda: client))
+            return built[0]
+
+    score = rewards.judge_reward(lambda record: judge()(record))
+    return score

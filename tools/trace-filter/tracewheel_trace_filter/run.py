@@ -1,0 +1,338 @@
+"""A filter run, as `trace-filter filter` carries it out: rules, then dedup, then the judge
+(asked concurrently, its verdicts cached), each record written or dropped in input order.
+Plain functions over ``FilterOptions``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+import click
+
+from tracewheel.ask import JsonAsker
+from tracewheel.cache import Cache, default_cache_path
+from tracewheel.cli import Summary, progress, read_input
+from tracewheel.client import (
+    RETRIES,
+    TIMEOUT,
+    Endpoint,
+    LazyClient,
+    api_errors,
+    bounded_map,
+    describe_api_error,
+    retryable,
+)
+from tracewheel.errors import TracewheelError
+from tracewheel.jsonl import ReadStats, atomic_path, open_output, read_jsonl
+from tracewheel.judge import Judge, JudgeSettings, VerdictError, rubrics_text
+from tracewheel.models import EMBEDDED_MODEL
+
+from . import learn, rules
+from .learn import LearnSettings
+
+
+@dataclass
+class FilterOptions:
+    """What `trace-filter filter` is asked to do; its options, named as on the command line."""
+
+    base_url: str | None = None
+    model: str | None = None
+    api_key: str | None = None
+    timeout: float = TIMEOUT
+    retries: int = RETRIES
+    rubrics: str | None = None
+    use_judge: bool = True
+    temperature: float = 0.0
+    max_tokens: int = 512
+    max_thread: int = 8
+    parse_retries: int = 2
+    no_structured: bool = False
+    print_reason: bool = False
+    require_boxed: bool = False
+    require_regex: str | None = None
+    min_len: int | None = None
+    max_len: int | None = None
+    drop_errors: bool = False
+    require_reference: bool = False
+    check_reference: bool = False
+    undecided: str | None = None       # keep or drop what the reference check cannot decide
+    dedup: bool = False
+    similarity: float = 0.8
+    against: str | None = None
+    annotate: bool = False
+    invert: bool = False
+    unordered: bool = False
+    cache_path: str | None = None
+    no_cache: bool = False
+
+
+def filter_tasks(o: FilterOptions, input: IO[bytes], output: str | None, *,
+                 skip_invalid: bool, quiet: bool, verbose: int) -> None:
+    summary = Summary("trace-filter", "read", "kept", "dropped", "error", "invalid")
+    check = rules.ReferenceCheck(o.undecided or "keep") if o.check_reference else None
+    if check is not None:
+        summary.add("undecided", 0)
+    rule_list = rules.rule_list(
+        drop_errors=o.drop_errors, require_reference=o.require_reference, check=check,
+        min_len=o.min_len, max_len=o.max_len, require_boxed=o.require_boxed,
+        require_regex=o.require_regex)
+    deduper = None
+    if o.dedup:
+        from tracewheel.dedup import Deduper  # datasketch imports scipy: only when asked
+
+        deduper = Deduper(threshold=o.similarity)
+    if deduper and o.against:
+        n = _load_corpus(deduper, o.against)
+        if verbose:
+            click.echo(f"trace-filter: {n} tasks of {o.against} remembered for --dedup", err=True)
+
+    def echo(msg: str) -> None:
+        click.echo(f"trace-filter: {msg}", err=True)
+
+    with contextlib.ExitStack() as stack:
+        judge = cache = settings = client = None
+        if o.use_judge:
+            endpoint, client = judge_client(stack, o.base_url, o.model, o.api_key, o.timeout,
+                                            o.retries, echo)
+            settings = JudgeSettings(endpoint, rubrics_text(o.rubrics), o.temperature,
+                                     o.max_tokens,
+                                     o.parse_retries, structured=not o.no_structured)
+            judge = Judge(settings, client, on_retry=lambda n, err, d: summary.add("retries"))
+            if not o.no_cache:
+                cache = stack.enter_context(
+                    Cache(o.cache_path or default_cache_path("trace-filter")))
+
+        stats = ReadStats()
+        records = read_input(input, "task", skip_invalid=skip_invalid, stats=stats,
+                             tool="trace-filter", verbose=verbose,
+                             also=check.validate if check is not None else None)
+        decided = decide(records, rule_list, deduper, judge, settings, client, cache,
+                          o.max_thread, o.unordered, summary)
+        out = stack.enter_context(open_output(output))
+        try:
+            for record, verdict in progress(decided, desc="trace-filter", quiet=quiet):
+                summary.add("read")
+                checked = check.take(record) if check is not None else None
+                if checked is not None:
+                    verdict = {**verdict, "reference_check": checked.to_dict()}
+                    if checked.outcome == "undecided":
+                        summary.add("undecided", reason=checked.kind)
+                kind = verdict["verdict"]
+                summary.add({"keep": "kept", "drop": "dropped", "error": "error"}[kind],
+                            reason=verdict.get("by") if kind == "drop" else None)
+                if kind == "error":
+                    echo(f"{record['id']}: no verdict: {verdict['reason']}")
+                elif o.print_reason:
+                    echo(f"{record['id']}: {kind} ({verdict.get('by')}): {verdict['reason']}")
+                if o.annotate:
+                    out.write({**record, "judge": verdict})
+                elif (kind == "keep") != o.invert and kind != "error":
+                    out.write(record)
+            if summary.counts["error"] and not summary.counts["judged"] and not (
+                    cache is not None and cache.hits):
+                raise TracewheelError(
+                    f"the judge gave no verdict: each of the {summary.counts['error']} records "
+                    f"it was asked about is an error (see above)"
+                    f"{'; the output file was not written' if output not in (None, '-') else ''}")
+        finally:
+            summary.absorb(stats)
+            if cache is not None:
+                summary.extra.append(f"{cache.hits} cached")
+            summary.print(quiet)
+
+
+
+
+def _load_corpus(deduper: Any, path: str) -> int:
+    """Remember the tasks of an existing corpus, so tasks already in it count as copies."""
+    count = 0
+    with open(path, "rb") as stream:
+        for record in read_jsonl(stream, path):
+            deduper.check(f"corpus:{record.get('id', count)}", dedup_text(record))
+            count += 1
+    return count
+
+
+def dedup_text(record: dict) -> str:
+    """What makes a task the same task: the conversation up to the request, not the request
+    alone ("Thanks, correct!" after two different answers is two different tasks)."""
+    turns = [m.get("content") for m in record.get("messages") or []
+             if m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)]
+    return "\n".join(turns) if turns else (record.get("query") or "")
+
+
+def _drop(by: str, reason: str) -> dict:
+    return {"verdict": "drop", "by": by, "reason": reason}
+
+
+def judge_client(stack: contextlib.ExitStack, base_url: str | None, model: str | None,
+                  api_key: str | None, timeout: float, retries: int,
+                  echo) -> tuple[Endpoint, LazyClient]:
+    """The judge's endpoint, and its client: the embedded model, served on first use, when no
+    --base-url is given."""
+    if base_url and not model:
+        raise click.UsageError("--model is needed with --base-url (or TRACEWHEEL_MODEL)")
+    endpoint = Endpoint(base_url, model or EMBEDDED_MODEL, api_key, timeout, retries)
+    client = stack.enter_context(
+        LazyClient(endpoint, serve=None if base_url else EMBEDDED_MODEL, echo=echo))
+    return endpoint, client
+
+
+def decide(records: Iterator[dict], rule_list, deduper: Any, judge: Judge | None,
+            settings: JudgeSettings | None, client: LazyClient | None, cache: Cache | None,
+            workers: int, unordered: bool, summary: Summary) -> Iterator[tuple[dict, dict]]:
+    """Each record with its verdict, rules and dedup first, the judge only for what passes."""
+    labels: dict[str, Any] = {}
+    if settings is not None:
+        labels = {"model": settings.endpoint.model, "rubric": settings.rubric_hash}
+
+    def cheap(record: dict) -> dict | None:
+        for name, rule in rule_list:
+            reason = rule(record)
+            if reason:
+                return _drop(f"rule:{name}", reason)
+        if deduper is not None:
+            dup = deduper.check(record["id"], dedup_text(record))
+            if dup:
+                return _drop(f"dedup:{dup[0]}", f"duplicates {dup[1]}")
+        if judge is None:
+            return {"verdict": "keep", "by": "rules", "reason": "passed the rule filters"}
+        if cache is not None:
+            hit = cache.get(settings.key(record))
+            if hit is not None:
+                return {**hit, "by": "judge", **labels}
+        return None
+
+    def ask(record: dict) -> dict:
+        return judge(record)
+
+    for record, result in bounded_map(ask, records, workers=workers, ordered=not unordered,
+                                      ready=cheap):
+        if isinstance(result, VerdictError):
+            yield record, {"verdict": "error", "by": "judge", "reason": str(result), **labels}
+        elif isinstance(result, BaseException):
+            if not isinstance(result, api_errors()):
+                raise result
+            what = "did not answer" if isinstance(result, retryable()) else "refused the request"
+            raise TracewheelError(
+                f"the judge endpoint {what} ({describe_api_error(result, client.endpoint)}); "
+                f"{summary.counts['read']} records were written or counted before it; " + (
+                    "run again to resume (verdicts so far are cached)" if cache is not None
+                    else "with --no-cache a new run asks again from the start"))
+        else:
+            if result.get("by") is None:  # a fresh judge verdict: cache it
+                if cache is not None:
+                    cache.put(settings.key(record), result)
+                summary.add("judged")
+                result = {**result, "by": "judge", **labels}
+            yield record, result
+
+
+
+
+@dataclass
+class LearnOptions:
+    """What `trace-filter learn-rubrics` is asked to do; its options, as on the command line."""
+
+    base_url: str | None = None
+    model: str | None = None
+    api_key: str | None = None
+    timeout: float = TIMEOUT
+    retries: int = RETRIES
+    rubrics: str | None = None         # the text to start from
+    candidates: int = LearnSettings.candidates
+    rounds: int = LearnSettings.rounds
+    shots: int = LearnSettings.shots
+    seed: int = LearnSettings.seed
+    temperature: float = LearnSettings.temperature
+    max_tokens: int = LearnSettings.max_tokens
+    max_thread: int = 8
+    parse_retries: int = LearnSettings.parse_retries
+    no_structured: bool = False
+    scores: str | None = None
+    cache_path: str | None = None
+    no_cache: bool = False
+
+
+def learn_from_examples(o: LearnOptions, input: IO[bytes], output: str | None, *,
+                        skip_invalid: bool, quiet: bool, verbose: int) -> None:
+    """Rubrics learned from the labelled examples of ``input``, written to ``output``."""
+    settings = LearnSettings(o.candidates, o.rounds, o.shots, o.seed, o.temperature,
+                             o.max_tokens, o.parse_retries)
+    summary = Summary("trace-filter learn-rubrics", "examples", "invalid")
+
+    def echo(msg: str) -> None:
+        click.echo(f"trace-filter learn-rubrics: {msg}", err=True)
+
+    examples, labels = _examples(input, summary, echo, skip_invalid=skip_invalid,
+                                 verbose=verbose)
+    with contextlib.ExitStack() as stack:
+        endpoint, client = judge_client(stack, o.base_url, o.model, o.api_key, o.timeout,
+                                        o.retries, echo)
+        cache = None if o.no_cache else stack.enter_context(
+            Cache(o.cache_path or default_cache_path("trace-filter")))
+        on_retry = lambda n, err, d: summary.add("retries")  # noqa: E731
+        propose = learn.Proposer(JsonAsker(endpoint, client, structured=not o.no_structured,
+                                           on_retry=on_retry), settings, cache)
+
+        def score(text: str | None) -> list[dict]:
+            judge_settings = JudgeSettings(endpoint, text, o.temperature, o.max_tokens,
+                                           o.parse_retries, structured=not o.no_structured)
+            judge = Judge(judge_settings, client, on_retry=on_retry)
+            return [verdict for _, verdict in decide(
+                iter(examples), [], None, judge, judge_settings, client, cache, o.max_thread,
+                False, summary)]
+
+        def shown(c: learn.Candidate) -> None:
+            if not quiet:
+                echo(f"{c.origin}: {c.agree}/{len(examples)} agree ({c.agreement:.0%})"
+                     f"{f', {c.errors} errors' if c.errors else ''}")
+
+        found = learn.learn_rubrics(examples, labels, propose, score, settings,
+                                    start=rubrics_text(o.rubrics), on_candidate=shown)
+        chosen = learn.best(found)
+        if chosen.text is None:
+            raise TracewheelError(f"no proposal parsed ({propose.failed} unparseable replies); "
+                                f"try --parse-retries, or a stronger --model")
+        if output and output != "-":
+            with atomic_path(output) as tmp:
+                tmp.write_text(chosen.text + "\n", encoding="utf-8")
+        else:
+            click.echo(chosen.text)
+        if o.scores:
+            with open_output(o.scores) as out:
+                for c in found:
+                    out.write({**c.summary(), "chosen": c is chosen})
+        baseline = found[0]
+        summary.extra += [f"{len(found)} candidates",
+                          f"best {chosen.origin} {chosen.agree}/{len(examples)} agree "
+                          f"({chosen.agreement:.0%}) vs {baseline.origin} "
+                          f"{baseline.agree}/{len(examples)}",
+                          f"{propose.requests} proposals asked ({propose.failed} unparseable)"]
+        if cache is not None:
+            summary.extra.append(f"{cache.hits} cached")
+        summary.print(quiet)
+
+
+def _examples(input: IO[bytes], summary: Summary, echo: Any, *, skip_invalid: bool,
+              verbose: int) -> tuple[list[dict], list]:
+    """The labelled examples and their labels; fewer than two is an error."""
+    stats = ReadStats()
+    try:
+        examples = list(read_input(input, "task", skip_invalid=skip_invalid, stats=stats,
+                                   tool="trace-filter learn-rubrics", verbose=verbose,
+                                   also=learn.validate_example))
+    finally:
+        summary.absorb(stats)
+    summary.add("examples", len(examples))
+    labels = [learn.example_label(e) for e in examples]
+    kinds = {label for label, _ in labels}
+    if len(examples) < 2:
+        raise TracewheelError(f"{len(examples)} labelled example(s): learning rubrics needs at "
+                            f"least 2, best with both labels")
+    if len(kinds) == 1:
+        echo(f"warning: every example is labelled {kinds.pop()}: the rubrics cannot learn "
+             f"the other verdict")
+    return examples, labels

@@ -1,0 +1,397 @@
+"""Samples in, packed micro-batches out.
+
+- ``read_samples``: sample records (docs/architecture.md) to compact arrays, with every problem
+  named by file and line, and GRPO's group-relative advantages.
+- ``plan_steps``: the order of a run, fixed by the seed: rollouts shuffled each epoch, their
+  samples packed into micro-batches of at most ``--max-tokens-per-batch`` tokens, micro-batches
+  grouped into optimizer steps and spread over the processes, each trained token weighted by
+  the loss normalisation.
+- ``collate``: one micro-batch as tensors: a single row of concatenated samples, positions
+  restarting at each sample, and the boundaries for the attention kernel (``attention.py``).
+
+Token t of a sample is trained (its log-probability taken from the logits at t - 1) when
+``loss_mask[t] == 1`` and t > 0: the first token has nothing before it to predict it from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO
+
+import numpy as np
+import torch
+
+from tracewheel.errors import RecordError
+from tracewheel.jsonl import ReadStats, read_jsonl
+from tracewheel.records import validate_sample
+
+from .config import TrainConfig
+
+ADV_EPS = 1e-4  # as TRL's GRPOTrainer: (r - mean) / (std + 1e-4)
+PACK_WINDOW = 8  # micro-batches kept open while packing: fuller batches, order mostly kept
+
+
+@dataclass
+class TrainSample:
+    """One sample as the trainer holds it (about 9 bytes a token)."""
+
+    id: str
+    rollout: str
+    group: str | None
+    reward: float | None
+    line: int
+    input_ids: np.ndarray  # int32
+    loss_mask: np.ndarray  # bool
+    logprobs: np.ndarray | None  # float32, the sampler's, 0.0 off the mask
+    advantage: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def trained(self) -> int:
+        """How many of its tokens are trained (mask 1, not the first token)."""
+        return int(self.loss_mask[1:].sum())
+
+
+@dataclass
+class DataReport:
+    """What reading saw; every record read is either trained or counted here with its reason."""
+
+    read: int = 0
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    truncated: int = 0
+    groups: int = 0
+    groups_skipped: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+
+
+class _Lines:
+    """Iterates a stream's lines and remembers the number of the last one handed out."""
+
+    def __init__(self, stream: Iterable[bytes]):
+        self.stream = stream
+        self.lineno = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self.stream:
+            self.lineno += 1
+            yield line
+
+
+class _SampleCheck:
+    """The shared sample contract, then what training needs; a RecordError names the line."""
+
+    def __init__(self, cfg: TrainConfig, vocab_size: int | None, lines: _Lines):
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.lines = lines
+        self.rollouts: dict[str, tuple[float | None, str | None, int]] = {}
+
+    def __call__(self, record: dict) -> dict:
+        validate_sample(record)
+        cfg = self.cfg
+        ids = record["input_ids"]
+        low, high = min(ids), max(ids)
+        if low < 0 or (self.vocab_size is not None and high >= self.vocab_size):
+            bad = low if low < 0 else high
+            raise RecordError(f"token id {bad} is outside the model's vocabulary "
+                              f"(0..{self.vocab_size - 1 if self.vocab_size else '?'}): "
+                              f"samples made with another tokenizer?")
+        if len(ids) > cfg.max_tokens_per_batch and not cfg.truncate:
+            raise RecordError(f"{len(ids)} tokens, more than --max-tokens-per-batch "
+                              f"{cfg.max_tokens_per_batch} (raise it, or --truncate to cut such "
+                              f"samples)")
+        group = record.get("group") or record.get("task_id")
+        if cfg.algo == "grpo":
+            if group is None:
+                raise RecordError("no group (nor task_id): --algo grpo compares the rewards "
+                                  "of a group")
+            if record.get("logprobs") is None and not cfg.recompute_logprobs:
+                raise RecordError("no logprobs: --algo grpo takes the sampler's logprobs as the "
+                                  "old log-probabilities (or use --recompute-logprobs)")
+        rollout = record.get("rollout_id") or record["id"]
+        seen = self.rollouts.get(rollout)
+        reward = record.get("reward")
+        if seen is not None and (seen[0] != reward or seen[1] != group):
+            what = "reward" if seen[0] != reward else "group"
+            mine, theirs = (reward, seen[0]) if what == "reward" else (group, seen[1])
+            raise RecordError(f"{what} {mine!r} differs from {theirs!r} given for the same "
+                              f"rollout {rollout!r} on line {seen[2]}")
+        if seen is None:
+            self.rollouts[rollout] = (reward, group, self.lines.lineno)
+        return record
+
+
+def to_train_sample(record: dict, line: int, cfg: TrainConfig) -> tuple[TrainSample, bool]:
+    """A validated record as compact arrays; truncated to the budget when asked (flagged)."""
+    mask = record.get("loss_mask")
+    if mask is None:
+        mask = record["assistant_masks"]
+    ids = np.asarray(record["input_ids"], dtype=np.int32)
+    loss_mask = np.asarray(mask, dtype=bool)
+    logprobs = record.get("logprobs")
+    logprobs = None if logprobs is None else np.asarray(logprobs, dtype=np.float32)
+    truncated = len(ids) > cfg.max_tokens_per_batch
+    if truncated:
+        n = cfg.max_tokens_per_batch
+        ids, loss_mask = ids[:n], loss_mask[:n]
+        logprobs = None if logprobs is None else logprobs[:n]
+    sample = TrainSample(
+        id=str(record["id"]), rollout=str(record.get("rollout_id") or record["id"]),
+        group=record.get("group") or record.get("task_id"), reward=record.get("reward"),
+        line=line, input_ids=ids, loss_mask=loss_mask, logprobs=logprobs)
+    return sample, truncated
+
+
+def read_samples(
+    stream: IO[bytes],
+    name: str,
+    cfg: TrainConfig,
+    *,
+    vocab_size: int | None = None,
+    skip_invalid: bool = False,
+    stats: ReadStats | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[list[TrainSample], DataReport]:
+    """Every trainable sample of ``stream`` (with GRPO advantages), and what was left out why."""
+    lines = _Lines(stream)
+    check = _SampleCheck(cfg, vocab_size, lines)
+    report = DataReport()
+    samples: list[TrainSample] = []
+    for record in read_jsonl(lines, name, validate=check, skip_invalid=skip_invalid,
+                             stats=stats, warn=warn):
+        report.read += 1
+        sample, truncated = to_train_sample(record, lines.lineno, cfg)
+        report.truncated += truncated
+        if sample.trained == 0:
+            report.skipped["no trained tokens"] += 1
+            continue
+        if cfg.algo == "grpo" and sample.reward is None:
+            # An ungraded rollout (a task without a reference, a failed judge): nothing to
+            # compare within its group. Counted, not an error: the flywheel meets them.
+            report.skipped["no reward"] += 1
+            continue
+        samples.append(sample)
+    if cfg.algo == "grpo":
+        samples = assign_advantages(samples, cfg.adv_norm, report)
+    report.kept = len(samples)
+    report.tokens = sum(len(s) for s in samples)
+    report.trained_tokens = sum(s.trained for s in samples)
+    return samples, report
+
+
+def group_advantages(rewards: dict[str, float], adv_norm: str) -> dict[str, float] | None:
+    """Each rollout's advantage within its group; None when the group's rewards are all equal
+    (no signal: every advantage would be 0). The std is the sample standard deviation."""
+    values = np.asarray(list(rewards.values()), dtype=np.float64)
+    if len(values) < 2 or float(values.max() - values.min()) <= 1e-9:
+        return None
+    centred = values - values.mean()
+    if adv_norm == "std":
+        centred = centred / (values.std(ddof=1) + ADV_EPS)
+    return dict(zip(rewards, centred.tolist(), strict=True))
+
+
+def assign_advantages(samples: list[TrainSample], adv_norm: str,
+                      report: DataReport) -> list[TrainSample]:
+    """Group-relative advantages over rollouts (a rollout split into several samples counts
+    once); samples of groups whose rewards are all equal are dropped and counted."""
+    groups: dict[str, dict[str, float]] = {}
+    for s in samples:
+        groups.setdefault(s.group, {})[s.rollout] = float(s.reward)
+    advantages: dict[tuple[str, str], float] = {}
+    for group, rewards in groups.items():
+        adv = group_advantages(rewards, adv_norm)
+        report.groups += 1
+        if adv is None:
+            report.groups_skipped += 1
+            continue
+        advantages.update({(group, r): a for r, a in adv.items()})
+    kept = []
+    for s in samples:
+        adv = advantages.get((s.group, s.rollout))
+        if adv is None:
+            report.skipped["equal rewards in group"] += 1
+            continue
+        s.advantage = adv
+        kept.append(s)
+    return kept
+
+
+def pack(order: list[int], lengths: list[int], budget: int,
+         window: int = PACK_WINDOW) -> list[list[int]]:
+    """Micro-batches of at most ``budget`` tokens, filled first-fit from a few open ones, so the
+    batches come out full while the order stays close to ``order``."""
+    done: list[list[int]] = []
+    open_: list[tuple[int, list[int]]] = []
+    for i in order:
+        n = lengths[i]
+        for k, (used, items) in enumerate(open_):
+            if used + n <= budget:
+                items.append(i)
+                open_[k] = (used + n, items)
+                break
+        else:
+            if len(open_) == window:
+                done.append(open_.pop(0)[1])
+            open_.append((n, [i]))
+    done.extend(items for _, items in open_)
+    return done
+
+
+@dataclass
+class Step:
+    """One optimizer step: for each process, its micro-batches (sample indices; an empty list is
+    a stand-in that keeps processes in lockstep and weighs nothing), and each sample's weight
+    per trained token."""
+
+    epoch: int
+    batches: list[list[list[int]]]
+    weights: dict[int, float]
+    rewards: list[float]
+
+    def samples(self) -> list[int]:
+        return [i for rank in self.batches for mb in rank for i in mb]
+
+
+def epoch_order(samples: list[TrainSample], seed: int, epoch: int) -> list[int]:
+    """Sample indices with the rollouts shuffled (their own samples kept together, in order)."""
+    by_rollout: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_rollout.setdefault(s.rollout, []).append(i)
+    rollouts = list(by_rollout)
+    rng = np.random.default_rng([seed, epoch])
+    return [i for k in rng.permutation(len(rollouts)) for i in by_rollout[rollouts[k]]]
+
+
+def token_weights(samples: list[TrainSample], indices: list[int], loss_norm: str,
+                  ) -> dict[int, float]:
+    """The weight of each trained token of each sample in one step, so that the step's loss is
+    the mean over tokens, samples, or rollouts (a rollout's samples pooled)."""
+    if loss_norm == "token":
+        total = sum(samples[i].trained for i in indices)
+        return {i: 1.0 / total for i in indices}
+    if loss_norm == "sequence":
+        return {i: 1.0 / (len(indices) * samples[i].trained) for i in indices}
+    per_rollout = Counter()
+    for i in indices:
+        per_rollout[samples[i].rollout] += samples[i].trained
+    return {i: 1.0 / (len(per_rollout) * per_rollout[samples[i].rollout]) for i in indices}
+
+
+def spread(micro_batches: list[list[int]], lengths: list[int], world: int,
+           per_rank: int) -> list[list[list[int]]]:
+    """Micro-batches to processes, each process ``per_rank`` of them (empty stand-ins where
+    there are too few), the largest first to the least loaded process."""
+    load = [0] * world
+    ranks: list[list[tuple[int, list[int]]]] = [[] for _ in range(world)]
+    tokens = [sum(lengths[i] for i in mb) for mb in micro_batches]
+    for k in sorted(range(len(micro_batches)), key=lambda k: -tokens[k]):
+        r = min((r for r in range(world) if len(ranks[r]) < per_rank), key=lambda r: load[r])
+        ranks[r].append((k, micro_batches[k]))
+        load[r] += tokens[k]
+    out = []
+    for mine in ranks:
+        mine.sort()
+        out.append([mb for _, mb in mine] + [[] for _ in range(per_rank - len(mine))])
+    return out
+
+
+def plan_steps(samples: list[TrainSample], cfg: TrainConfig, world: int = 1) -> list[Step]:
+    """Every optimizer step of the run, in order (all epochs; ``--max-steps`` cuts the list)."""
+    lengths = [len(s) for s in samples]
+    per_step = cfg.grad_accum * world
+    steps: list[Step] = []
+    for epoch in range(cfg.epochs):
+        mbs = pack(epoch_order(samples, cfg.seed, epoch), lengths, cfg.max_tokens_per_batch)
+        for k in range(0, len(mbs), per_step):
+            chunk = mbs[k:k + per_step]
+            indices = [i for mb in chunk for i in mb]
+            rollouts = {samples[i].rollout: samples[i].reward for i in indices}
+            steps.append(Step(
+                epoch=epoch, batches=spread(chunk, lengths, world, cfg.grad_accum),
+                weights=token_weights(samples, indices, cfg.loss_norm),
+                rewards=[r for r in rollouts.values() if r is not None]))
+    return steps[:cfg.max_steps] if cfg.max_steps else steps
+
+
+@dataclass
+class Batch:
+    """One packed micro-batch as tensors. ``keep`` are the row positions whose logits predict a
+    trained token; the per-token fields below it are aligned with ``keep``."""
+
+    input_ids: torch.Tensor  # (1, T)
+    position_ids: torch.Tensor  # (1, T)
+    cu_seq_lens: torch.Tensor  # (samples + 1,) int32
+    max_len: int
+    keep: torch.Tensor  # (K,)
+    targets: torch.Tensor  # (K,)
+    weights: torch.Tensor  # (K,) loss weight of each token
+    advantages: torch.Tensor  # (K,)
+    sampler_logprobs: torch.Tensor | None  # (K,) from the rollout, where every sample has them
+    old_logprobs: torch.Tensor | None  # (K,) recomputed, with --recompute-logprobs
+    sample_of: torch.Tensor  # (K,) which sample of the micro-batch each token belongs to
+    tokens: int
+    padding: int = 0
+
+    def to(self, device: torch.device) -> Batch:
+        moved = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                 for k, v in self.__dict__.items()}
+        return Batch(**moved)
+
+
+def collate(samples: list[TrainSample], weights: list[float],
+            old: list[np.ndarray] | None = None) -> Batch:
+    """Samples (with each one's token weight, and recomputed old logprobs) as one packed row."""
+    ids = np.concatenate([s.input_ids for s in samples])
+    positions = np.concatenate([np.arange(len(s)) for s in samples])
+    bounds = np.cumsum([0] + [len(s) for s in samples])
+    keep, targets, w, adv, lp, old_lp, owner = [], [], [], [], [], [], []
+    for k, s in enumerate(samples):
+        t = np.flatnonzero(s.loss_mask[1:]) + 1  # trained token positions within the sample
+        keep.append(bounds[k] + t - 1)
+        targets.append(s.input_ids[t])
+        w.append(np.full(len(t), weights[k], dtype=np.float32))
+        adv.append(np.full(len(t), s.advantage, dtype=np.float32))
+        owner.append(np.full(len(t), k))
+        if s.logprobs is not None:
+            lp.append(s.logprobs[t])
+        if old is not None:
+            old_lp.append(old[k][t])
+
+    def cat(parts: list[np.ndarray], dtype: torch.dtype) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate(parts)).to(dtype)
+
+    return Batch(
+        input_ids=torch.from_numpy(ids).long()[None],
+        position_ids=torch.from_numpy(positions).long()[None],
+        cu_seq_lens=torch.from_numpy(bounds).to(torch.int32),
+        max_len=int(max(len(s) for s in samples)),
+        keep=cat(keep, torch.long), targets=cat(targets, torch.long),
+        weights=cat(w, torch.float32), advantages=cat(adv, torch.float32),
+        sampler_logprobs=cat(lp, torch.float32) if len(lp) == len(samples) else None,
+        old_logprobs=cat(old_lp, torch.float32) if old is not None else None,
+        sample_of=cat(owner, torch.long), tokens=len(ids))
+
+
+def fingerprint(samples: list[TrainSample]) -> str:
+    """A hash of what is trained (ids, lengths, advantages), to check a resumed run's input."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(f"{s.id}\0{len(s)}\0{s.trained}\0{s.advantage:.6g}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def reward_stats(rewards: list[float]) -> tuple[float | None, float | None]:
+    if not rewards:
+        return None, None
+    mean = sum(rewards) / len(rewards)
+    return mean, math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards))
