@@ -200,6 +200,19 @@ def test_train_grpo_skips_and_counts_groups_with_equal_rewards(records):
     assert "6 read, 4 trained, 2 skipped (2 no reward)" in result.stderr
 
 
+def test_train_sft_min_reward_learns_only_the_rollouts_that_reached_it(records):
+    """Rejection sampling: --min-reward 1 keeps the right rollouts; wrong and ungraded ones are
+    counted, not imitated."""
+    graded = [dict(r, reward=float(i % 2), id=f"g{i}", rollout_id=f"rg{i}")
+              for i, r in enumerate(records)]
+    ungraded = dict(records[0], reward=None, id="u0", rollout_id="ru0")
+    _, result = run(["--algo", "sft", "--min-reward", "1", "--dry-run"], graded + [ungraded])
+    right = sum(r["reward"] == 1.0 for r in graded)
+    assert f"plan: {right} samples" in result.stderr
+    assert (f"{len(graded) + 1} read, {right} trained, {len(graded) + 1 - right} skipped "
+            f"({len(graded) + 1 - right} reward below --min-reward)") in result.stderr
+
+
 def test_train_allow_empty_writes_the_starting_model_unchanged(records, embedded_model_dir,
                                                                tmp_path):
     same = [dict(r, reward=0.0) for r in records]
@@ -478,6 +491,7 @@ def test_train_skips_and_counts_samples_without_trained_tokens(records):
     (["--ray", "samples.jsonl"], "--ray 'samples.jsonl': not a Ray address"),
     (["--min-lr", "1e-6"], "--min-lr applies to --lr-schedule linear or cosine (got constant)"),
     (["--resume", "--dry-run"], "--resume and --dry-run cannot be used together"),
+    (["--algo", "grpo", "--min-reward", "1"], "--min-reward applies to --algo sft only"),
 ])
 def test_train_rejects_incompatible_options_up_front(args, message):
     result = CliRunner().invoke(train, args, input="")

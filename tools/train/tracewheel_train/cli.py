@@ -40,6 +40,8 @@ def check_options(ctx: click.Context, p: dict[str, Any]) -> None:
         for name in GRPO_ONLY:
             if _given(ctx, name):
                 refuse(f"{_flag(name)} applies to --algo grpo only (got --algo sft)")
+    elif p["min_reward"] is not None:
+        refuse("--min-reward applies to --algo sft only (GRPO weighs every reward)")
     if not p["lora_r"]:
         for name in LORA_ONLY:
             if _given(ctx, name):
@@ -130,6 +132,10 @@ def check_options(ctx: click.Context, p: dict[str, Any]) -> None:
 @click.option("--kl-coef", type=click.FloatRange(0), metavar="X", default=D.kl_coef,
               show_default=True,
               help="GRPO: KL penalty to the frozen starting model; 0: none (no reference).")
+@click.option("--min-reward", type=float, metavar="X", default=D.min_reward,
+              help="SFT: learn only samples whose reward is at least X (rejection sampling on "
+                   "the agent's own rollouts: --min-reward 1 keeps the right ones); the rest "
+                   "are counted and left out.")
 @click.option("--lora-r", type=click.IntRange(0), metavar="N", default=D.lora_r, show_default=True,
               help="LoRA rank (peft, all linear layers); 0 trains all weights.")
 @click.option("--lora-alpha", type=click.FloatRange(0, min_open=True), metavar="X",

@@ -14,7 +14,7 @@ from typing import Any
 # What a checkpoint must agree on with the run that resumes it: these shape the data order, the
 # step boundaries and the objective. Others (--max-steps, --save-every, ...) may change.
 RESUME_KEYS = ("model", "algo", "max_tokens_per_batch", "grad_accum", "epochs", "seed",
-               "loss_norm", "adv_norm", "truncate", "lora_r", "recompute_logprobs")
+               "loss_norm", "adv_norm", "truncate", "lora_r", "recompute_logprobs", "min_reward")
 
 
 @dataclass
@@ -52,6 +52,9 @@ class TrainConfig:
     recompute_logprobs: bool = False   # old logprobs from the trainer, not the rollout's sampler
     tis_cap: float = 2.0               # truncation of the sampler/trainer importance weight
     kl_coef: float = 0.0               # KL penalty to the frozen starting model (0: no reference)
+
+    # SFT on rollouts: only samples whose reward reaches this (rejection sampling); None: all
+    min_reward: float | None = None
 
     # model
     lora_r: int = 0                    # LoRA rank; 0 trains all weights

@@ -172,6 +172,11 @@ def read_samples(
         if sample.trained == 0:
             report.skipped["no trained tokens"] += 1
             continue
+        if cfg.min_reward is not None and (sample.reward is None
+                                           or sample.reward < cfg.min_reward):
+            # Rejection sampling: the agent's own rollouts that fell short are not imitated.
+            report.skipped["reward below --min-reward"] += 1
+            continue
         if cfg.algo == "grpo" and sample.reward is None:
             # An ungraded rollout (a task without a reference, a failed judge): nothing to
             # compare within its group. Counted, not an error: the flywheel meets them.

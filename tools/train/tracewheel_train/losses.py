@@ -49,10 +49,14 @@ class LossParts:
     kl_old: torch.Tensor  # sum of k3 to the old policy (drift and sampler/trainer mismatch)
 
 
-def sft_loss(logp: torch.Tensor, weights: torch.Tensor) -> LossParts:
+def sft_loss(logp: torch.Tensor, weights: torch.Tensor, sampler: torch.Tensor | None = None
+             ) -> LossParts:
+    """Cross-entropy; on the agent's own rollouts (``sampler``: their logprobs) also the drift
+    from the policy that sampled them, as GRPO reports it."""
     zero = logp.new_zeros(())
+    drift = zero if sampler is None else k3(logp.detach(), sampler).sum()
     return LossParts(loss=-(weights * logp).sum(), clipped=zero, truncated=zero, kl_ref=zero,
-                     kl_old=zero)
+                     kl_old=drift)
 
 
 def grpo_loss(

@@ -221,7 +221,7 @@ class Trainer:
         cfg = self.cfg
         logp = self._logprobs(self.model, batch)
         if cfg.algo == "sft":
-            return sft_loss(logp, batch.weights)
+            return sft_loss(logp, batch.weights, batch.sampler_logprobs)
         ref = self._reference_logprobs(batch) if cfg.kl_coef > 0 else None
         old = batch.old_logprobs if cfg.recompute_logprobs else batch.sampler_logprobs
         return grpo_loss(logp, batch.weights, batch.advantages, old, batch.sampler_logprobs,
@@ -310,6 +310,9 @@ class Trainer:
                  seconds: float) -> dict[str, Any]:
         loss, tokens, trained, padding, clipped, truncated, kl_ref, kl_old = totals
         grpo = self.cfg.algo == "grpo"
+        # Drift is measured against the sampler: GRPO always has its logprobs, SFT on rollouts
+        # has them (SFT on production traces does not).
+        drift = grpo or all(s.logprobs is not None for s in self.samples)
         reward_mean, reward_std = reward_stats(step.rewards)
         values = {
             "step": n + 1, "epoch": step.epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
@@ -318,7 +321,7 @@ class Trainer:
             "padding_frac": padding / (tokens + padding) if tokens else 0.0,
             "reward_mean": reward_mean, "reward_std": reward_std,
             "kl": kl_ref / trained if grpo and self.cfg.kl_coef > 0 else None,
-            "kl_old": kl_old / trained if grpo else None,
+            "kl_old": kl_old / trained if drift else None,
             "clip_frac": clipped / trained if grpo else None,
             "trunc_frac": truncated / trained if grpo else None,
             "step_s": seconds,
