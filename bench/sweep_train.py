@@ -1,19 +1,22 @@
-"""The sweep that chose the demo's GRPO defaults: each setting trains the same rollouts, and each
-trained model is scored on the same evaluation set, paired against the model that sampled them.
+"""The sweep that chose the demo's training defaults: each setting trains the same rollouts, and
+each trained model is scored on the same evaluation set, paired against the model that sampled
+them. A setting is any train options: rejection sampling (``--algo sft --min-reward 1``), GRPO
+at several learning rates, and so on.
 
 It reads a run folder of `make flywheel` (ITERS=2 or more): the model after iteration N-1
 (``iter-{N-1}/ckpt``), the rollouts it made (``iter-N/rollouts.jsonl``, merged as
 ``iter-N/samples.jsonl``), the evaluation tasks (``eval-tasks.jsonl``) and that model's own
-evaluation (``iter-{N-1}/eval-set.jsonl``). For each setting: ``train --algo grpo`` with it,
+evaluation (``iter-{N-1}/eval-set.jsonl``). For each setting: ``train`` with it,
 then the trained model served by vLLM and rolled out on the evaluation tasks with the run's
 seeds, so each task's draws are the same as the baseline's.
 
 Printed per setting: the evaluation reward and its paired change from the sampling model with
-a 95% interval, the share of right answers and its change, GRPO's telemetry (mean ``kl_old``:
-how far the steps moved from the sampler; ``clip_frac``), steps and training seconds.
+a 95% interval, the share of right answers and its change (what counts), GRPO's telemetry
+(mean ``kl_old``: how far the steps moved from the sampler; ``clip_frac``), steps and training
+seconds.
 
     make sweep RUN=demo ITER=2                                  # ~7 min per setting
-    make sweep RUN=demo SWEEP_ARGS='--setting "lr3e-5=--lr 3e-5"'
+    make sweep RUN=demo SWEEP_ARGS='--setting "grpo-3e-5=--algo grpo --lr 3e-5"'
 
 `make sweep` passes the loop's own rollout settings (workflow, reward, tokens, seed: the
 variables of flywheel.mk), so the sweep scores models the way the run did.
@@ -39,12 +42,12 @@ BIN = Path(sys.executable).parent
 
 # name=train options; each is added to the fixed ones below.
 SETTINGS = [
-    "lr1e-6=--lr 1e-6",
-    "lr1e-5=--lr 1e-5",
-    "lr1e-5x2=--lr 1e-5 --epochs 2",
-    "lr3e-5=--lr 3e-5",
+    "rft-1e-5=--algo sft --min-reward 1 --lr 1e-5",
+    "rft-2e-5=--algo sft --min-reward 1 --lr 2e-5",
+    "grpo-3e-6=--algo grpo --lr 3e-6",
+    "grpo-1e-5=--algo grpo --lr 1e-5",
 ]
-FIXED = ["--algo", "grpo", "--allow-empty"]
+FIXED = ["--allow-empty"]
 # The loop's rollout settings, as `make sweep` passes them from tracewheel.mk.
 ROLLOUT_OPTIONS = ("workflow", "reward", "samples", "jobs", "max-tokens", "seed")
 
@@ -71,10 +74,15 @@ def rescore(rollouts: list[dict], tasks: dict[str, dict], spec: str) -> None:
         r["reward"], r["reward_info"] = asyncio.run(score(tasks[r["task_id"]], r))
 
 
+def _mean(steps: list[dict], key: str) -> float:
+    values = [m[key] for m in steps if m.get(key) is not None]
+    return statistics.fmean(values) if values else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path, help="a run folder of make flywheel")
-    parser.add_argument("--iteration", type=int, default=2, help="the GRPO iteration to redo")
+    parser.add_argument("--iteration", type=int, default=2, help="the iteration to redo")
     parser.add_argument("--setting", action="append", help="NAME=TRAIN OPTIONS (repeatable)")
     parser.add_argument("--tasks", type=int, help="only the first N evaluation tasks")
     parser.add_argument("--workdir", type=Path, help="keep checkpoints and logs here")
@@ -86,7 +94,7 @@ def main() -> None:
     tasks, base_eval = run / "eval-tasks.jsonl", run / f"iter-{n - 1}" / "eval-set.jsonl"
     for path in (model, samples, tasks, base_eval):
         if not path.exists():
-            sys.exit(f"sweep_grpo: {path} is missing: run `make flywheel ITERS={n}` first")
+            sys.exit(f"sweep_train: {path} is missing: run `make flywheel ITERS={n}` first")
     chosen = read(tasks)[:args.tasks] if args.tasks else read(tasks)
     ids = {t["id"] for t in chosen}
     base = [r for r in read(base_eval) if r["task_id"] in ids]
@@ -98,7 +106,7 @@ def main() -> None:
           f"{estimate(list(base_right.values()))}")
     print(f"{'setting':<12} {'reward':>7} {'change (95% CI)':>26} {'right':>6} "
           f"{'right change':>26} {'kl_old':>8} {'clip':>6} {'steps':>5} {'train s':>7}")
-    with tempfile.TemporaryDirectory(prefix="sweep-grpo-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="sweep-train-") as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         tasks = work / "eval-tasks.jsonl"
@@ -115,8 +123,7 @@ def main() -> None:
             steps = read(work / f"{name}.metrics.jsonl")
             rollouts = evaluate(out, tasks, work / f"{name}.eval.jsonl", log, args)
             reward, right = task_rewards(rollouts), task_solved(rollouts)
-            kl = statistics.fmean(m["kl_old"] for m in steps) if steps else float("nan")
-            clip = statistics.fmean(m["clip_frac"] for m in steps) if steps else float("nan")
+            kl, clip = (_mean(steps, key) for key in ("kl_old", "clip_frac"))  # GRPO only
             print(f"{name:<12} {estimate(list(reward.values())).mean:>7.3f} "
                   f"{paired(reward, base_reward):>26} "
                   f"{estimate(list(right.values())).mean:>6.3f} "

@@ -1,8 +1,8 @@
-"""Build the demo's known-good answers (examples/demo-references.jsonl) from the manifest that
-came with the demo Studio database: the ground truth written when the database was made.
+"""Known-good answers of a Studio database from the manifest that came with it: the ground
+truth written when the database was made (the real fixtures in tests/fixtures/studio/, and the
+demo database, whose references scripts/make_demo_db.py writes with `graded_turns`).
 
-    .venv/bin/python scripts/make_demo_references.py examples/demo.sqlite \
-        > examples/demo-references.jsonl
+    .venv/bin/python scripts/make_demo_references.py tests/fixtures/studio/DB.sqlite > refs.jsonl
 
 Each exported turn is matched to its manifest turn (runs by id, turns in order); turns with an
 expected answer get a line {"id": <task id>, "reference": <answer>, "query": <its text>}.

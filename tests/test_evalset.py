@@ -22,6 +22,7 @@ EVAL = ROOT / "examples" / "math-eval.jsonl"
 def _generator():
     spec = importlib.util.spec_from_file_location("math_eval", ROOT / "examples" / "math_eval.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["math_eval"] = module  # its dataclass looks the module up there
     spec.loader.exec_module(module)
     return module
 
@@ -40,15 +41,24 @@ def test_the_committed_set_is_what_the_generator_writes_with_its_seed():
 
 
 def test_the_answers_are_computed_right():
-    """A few problems worked by hand against the generator's answers."""
+    """A few problems worked by hand against the generator's answers, and every template's code
+    run in the agent's own sandbox prints its answer (what the production traces show)."""
+    from tracewheel.sandbox import run_python
+
     by_kind = {}
     for t in _read(EVAL):
         by_kind.setdefault(t["metadata"]["kind"], t)
-    legs = by_kind["legs"]["query"]
-    chickens, cows = [int(w) for w in legs.split() if w.isdigit()]
-    assert by_kind["legs"]["reference"] == str(2 * chickens + 4 * cows)
-    boxes = [int(w) for w in by_kind["boxes"]["query"].replace(",", "").split() if w.isdigit()]
-    assert by_kind["boxes"]["reference"] == str(boxes[0] * boxes[1] + boxes[2])
+    assert len(by_kind) == len(_generator().TEMPLATES)
+    numbers = {k: [int(w.strip("$?.,")) for w in t["query"].split() if w.strip("$?.,").isdigit()]
+               for k, t in by_kind.items()}
+    boxes, per, extra, sold = numbers["boxes_sold"]
+    assert by_kind["boxes_sold"]["reference"] == str(boxes * per + extra - sold)
+    rate, minutes = numbers["pay_minutes"]
+    assert by_kind["pay_minutes"]["reference"] == str(rate * minutes // 60)
+    dollars, quarters = numbers["dollars_cents"]
+    assert by_kind["dollars_cents"]["reference"] == str(100 * dollars + 25 * quarters)
+    for problem in _generator().problems(len(by_kind), 0):
+        assert run_python(problem.code, timeout=30).text() == str(problem.answer), problem
 
 
 def test_no_task_of_the_demo_database_is_in_the_set():

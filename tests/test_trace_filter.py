@@ -194,10 +194,14 @@ def test_the_demo_filter_drops_the_wrong_answers_and_counts_what_it_cannot_decid
     records = [task(1, answer="It is 6 or 7, I think.", reference="6", query="a"),
                task(2, answer="I would rather not say what the answer to this one is.",
                     reference="4", query="b")]
+    manifest = json.loads((ROOT / "examples" / "demo.manifest.json").read_text())
+    wrong = sum(turn["is_correct"] is False and turn["has_reference"]
+                for run_ in manifest["runs"] for turn in run_["turns"])
     result, kept = run(["--no-judge", *flywheel_filter_args()],
                        input_text=tasks + jsonl(*records))
     assert result.exit_code == 0, result.output
-    assert "9 rule:check-reference" in result.stderr  # the demo's 7 wrong answers, and 2
+    # the demo's wrong answers that have a reference, and the 2 records above
+    assert f"{wrong + 2} rule:check-reference" in result.stderr
     assert "2 undecided (1 not the final number, 1 no final value)" in result.stderr
     for record in kept:
         assert check_answer(record["answer"], record["reference"]).outcome == "agree"
