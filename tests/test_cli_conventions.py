@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tracewheel.config import TOOLS, tool_dir
+from tracewheel.config import TOOLS, tool_dir, tool_package
 
 from conftest import JSONL_TOOLS, REQUIRED_ARGS
 
@@ -44,6 +44,15 @@ def test_every_tool_answers_help_with_an_example(name):
 def test_every_tool_is_installed_as_a_command(name):
     exe = shutil.which(name) or str(__import__("pathlib").Path(sys.executable).parent / name)
     proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"Usage: {name}" in proc.stdout
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_every_tool_runs_as_a_module_under_its_own_name(name):
+    """``python -m tracewheel_<tool>``: the way round another command of the same name."""
+    proc = subprocess.run([sys.executable, "-m", tool_package(name), "--help"],
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert f"Usage: {name}" in proc.stdout
 
