@@ -132,7 +132,8 @@ def test_the_report_gives_paired_changes_on_the_evaluation_set(tmp_path):
     text = (run / "report.md").read_text()
     section = text.split("## Evaluation set")[1].split("##")[0]
     rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| after")]
+    # right answers first: 0.3 after iteration 2, +0.3 from before; then the reward,
     # iteration 1: +0.1 from before and from the start; iteration 2: +0.24 from before
-    assert rows[0][2].startswith("+0.100 [") and rows[0][3].startswith("+0.100 [")
-    assert rows[1][2].startswith("+0.240 [+0.") and rows[1][3].startswith("+0.340 [+0.")
-    assert rows[1][4].startswith("0.300") and rows[1][5].startswith("+0.300 [+0.")
+    assert rows[1][1].startswith("0.300") and rows[1][2].startswith("+0.300 [+0.")
+    assert rows[0][5].startswith("+0.100 [") and rows[0][6].startswith("+0.100 [")
+    assert rows[1][5].startswith("+0.240 [+0.") and rows[1][6].startswith("+0.340 [+0.")

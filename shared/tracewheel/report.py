@@ -130,26 +130,27 @@ def paired(after: dict[str, float], before: dict[str, float]) -> str:
 
 def evaluation(which: EvalSet, rewards: dict[int, dict[str, float]],
                right: dict[int, dict[str, float]]) -> list[str]:
-    """A section: each model's mean reward and share of right answers (per task, by
-    iteration), and the paired change of each from the model before it and from the start."""
+    """A section: each model's share of right answers and mean reward (per task, by
+    iteration), and the paired change of each from the model before it and from the start.
+    Right answers come first: a reward can rise while they do not."""
     lines = [f"## {which.title}", "",
-             f"Every model on {which.about}. *Reward*: mean per task (its samples averaged; no "
-             "reward counts 0), 95% confidence interval. *Right*: the share of answers that "
-             "were right, where the reward says. Changes are paired by task, with their 95% "
-             "intervals: an interval above zero is a gain the evaluation can tell from noise.",
-             "", "| model | reward | change from the model before | change from the start "
-             "| right | right: change from before | right: change from the start |",
+             f"Every model on {which.about}. *Right*: the share of answers that were right, "
+             "where the reward says. *Reward*: mean per task (its samples averaged; no reward "
+             "counts 0). 95% confidence intervals; changes are paired by task: an interval "
+             "above zero is a gain the evaluation can tell from noise.",
+             "", "| model | right | right: change from before | right: change from the start "
+             "| reward | change from the model before | change from the start |",
              "|---|---|---|---|---|---|---|"]
     order = sorted(rewards)
     for k, i in enumerate(order):
         name = "start" if i == 0 else f"after iteration {i}"
         before = order[k - 1] if k else None
-        cells = [name, str(estimate(list(rewards[i].values())) or ""),
-                 paired(rewards[i], rewards[before]) if before is not None else "",
-                 paired(rewards[i], rewards[order[0]]) if k else "",
-                 str(estimate(list(right[i].values())) or ""),
+        cells = [name, str(estimate(list(right[i].values())) or ""),
                  paired(right[i], right[before]) if before is not None else "",
-                 paired(right[i], right[order[0]]) if k else ""]
+                 paired(right[i], right[order[0]]) if k else "",
+                 str(estimate(list(rewards[i].values())) or ""),
+                 paired(rewards[i], rewards[before]) if before is not None else "",
+                 paired(rewards[i], rewards[order[0]]) if k else ""]
         lines.append("| " + " | ".join(cells) + " |")
     if not rewards:
         lines.append("| (no evaluation yet) | | | | | | |")
