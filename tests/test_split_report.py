@@ -102,7 +102,8 @@ def test_report_reads_a_run_folder_back(tmp_path):
     assert "| after iteration 1 | 0.500" in text
     assert "+0.500" in text  # paired change from the start
     after = next(line for line in text.splitlines() if line.startswith("| after iteration 1"))
-    assert after.split(" | ")[4] == "0.500 [-0.066, 1.066] (n=4)"  # the share right
+    # the share right, first; its interval stays inside [0, 1] (a normal one was -0.066..1.066)
+    assert after.split(" | ")[1] == "0.500 [0.000, 1.000] (n=4)"
     assert "1 of 2" in text  # t1's group has equal rewards
     assert "4 -> 4" in text and "20 -> 20" in text  # calls -> samples, tokens
     assert "trace-export: 10 read" in text
