@@ -215,6 +215,19 @@ def test_concurrency_keeps_output_order_and_unordered_writes_everything():
     assert elapsed < 8 * 0.2 + 5  # not one after another (generous: a shared machine)
 
 
+def test_one_slow_rollout_holds_one_slot_not_the_run(tmp_path, monkeypatch):
+    """t0 ends only when all 12 tasks have started; with -j 3 that needs the finished ones
+    behind it to free their slots while it runs. Before: the run waited on t0 with two idle
+    slots until the rollout timeout."""
+    monkeypatch.setenv("ROLLOUT_TEST_DIR", str(tmp_path))
+    monkeypatch.setenv("ROLLOUT_TEST_TASKS", "12")
+    with canned() as up:
+        _, records = run(["-w", wf("waits_for_the_others"), "-j", "3", "--rollout-timeout", "20",
+                          *base(up)], tasks(12))
+    assert [r["task_id"] for r in records] == [f"t{i}" for i in range(12)]  # still in order
+    assert all(r["status"] == "ok" for r in records), records[0]["error"]
+
+
 def test_seed_gives_each_rollout_a_fixed_seed():
     with canned() as up:
         run(["-w", wf("one_call"), "-n", "2", "--seed", "7", *base(up)], tasks(1))

@@ -18,6 +18,10 @@ from tracewheel.workflow import Handle, Result, as_result, call_workflow, load_w
 
 from .rewards import RewardFn
 
+# How many records, per slot, may wait behind a slow rollout to be written in order; past that
+# new rollouts wait too (a 600-s rollout at -j 16 lets 256 others finish meanwhile).
+REORDER_WINDOW = 16
+
 # The fields of a recorded call that go into the rollout record (docs/architecture.md).
 CALL_FIELDS = ("id", "index", "agent", "messages", "tools", "params", "prompt_ids",
                "completion_ids", "logprobs", "output", "finish_reason", "model", "usage",
@@ -153,27 +157,41 @@ class Runner:
         return await call_workflow(self.workflow, task, handle)
 
     async def all(self, tasks: Iterator[dict]) -> AsyncIterator[dict]:
-        """Every rollout of every task, at most ``jobs`` at once; in input order unless the
-        settings say otherwise. Tasks are read as they are needed (memory stays bounded)."""
+        """Every rollout of every task, ``jobs`` running at once; in input order unless the
+        settings say otherwise. A finished rollout that waits for an earlier one to be written
+        does not hold a slot: one slow rollout costs one slot, not the run. Tasks are read as
+        they are needed, and at most REORDER_WINDOW x jobs records wait (memory stays bounded)."""
         work = ((task, sample) for task in tasks for sample in range(self.settings.samples))
-        pending: deque[asyncio.Task] = deque()
+        pending: deque[asyncio.Task] = deque()  # started, not yet written, in input order
+        window = REORDER_WINDOW * self.settings.jobs
         done_marker = object()
+        exhausted = False
+
+        def running() -> list[asyncio.Task]:
+            return [f for f in pending if not f.done()]
 
         async def fill() -> None:
-            while len(pending) < self.settings.jobs:
+            nonlocal exhausted
+            while (not exhausted and len(running()) < self.settings.jobs
+                   and len(pending) < window):
                 item = await asyncio.to_thread(next, work, done_marker)
                 if item is done_marker:
+                    exhausted = True
                     return
                 pending.append(asyncio.ensure_future(self.one(*item)))
 
         await fill()
         try:
             while pending:
+                ready = pending[0].done() if self.settings.ordered else \
+                    any(f.done() for f in pending)
+                if not ready:
+                    await asyncio.wait(running(), return_when=asyncio.FIRST_COMPLETED)
                 if self.settings.ordered:
-                    yield await pending.popleft()
+                    while pending and pending[0].done():
+                        yield pending.popleft().result()
                 else:
-                    finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    for fut in [f for f in pending if f in finished]:
+                    for fut in [f for f in pending if f.done()]:
                         pending.remove(fut)
                         yield fut.result()
                 await fill()
