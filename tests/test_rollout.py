@@ -118,6 +118,50 @@ def test_a_refused_request_reaches_the_agent_and_is_recorded_as_failed():
     assert calls[0]["status"] == "error" and "HTTP 400" in calls[0]["error"]
 
 
+def test_an_upstream_200_that_is_not_a_json_object_is_retried_then_recorded_as_failed():
+    """An HTML page from a proxy, or a JSON list, with status 200: retried as a 5xx is; when
+    retries are spent the agent gets a JSON 502 and the call is recorded as failed."""
+    html = (200, {"content-type": "text/html"}, "<html><body>Bad gateway</body></html>")
+    script = [html, (200, {}, "[1, 2]"), (200, {}, chat_completion("ok", token_ids=True))]
+    calls = []
+    with CannedServer(lambda n: script[n]) as up, \
+            Recorder(up.base_url, on_call=calls.append, retries=3) as rec:
+        client = openai.OpenAI(base_url=rec.base_url(), api_key="k", max_retries=0)
+        reply = client.chat.completions.create(model="m",
+                                               messages=[{"role": "user", "content": "x"}])
+        assert len(up.requests) == 3
+    assert reply.choices[0].message.content == "ok" and calls[0]["status"] == "ok"
+
+    calls.clear()
+    with CannedServer(lambda n: html) as up, \
+            Recorder(up.base_url, on_call=calls.append, retries=1) as rec:
+        client = openai.OpenAI(base_url=rec.base_url(), api_key="k", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as caught:
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+        assert len(up.requests) == 2
+    assert caught.value.status_code == 502 and "not a JSON object" in str(caught.value)
+    assert calls[0]["status"] == "error" and "not a JSON object" in calls[0]["error"]
+
+
+@pytest.mark.parametrize("upstream_key", ["sk-upstream-secret-1", None])
+def test_a_key_the_upstream_echoes_is_in_no_record_and_no_reply(upstream_key):
+    """OpenAI's 401 repeats the key it got. Neither the recorder's upstream key nor the
+    agent's own reaches the calls file or the reply the agent gets."""
+    sent = upstream_key or "sk-client-secret-2"
+    echo = {"error": {"message": f"Incorrect API key provided: Bearer {sent}."}}
+    calls = []
+    with CannedServer(lambda n: (401, {}, echo)) as up, \
+            Recorder(up.base_url, on_call=calls.append, api_key=upstream_key) as rec:
+        client = openai.OpenAI(base_url=rec.base_url(), api_key="sk-client-secret-2",
+                               max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as caught:
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+        assert up.requests[0]["headers"]["Authorization"] == f"Bearer {sent}"
+    assert "Incorrect API key provided" in calls[0]["error"]
+    for text in (calls[0]["error"], str(caught.value), json.dumps(caught.value.body)):
+        assert sent not in text and "***" in text
+
+
 def test_an_upstream_without_token_ids_is_named_in_the_record():
     calls = []
     with CannedServer(lambda n: (200, {}, chat_completion("no ids"))) as up, \

@@ -500,6 +500,22 @@ def test_a_refused_request_is_counted_and_the_run_goes_on():
     assert counts(result.stderr)["requests"] >= 2
 
 
+def test_a_refused_request_echoing_the_key_does_not_print_it():
+    key = "sk-augment-secret-3"
+
+    def answer(n):
+        if n == 0:
+            return 400, {}, {"error": {"message": f"bad request from Bearer {key}"}}
+        return reply(NEW[n % len(NEW)])
+
+    with CannedServer(answer) as server:
+        result, _ = run(["paraphrase", "-n", "1", "--max-thread", "1", *endpoint(server),
+                         "--api-key", key], seeds_jsonl())
+    assert result.exit_code == 0, result.output
+    assert "request refused" in result.stderr and "bad request from Bearer ***" in result.stderr
+    assert key not in result.stderr and key not in result.stdout
+
+
 def test_a_run_that_fails_says_what_was_written_and_whether_it_was_cached(tmp_path):
     with CannedServer(lambda n: (503, {}, {"error": "down"})) as server:
         result, _ = run(["expand", "-n", "2", "--no-cache", *endpoint(server, "--retries", "0")],

@@ -33,7 +33,7 @@ import aiohttp
 from aiohttp import web
 
 from tracewheel.chat_template import server_tools, template_text
-from tracewheel.client import RETRY_STATUS, retry_delay
+from tracewheel.client import RETRY_STATUS, redact, retry_delay
 from tracewheel.errors import TracewheelError
 from tracewheel.ids import stable_id
 from tracewheel.jsonl import dumps_bytes, loads
@@ -293,10 +293,13 @@ class Recorder:
         except aiohttp.ClientError as err:
             return _error(502, f"upstream {self.upstream} unreachable: {type(err).__name__}")
 
-    async def _post(self, body: dict, headers: dict,
-                    path: str = "/v1/chat/completions") -> aiohttp.ClientResponse:
+    async def _post(self, body: dict, headers: dict, path: str = "/v1/chat/completions"
+                    ) -> tuple[aiohttp.ClientResponse, dict | None]:
         """POST upstream, retrying connection failures, 429 and 5xx with the clients' one
-        policy (``tracewheel.client.retry_delay``); the caller closes the response."""
+        policy (``tracewheel.client.retry_delay``); the caller closes the response. Unless the
+        request streams, a 200 is read here: its JSON object comes back with it, and a 200 whose
+        body is not one (an HTML page from a proxy, a list) is retried as a 5xx is, and comes
+        back as None when retries are spent."""
         assert self._http is not None
         data = dumps_bytes(body)
         for attempt in range(self.retries + 1):
@@ -310,11 +313,17 @@ class Recorder:
                 if last:
                     raise
             else:
-                if resp.status not in RETRY_STATUS or last:
-                    return resp
-                retry_after = resp.headers.get("Retry-After")
-                await resp.read()
-                resp.release()
+                if resp.status == 200 and not body.get("stream"):
+                    reply = _json_object(await resp.read())
+                    if reply is not None or last:
+                        return resp, reply
+                    resp.release()
+                elif resp.status not in RETRY_STATUS or last:
+                    return resp, None
+                else:
+                    retry_after = resp.headers.get("Retry-After")
+                    await resp.read()
+                    resp.release()
             await asyncio.sleep(retry_delay(attempt, retry_after))
         raise AssertionError("unreachable")
 
@@ -376,24 +385,31 @@ class Recorder:
             path = "/v1/chat/completions"
         asked_logprobs = bool(body.get("logprobs"))
         asked_ids = bool(body.get("return_token_ids"))
+        headers = self._headers(request)
         try:
-            resp = await self._post(upstream_body, self._headers(request), path)
+            resp, reply = await self._post(upstream_body, headers, path)
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:
             message = f"upstream {self.upstream} unreachable: {type(err).__name__}"
             self._finish(call, status="error", error=message)
             return _error(502, message)
+        # An upstream may echo the key it was sent (OpenAI's 401 does): no error text, record
+        # or relayed body carries it, nor the key the client sent.
+        secrets = (self.api_key, _bearer(headers), _bearer(request.headers))
         try:
             if resp.status != 200:
-                data = await resp.read()
-                self._finish(call, status="error",
-                             error=f"HTTP {resp.status}: {data[:500].decode('utf-8', 'replace')}")
-                return web.Response(body=data, status=resp.status,
+                data = redact((await resp.read()).decode("utf-8", "replace"), *secrets)
+                self._finish(call, status="error", error=f"HTTP {resp.status}: {data[:500]}")
+                return web.Response(text=data, status=resp.status,
                                     content_type=resp.content_type)
             if body.get("stream"):
                 return await self._stream(request, resp, call, body, plan.prompt_ids)
-            reply = loads(await resp.read())
         finally:
             resp.release()
+        if reply is None:
+            message = (f"upstream {self.upstream} answered 200 with a body that is not a JSON "
+                       f"object ({self.retries} retries)")
+            self._finish(call, status="error", error=message)
+            return _error(502, message)
         if plan.prompt_ids is not None:
             reply = self._chat_reply(call, body, plan.prompt_ids, reply)
         else:
@@ -553,6 +569,19 @@ def _strip_reply(reply: dict, asked_ids: bool) -> None:
         for key in _ADDED:
             if key in reply:
                 reply[key] = None
+
+
+def _json_object(data: bytes) -> dict | None:
+    try:
+        value = loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _bearer(headers: Any) -> str | None:
+    auth = headers.get("Authorization") or ""
+    return auth.removeprefix("Bearer ").strip() or None
 
 
 def _error(status: int, message: str) -> web.Response:

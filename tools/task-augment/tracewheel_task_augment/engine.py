@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from tracewheel.ask import JsonAsker, Reply, ReplyError
 from tracewheel.cache import Cache, cache_key
 from tracewheel.cli import Summary
-from tracewheel.client import Endpoint, api_errors, bounded_map
+from tracewheel.client import Endpoint, api_errors, bounded_map, describe_api_error
 
 from .prompts import PROMPT_VERSION, reply_schema
 from .replies import parse_reply
@@ -169,7 +169,7 @@ class Engine:
                 if refused_request(result):  # this request only: the others may go through
                     self.summary.add("refused", reason=f"HTTP {result.status_code}")
                     self.echo(f"request refused ({attempt.method} {attempt.tag}): "
-                              f"{str(result)[:200]}")
+                              f"{describe_api_error(result, self.asker.settings.endpoint)[:300]}")
                     yield attempt, []
                     continue
                 if isinstance(result, api_errors()):
