@@ -456,6 +456,8 @@ def test_real_vllm_docs(vllm_server, tmp_path):
     ("text/html", "<html><body>502 Bad Gateway</body></html>"),
     ("application/json", '{"choices": [{"mess'),
     ("application/json", "[1, 2]"),
+    ("application/json", '{"choices": ["keep"]}'),
+    ("application/json", '{"choices": [{"message": "keep"}]}'),
 ])
 def test_a_malformed_200_reply_is_retried_then_one_clear_error(tmp_path, content_type, body):
     """A gateway's page in place of a chat completion: retried like a 5xx, then one line."""

@@ -379,6 +379,8 @@ def test_a_judge_that_fails_on_every_record_leaves_no_output_file(tmp_path):
     ("text/html", "<html><body>502 Bad Gateway</body></html>"),
     ("application/json", '{"choices": [{"mess'),
     ("application/json", "[1, 2]"),
+    ("application/json", '{"choices": ["keep"]}'),
+    ("application/json", '{"choices": [{"message": "keep"}]}'),
 ])
 def test_a_malformed_200_reply_is_retried_then_an_error_verdict(content_type, body):
     """Proxies and gateways answer 200 with pages that are not chat completions."""

@@ -123,6 +123,12 @@ def chat(client: openai.OpenAI, body: dict[str, Any]) -> dict[str, Any]:
         kind = "text" if isinstance(reply, str) else f"a JSON {type(reply).__name__}"
         raise MalformedReply(f"the reply is {kind}, not a chat completion: "
                              f"{' '.join(str(shown).split())[:120]!r}")
+    for i, choice in enumerate(reply["choices"]):
+        message = choice.get("message", {}) if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            what = f"choices[{i}]" if not isinstance(choice, dict) else f"choices[{i}].message"
+            raise MalformedReply(f"the reply is not a chat completion: its {what} is not "
+                                 f"an object: {json.dumps(choice)[:120]!r}")
     return reply
 
 
