@@ -24,6 +24,7 @@ from tracewheel_trace_export.reprparse import ReprError, parse_msg, parse_repr
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "studio"
 DATABASES = sorted(FIXTURES.glob("*.sqlite"))
 LEGACY_DB = FIXTURES / "studio-1.0.5_agentscope-1.0.7.sqlite"
+OTEL_DB = FIXTURES / "studio-1.0.9_agentscope-1.0.21.sqlite"
 
 
 def test_all_three_fixture_databases_are_here():
@@ -307,6 +308,45 @@ def test_corrupt_attributes_are_counted_with_the_span_id_and_the_rest_goes_on(tm
     assert len(records) == len(clean)
     assert f"span {span_id}: attributes is not valid JSON" in result.stderr
     assert "1 corrupt spans" in result.stderr
+
+
+@pytest.mark.parametrize("attributes, problem", [
+    ("[]", "attributes is a JSON list, not an object"),
+    ("null", "attributes is null, not an object"),
+])
+def test_attributes_that_are_json_but_not_an_object_are_corrupt_spans(tmp_path, attributes,
+                                                                       problem):
+    db = tmp_path / "db.sqlite"
+    shutil.copy(LEGACY_DB, db)
+    with sqlite3.connect(db) as conn:
+        span_id = conn.execute(
+            "SELECT id FROM span_table WHERE spanKind = 'LLM' LIMIT 1").fetchone()[0]
+        conn.execute("UPDATE span_table SET attributes = ? WHERE id = ?", (attributes, span_id))
+    result, records = export(db)
+    assert len(records) == len(export(LEGACY_DB)[1])
+    assert f"span {span_id}: {problem}" in result.stderr and "1 corrupt spans" in result.stderr
+
+
+def test_a_run_whose_attributes_have_an_unexpected_shape_is_counted_and_skipped(tmp_path):
+    """gen_ai.output a list where Studio writes an object: that run is skipped and counted,
+    every other run is exported."""
+    db = tmp_path / "db.sqlite"
+    shutil.copy(OTEL_DB, db)
+    with sqlite3.connect(db) as conn:
+        span_id, run_id, attrs = conn.execute(
+            "SELECT id, conversationId, attributes FROM span_table "
+            "WHERE operationName = 'invoke_agent' "
+            "LIMIT 1").fetchone()
+        attrs = json.loads(attrs)
+        attrs["gen_ai"]["output"] = []
+        conn.execute("UPDATE span_table SET attributes = ? WHERE id = ?",
+                     (json.dumps(attrs), span_id))
+    result, records = export(db)
+    _, clean = export(OTEL_DB)
+    assert {r["id"] for r in records} == {r["id"] for r in clean
+                                          if r["source"]["run_id"] != run_id}
+    assert f"run {run_id}: a span has attributes of an unexpected shape" in result.stderr
+    assert "1 unreadable runs" in result.stderr
 
 
 def test_output_file_is_written_atomically(tmp_path):

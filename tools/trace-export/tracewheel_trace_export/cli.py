@@ -108,8 +108,16 @@ def export(
                 continue
             last_end = max((s.end_ns for s in spans), default=0)
             run_settled = run.status == "done" or now_ns - last_end > settle_seconds * 1e9
-            records = list(tasks_of_run(run, spans, unit=unit, source_extra=extra,
-                                        on_unreadable=lambda turn, r=run: unreadable(r, turn)))
+            try:
+                records = list(tasks_of_run(run, spans, unit=unit, source_extra=extra,
+                                            on_unreadable=lambda turn, r=run: unreadable(r, turn)))
+            except (AttributeError, TypeError, KeyError, ValueError) as err:
+                # A span's attributes are JSON of a shape no Studio writes (a list where an
+                # object belongs): the run is counted and skipped, the export goes on.
+                summary.add("unreadable runs")
+                warn(f"{database}: run {run.id}: a span has attributes of an unexpected shape "
+                     f"({type(err).__name__}: {err}); the run is skipped")
+                continue
             for i, record in enumerate(records):
                 src = record["source"]
                 if agents and src.get("agent") not in agents:

@@ -70,18 +70,22 @@ def iso_utc(ns: int) -> str:
 
 
 class CorruptAttributes(ValueError):
-    """A span whose attributes column is not JSON."""
+    """A span whose attributes column is not a JSON object."""
 
 
 def _json(text: str | None, what: str) -> Any:
     if not text:
         return {}
     try:
-        return loads(text)
+        value = loads(text)
     except json.JSONDecodeError as err:
         problem = err.msg.split(":")[0]
         raise CorruptAttributes(f"{what} is not valid JSON ({problem} at column {err.colno})") \
             from None
+    if not isinstance(value, dict):
+        kind = "null" if value is None else f"a JSON {type(value).__name__}"
+        raise CorruptAttributes(f"{what} is {kind}, not an object")
+    return value
 
 
 def _iso_ns(text: str) -> int:
