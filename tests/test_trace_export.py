@@ -423,6 +423,16 @@ def test_references_fill_in_by_id_then_by_unambiguous_query(tmp_path):
     result, _ = export(LEGACY_DB, "--references", bad, ok=False)
     assert result.exit_code == 1 and f"{bad}:1: a reference record needs an `id` or a" \
         in result.output
+    # the line, counting blank lines, not the record; and no hint to use --skip-invalid,
+    # which skips the database's bad tasks, not this file's lines
+    bad.write_text('{"id": "a", "reference": "1"}\n\n{"id": "b"}\n')
+    result, _ = export(LEGACY_DB, "--references", bad, ok=False)
+    assert result.exit_code == 1 and f"{bad}:3: a reference record needs a `reference`" \
+        in result.output
+    assert "--skip-invalid" not in result.output
+    bad.write_text('{"id": "a", "reference": "1"}\n{"id": "b", "refer\n')
+    result, _ = export(LEGACY_DB, "--references", bad, ok=False)
+    assert f"{bad}:2: invalid JSON" in result.output and "--skip-invalid" not in result.output
 
 
 def test_a_turn_whose_input_cannot_be_read_is_counted_and_named_not_exported(tmp_path):

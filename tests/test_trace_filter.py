@@ -122,6 +122,12 @@ def test_dedup_exact_near_and_against_a_corpus(tmp_path):
     corpus.write_text(jsonl(task(99, "something ELSE, entirely")))
     _, kept = run(["--no-judge", "--dedup", "--against", corpus], input_text=jsonl(*records))
     assert [r["id"] for r in kept] == ["t1"]
+    # a bad line of the corpus: its line, and no hint of --skip-invalid (it skips the input)
+    corpus.write_text(jsonl(task(99, "x")) + "\n{not json\n")
+    result, _ = run(["--no-judge", "--dedup", "--against", corpus, "--skip-invalid"],
+                    input_text=jsonl(*records))
+    assert result.exit_code == 1 and f"{corpus}:3: invalid JSON" in result.output
+    assert "use --skip-invalid" not in result.output
 
 
 def test_same_follow_up_in_different_conversations_is_not_a_duplicate(legacy_tasks):

@@ -32,7 +32,7 @@ class Training:
 
     def read(self, path: Path) -> None:
         with path.open("rb") as stream:
-            for task in read_jsonl(stream, str(path)):
+            for task in read_jsonl(stream, str(path), hint=None):  # the training files
                 task_id = str(task.get("id"))
                 self.ids.setdefault(task_id, f"a training task in {path}")
                 for parent in parents(task):

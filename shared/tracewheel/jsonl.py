@@ -61,11 +61,14 @@ def read_jsonl(
     skip_invalid: bool = False,
     stats: ReadStats | None = None,
     warn: Callable[[str], None] | None = None,
+    hint: str | None = SKIP_HINT,
 ) -> Iterator[dict]:
     """Yield the JSON object on each non-blank line, lazily.
 
-    A bad line raises DataError naming the file and line, unless ``skip_invalid``: then it is
-    counted in ``stats`` (and reported through ``warn``) and reading goes on.
+    A bad line raises DataError naming the file and line, with ``hint`` (how to skip such
+    lines, for a file whose tool has --skip-invalid; None for one it has not), unless
+    ``skip_invalid``: then it is counted in ``stats`` (and reported through ``warn``) and
+    reading goes on.
     """
     name = name or getattr(stream, "name", "<stdin>")
     stats = stats if stats is not None else ReadStats()
@@ -80,7 +83,7 @@ def read_jsonl(
             yield record
             continue
         if not skip_invalid:
-            raise DataError(name, lineno, message, SKIP_HINT)
+            raise DataError(name, lineno, message, hint)
         stats.invalid += 1
         stats.reasons[kind] += 1
         if warn is not None:

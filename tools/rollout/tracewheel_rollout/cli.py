@@ -239,7 +239,7 @@ def _check_template(conversations: IO[bytes] | None, model: str,
     else:
         name = input_name(conversations)
         found = [(f"{name}: record {record.get('id', n)}", messages, tools)
-                 for n, record in enumerate(read_jsonl(conversations, name), start=1)
+                 for n, record in enumerate(read_jsonl(conversations, name, hint=None), start=1)
                  for messages, tools in record_conversations(record)]
     breaks = []
     for where, messages, tools in found:

@@ -84,7 +84,7 @@ def load_corpus(novelty: Novelty, path: str) -> int:
     count = 0
     stream: IO[bytes]
     with open(path, "rb") as stream:
-        for record in read_jsonl(stream, path):
+        for record in read_jsonl(stream, path, hint=None):  # no --skip-invalid for it
             novelty.remember("corpus", record)
             count += 1
     return count

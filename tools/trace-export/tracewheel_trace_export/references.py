@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
-from tracewheel.errors import DataError
+from tracewheel.errors import RecordError
 from tracewheel.jsonl import read_jsonl
 
 
@@ -20,23 +20,28 @@ def _key(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+def _check(record: dict) -> dict:
+    reference = record.get("reference")
+    if not isinstance(reference, (str, int, float)) or isinstance(reference, bool):
+        raise RecordError("a reference record needs a `reference` (text or number)")
+    if "id" not in record and not isinstance(record.get("query"), str):
+        raise RecordError("a reference record needs an `id` or a `query` to match tasks by")
+    return record
+
+
 class References:
     def __init__(self, path: str):
         self.by_id: dict[str, str] = {}
         by_query: dict[str, set[str]] = defaultdict(set)
+        # A bad line is named by its line number; trace-export's --skip-invalid is for the
+        # database's tasks, not this file, so the error has no hint to use it.
         with open(path, "rb") as stream:
-            for lineno, record in enumerate(read_jsonl(stream, path), start=1):
-                reference = record.get("reference")
-                if not isinstance(reference, (str, int, float)) or isinstance(reference, bool):
-                    raise DataError(path, lineno, "a reference record needs a `reference` "
-                                    "(text or number)")
+            for record in read_jsonl(stream, path, validate=_check, hint=None):
+                reference = str(record["reference"])
                 if "id" in record:
-                    self.by_id[str(record["id"])] = str(reference)
-                elif isinstance(record.get("query"), str):
-                    by_query[_key(record["query"])].add(str(reference))
+                    self.by_id[str(record["id"])] = reference
                 else:
-                    raise DataError(path, lineno, "a reference record needs an `id` or a "
-                                    "`query` to match tasks by")
+                    by_query[_key(record["query"])].add(reference)
         self.by_query = {q: next(iter(refs)) for q, refs in by_query.items() if len(refs) == 1}
 
     def reference_for(self, task: dict) -> str | None:

@@ -149,7 +149,7 @@ def _load_corpus(deduper: Any, path: str) -> int:
     """Remember the tasks of an existing corpus, so tasks already in it count as copies."""
     count = 0
     with open(path, "rb") as stream:
-        for record in read_jsonl(stream, path):
+        for record in read_jsonl(stream, path, hint=None):  # no --skip-invalid for it
             deduper.check(f"corpus:{record.get('id', count)}", dedup_text(record))
             count += 1
     return count
