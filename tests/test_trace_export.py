@@ -555,3 +555,34 @@ def test_sigterm_during_an_export_leaves_no_temporary_file(tmp_path):
     assert proc.returncode == 143, stderr
     assert "Terminated." in stderr and "Traceback" not in stderr
     assert list(out_dir.iterdir()) == []
+
+
+def test_sigkill_during_an_export_leaves_nothing_in_the_temporary_folder(tmp_path):
+    """Studio 1.0.5's run index is SQLite's private temporary database: unlinked as soon as
+    it is opened, so a killed export leaves no file behind (it grows with the database)."""
+    import importlib.util
+    import signal
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_trace_export", Path(__file__).parents[1] / "bench" / "bench_trace_export.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    db = tmp_path / "big.sqlite"
+    shutil.copy(LEGACY_DB, db)
+    bench.build_into(LEGACY_DB, db, 4000)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    out = tmp_path / "tasks.jsonl"
+    exe = str(Path(sys.executable).parent / "trace-export")
+    proc = subprocess.Popen([exe, str(db), "-o", str(out)], stderr=subprocess.PIPE,
+                            env={**os.environ, "TMPDIR": str(scratch),
+                                 "SQLITE_TMPDIR": str(scratch)})
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".tasks.jsonl.*.tmp")):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+        time.sleep(0.02)
+    time.sleep(0.5)  # well into the export, the index built
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert list(scratch.iterdir()) == []
