@@ -337,6 +337,30 @@ def test_an_endpoint_that_stays_down_stops_after_writing_what_was_judged():
     assert [r["id"] for r in resumed] == ["t0", "t1"]  # from the cache, then down again
 
 
+def test_verdicts_answered_behind_a_failed_request_are_cached_for_the_resume():
+    """Six records judged at once; the first one's request is refused (after the others have
+    answered). The run stops at it, but the five verdicts already paid for are cached: the
+    resume asks only for the first."""
+    records = [task(i, f"q{i}") for i in range(6)]
+    server = None
+
+    def reply(n):
+        if "q0" in json.dumps(server.requests[n]["body"]):
+            return 401, {}, {"error": {"message": "no"}}
+        return 200, {}, chat_completion(KEEP)
+
+    def delay(n):
+        return 1.0 if "q0" in json.dumps(server.requests[n]["body"]) else 0.0
+
+    with CannedServer(reply, delay) as server:
+        result, kept = run(judge_args(server, "--max-thread", "6"), input_text=jsonl(*records))
+        assert result.exit_code == 1 and kept == [] and "refused the request" in result.output
+    with CannedServer(lambda n: (200, {}, chat_completion(KEEP))) as again:
+        result, kept = run(judge_args(again, "--max-thread", "6"), input_text=jsonl(*records))
+        assert result.exit_code == 0 and len(kept) == 6
+        assert len(again.requests) == 1 and "5 cached" in result.stderr
+
+
 def test_timeouts_are_retried():
     with CannedServer(lambda n: (200, {}, chat_completion(KEEP)),
                       delay=lambda n: 3 if n == 0 else 0) as server:

@@ -204,6 +204,7 @@ def bounded_map(
     workers: int,
     ordered: bool = True,
     ready: Callable[[T], Any] | None = None,
+    abandoned: Callable[[T, R], None] | None = None,
 ) -> Iterator[tuple[T, R | BaseException]]:
     """Apply ``fn`` to ``items`` on ``workers`` threads; yield ``(item, result or exception)``.
 
@@ -212,6 +213,9 @@ def bounded_map(
     come in input order, else as they finish. ``ready(item)``, when given and not None, is the
     item's result without a call (a cache hit, a rule's verdict): it costs no thread. Exceptions
     are yielded, not raised, so the caller can write every finished result before it stops.
+    When the caller stops early (closes the iterator), the calls not begun are cancelled, and
+    each call that already succeeded but was not yet yielded goes to ``abandoned(item,
+    result)``, so what was paid for can be kept (a cache) rather than lost.
     """
     window = max(1, 2 * workers)
     it = iter(items)
@@ -259,9 +263,11 @@ def bounded_map(
                 yield entry[0], outcome(entry)
                 fill()
         finally:
-            for entry in pending:
-                if entry[1] is not None:
-                    entry[1].cancel()
+            for item, fut, _ in pending:
+                if fut is None or fut.cancel():
+                    continue
+                if abandoned is not None and fut.done() and fut.exception() is None:
+                    abandoned(item, fut.result())
 
 
 class LazyClient:

@@ -163,8 +163,14 @@ class Engine:
             hit = self.cache.get(attempt.key) if self.cache is not None else None
             return Outcome.from_cache(hit) if hit is not None else None
 
+        def keep(attempt: Attempt, outcome: Outcome) -> None:
+            # A reply that came back after the run had to stop: cached, not paid for again.
+            if not outcome.cached and self.cache is not None:
+                self.cache.put(attempt.key, outcome.to_cache())
+
         workers = self.asker.settings.workers
-        for attempt, result in bounded_map(self.asker, keyed(), workers=workers, ready=ready):
+        results = bounded_map(self.asker, keyed(), workers=workers, ready=ready, abandoned=keep)
+        for attempt, result in results:
             if isinstance(result, BaseException):
                 if refused_request(result):  # this request only: the others may go through
                     self.summary.add("refused", reason=f"HTTP {result.status_code}")
@@ -172,6 +178,7 @@ class Engine:
                               f"{describe_api_error(result, self.asker.settings.endpoint)[:300]}")
                     yield attempt, []
                     continue
+                results.close()  # replies that came back meanwhile go into the cache
                 if isinstance(result, api_errors()):
                     raise EndpointFailure(result) from result
                 raise result

@@ -208,23 +208,30 @@ def decide(records: Iterator[dict], rule_list, deduper: Any, judge: Judge | None
     def ask(record: dict) -> dict:
         return judge(record)
 
-    for record, result in bounded_map(ask, records, workers=workers, ordered=not unordered,
-                                      ready=cheap):
+    def remember(record: dict, result: dict) -> None:
+        """A fresh verdict into the cache: one that came back after the run had to stop is
+        kept too, so a resume does not pay for it again."""
+        if cache is not None and result.get("by") is None:
+            cache.put(settings.key(record), result)
+
+    results = bounded_map(ask, records, workers=workers, ordered=not unordered, ready=cheap,
+                          abandoned=remember)
+    for record, result in results:
         if isinstance(result, VerdictError):
             yield record, {"verdict": "error", "by": "judge", "reason": str(result), **labels}
         elif isinstance(result, BaseException):
             if not isinstance(result, api_errors()):
                 raise result
             what = "did not answer" if isinstance(result, retryable()) else "refused the request"
+            results.close()  # the verdicts that came back meanwhile go into the cache
             raise TracewheelError(
                 f"the judge endpoint {what} ({describe_api_error(result, client.endpoint)}); "
                 f"{summary.counts['read']} records were written or counted before it; " + (
                     "run again to resume (verdicts so far are cached)" if cache is not None
                     else "with --no-cache a new run asks again from the start"))
         else:
-            if result.get("by") is None:  # a fresh judge verdict: cache it
-                if cache is not None:
-                    cache.put(settings.key(record), result)
+            if result.get("by") is None:  # a fresh judge verdict
+                remember(record, result)
                 summary.add("judged")
                 result = {**result, "by": "judge", **labels}
             yield record, result
