@@ -536,3 +536,25 @@ def test_a_broken_upstream_stream_reaches_the_agent_as_an_error_and_is_recorded(
     assert calls[0]["status"] == "error" and "broke" in calls[0]["error"]
     err = capfd.readouterr().err
     assert "Traceback" not in err and err.count("broke") == 1
+
+
+@pytest.mark.parametrize("finished", [False, True])
+def test_a_stream_that_ends_before_done_is_a_failed_call_not_a_reply(finished):
+    """The upstream's response ends cleanly but early: no [DONE] (and, the first time, no
+    finish_reason either). The agent gets an error, the call is recorded as failed."""
+    choice = {"index": 0, "delta": {"content": "par"}, "token_ids": [1],
+              "logprobs": {"content": [{"token": "par", "logprob": -0.1}]},
+              **({"finish_reason": "stop"} if finished else {})}
+    events = "data: " + json.dumps({"choices": [choice], "prompt_token_ids": [5, 6]}) + "\n\n"
+    calls = []
+    with CannedServer(lambda n: (200, {"content-type": "text/event-stream"}, events)) as up, \
+            Recorder(up.base_url, on_call=calls.append, retries=0) as rec:
+        client = openai.OpenAI(base_url=rec.base_url(), api_key="k", max_retries=0)
+        stream = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+        with pytest.raises(openai.APIError, match="stopped before"):
+            for _ in stream:
+                pass
+    assert calls[0]["status"] == "error"
+    assert ("[DONE]" if finished else "choice 0 finished") in calls[0]["error"]
+

@@ -342,17 +342,13 @@ def test_verdicts_answered_behind_a_failed_request_are_cached_for_the_resume():
     answered). The run stops at it, but the five verdicts already paid for are cached: the
     resume asks only for the first."""
     records = [task(i, f"q{i}") for i in range(6)]
-    server = None
 
-    def reply(n):
-        if "q0" in json.dumps(server.requests[n]["body"]):
-            return 401, {}, {"error": {"message": "no"}}
-        return 200, {}, chat_completion(KEEP)
+    def first(n):  # the request is recorded before its reply is made
+        return "q0" in json.dumps(server.requests[n]["body"])
 
-    def delay(n):
-        return 1.0 if "q0" in json.dumps(server.requests[n]["body"]) else 0.0
-
-    with CannedServer(reply, delay) as server:
+    server = CannedServer(lambda n: (401, {}, {"error": {"message": "no"}}) if first(n) else
+                          (200, {}, chat_completion(KEEP)), lambda n: 1.0 if first(n) else 0.0)
+    with server:
         result, kept = run(judge_args(server, "--max-thread", "6"), input_text=jsonl(*records))
         assert result.exit_code == 1 and kept == [] and "refused the request" in result.output
     with CannedServer(lambda n: (200, {}, chat_completion(KEEP))) as again:

@@ -478,6 +478,7 @@ class Recorder:
         prompt_ids: list[int] = continued or []
         model = usage = None
         buffer = b""
+        done = False
         try:
             async for block in resp.content.iter_any():
                 buffer += block
@@ -485,6 +486,7 @@ class Recorder:
                 outgoing = []  # the events of one block go out in one write
                 for event in events:
                     data = event.removeprefix(b"data:").strip()
+                    done = done or data == b"[DONE]"
                     if not data or data == b"[DONE]":
                         continue  # [DONE] goes out once the call is recorded
                     chunk = loads(data)
@@ -505,6 +507,13 @@ class Recorder:
                     outgoing += [b"data: " + dumps_bytes(c) + b"\n\n" for c in chunks]
                 if outgoing:
                     await out.write(b"".join(outgoing))
+            # A stream that ends cleanly but early (a proxy's timeout, a restart) is as cut off
+            # as a broken one: without [DONE] and a finish_reason per choice it is not a reply.
+            unfinished = sorted(i for i, c in [*choices.items(), *streams.items()]
+                                if c.finish_reason is None)
+            if not done or unfinished:
+                raise _StreamError("it stopped before " + (
+                    f"choice {unfinished[0]} finished" if unfinished else "[DONE]"))
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, _StreamError) as err:
             # Recorded, told in one line, and sent to the agent as vLLM reports an error in a
             # stream (an error event, then the end): a proper failure, not a cut-off reply.
