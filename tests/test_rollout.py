@@ -213,6 +213,24 @@ def test_agentscope_models_from_the_handle_are_recorded_streaming_or_not():
     assert plain[0]["calls"][0]["params"]["temperature"] == 1.0
 
 
+def test_the_models_a_handle_made_are_closed_on_the_workflows_loop():
+    """Left to the garbage collector, an AgentScope model's HTTP client closes after its event
+    loop has (a traceback each, after a run that went well): the rollout closes them."""
+    from tracewheel.workflow import Handle, call_workflow
+
+    made = []
+
+    async def workflow(task, handle):
+        made.append(handle.chat_model())
+        made.append(handle.chat_model(agent="Checker"))
+        return "done"
+
+    handle = Handle(root="http://127.0.0.1:9", session="s", model_name="m")
+    result = asyncio.run(call_workflow(workflow, {"id": "t"}, handle))
+    assert result.answer == "done" and len(made) == 2
+    assert all(model.client.is_closed() for model in made)
+
+
 def test_workflow_rewards_results_and_reward_functions():
     with canned("abc") as up:
         _, own = run(["-w", wf("scored"), *base(up)], tasks(1))

@@ -76,11 +76,22 @@ class Handle:
         sampling settings (``generate_kwargs`` add to or override them)."""
         from agentscope.model import OpenAIChatModel
 
-        return OpenAIChatModel(
+        model = OpenAIChatModel(
             self.model_name, api_key=self.api_key, stream=stream,
             client_kwargs={"base_url": self.base_url_for(agent), "max_retries": 0,
                            "timeout": AGENT_TIMEOUT},
             generate_kwargs={**self.sampling, **generate_kwargs})
+        self.__dict__.setdefault("_models", []).append(model)  # not a field: not sent to Ray
+        return model
+
+    async def aclose(self) -> None:
+        """Close the HTTP clients of the models this handle made, on the event loop that used
+        them. Left to the garbage collector, they close after their loop is gone, and each
+        prints a traceback ("Event loop is closed") after a run that went well."""
+        for model in self.__dict__.pop("_models", []):
+            client = getattr(model, "client", None)
+            if client is not None:
+                await client.close()
 
     @cached_property
     def model(self) -> Any:
@@ -154,7 +165,10 @@ def as_result(value: Any) -> Result:
 async def call_workflow(fn: Workflow, task: dict, handle: Handle) -> Result:
     """Run a workflow, sync (in a thread, so the event loop goes on) or async."""
     if inspect.iscoroutinefunction(fn):
-        value = await fn(task, handle)
+        try:
+            value = await fn(task, handle)
+        finally:
+            await handle.aclose()
     else:
         value = await asyncio.to_thread(fn, task, handle)
         if inspect.isawaitable(value):
