@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -355,6 +359,27 @@ def test_verdicts_answered_behind_a_failed_request_are_cached_for_the_resume():
         result, kept = run(judge_args(again, "--max-thread", "6"), input_text=jsonl(*records))
         assert result.exit_code == 0 and len(kept) == 6
         assert len(again.requests) == 1 and "5 cached" in result.stderr
+
+
+def test_sigterm_ends_the_filter_without_waiting_for_requests_in_flight(tmp_path):
+    """Four judge requests the endpoint holds for 60 s; SIGTERM must not wait them out (nor
+    their retries): the tool ends, 143, no output file. Before: it waited for every one."""
+    records = tmp_path / "tasks.jsonl"
+    records.write_text(jsonl(*(task(i, f"q{i}") for i in range(8))))
+    out = tmp_path / "kept.jsonl"
+    with CannedServer(lambda n: (200, {}, chat_completion(KEEP)), lambda n: 60) as server:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "trace-filter"), "--base-url", server.base_url,
+             "--model", "m", "--max-thread", "4", "--no-cache", str(records), "-o", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while len(server.requests) < 4:
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)  # the requests would take 60 s
+    assert proc.returncode == 143 and "Terminated." in stderr and "Traceback" not in stderr
+    assert not out.exists() and not list(tmp_path.glob(".kept.jsonl*"))
 
 
 def test_timeouts_are_retried():

@@ -75,6 +75,22 @@ class _Ends:
             sys.exit(0)
 
 
+def _exit_now_if_threads_linger(code: int) -> None:
+    """After a signal, the tool's own cleanup is done (output files, servers); what may remain
+    are worker threads inside a request (a judge call waiting out its timeout), which the
+    interpreter would wait for before exiting, retries and all. End the process now instead."""
+    me = threading.current_thread()
+    if not any(t is not me and t.is_alive() and not t.daemon for t in threading.enumerate()):
+        return
+    vllm = sys.modules.get("tracewheel.vllm")
+    if vllm is not None:  # servers still up (none, normally) are stopped as at exit
+        vllm.stop_all()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 class ToolCommand(_Ends, click.Command):
     """A click command with the toolkit's conventions for ending.
 
@@ -96,7 +112,9 @@ class ToolCommand(_Ends, click.Command):
         except KeyboardInterrupt as err:
             signum = getattr(err, "signum", None)
             click.echo("Terminated." if signum else "Interrupted.", err=True)
-            ctx.exit(128 + signum if signum else 130)
+            code = 128 + signum if signum else 130
+            _exit_now_if_threads_linger(code)
+            ctx.exit(code)
         except ModuleNotFoundError as err:
             if ctx.params.get("verbose"):
                 traceback.print_exc()

@@ -8,7 +8,6 @@ import concurrent.futures as cf
 import json
 import random
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -144,6 +143,9 @@ def backoff_delay(attempt: int, base: float = 0.5, cap: float = 20.0) -> float:
 
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})  # HTTP statuses worth another try
+# Set while a bounded_map's caller has stopped (a signal, a failure): the calls still in flight
+# on its threads make no more retries, and their waits end at once.
+STOPPING = threading.Event()
 BASE_DELAY, MAX_DELAY = 0.5, 20.0
 
 
@@ -171,16 +173,17 @@ def call_with_retries(
     base_delay: float = BASE_DELAY,
     max_delay: float = MAX_DELAY,
     on_retry: Callable[[int, Exception, float], None] | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], Any] = STOPPING.wait,
 ) -> R:
     """Run ``fn``; on 429, 5xx, timeouts and dropped connections wait and try again, up to
-    ``retries`` more times. A server's Retry-After is honoured (within ``max_delay``)."""
+    ``retries`` more times. A server's Retry-After is honoured (within ``max_delay``). Once
+    the run is stopping (STOPPING), no retry is made."""
     transient = retryable()
     for attempt in range(retries + 1):
         try:
             return fn()
         except transient as err:
-            if attempt == retries:
+            if attempt == retries or STOPPING.is_set():
                 raise
             delay = retry_delay(attempt, _retry_after(err), base_delay, max_delay)
             if on_retry is not None:
@@ -221,53 +224,59 @@ def bounded_map(
     it = iter(items)
     pending: deque[list] = deque()  # [item, future or None, result]
     in_flight = 0
-    with cf.ThreadPoolExecutor(max_workers=workers) as pool:
-        def fill() -> None:
-            nonlocal in_flight
-            while in_flight < window and len(pending) < 4 * window:
-                try:
-                    item = next(it)
-                except StopIteration:
-                    return
-                known = ready(item) if ready is not None else None
-                if known is not None:
-                    pending.append([item, None, known])
-                else:
-                    pending.append([item, pool.submit(fn, item), None])
-                    in_flight += 1
+    STOPPING.clear()
+    pool = cf.ThreadPoolExecutor(max_workers=workers)
+    completed = False
+    def fill() -> None:
+        nonlocal in_flight
+        while in_flight < window and len(pending) < 4 * window:
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            known = ready(item) if ready is not None else None
+            if known is not None:
+                pending.append([item, None, known])
+            else:
+                pending.append([item, pool.submit(fn, item), None])
+                in_flight += 1
 
-        def outcome(entry: list) -> Any:
-            nonlocal in_flight
-            fut = entry[1]
-            if fut is None:
-                return entry[2]
-            in_flight -= 1
-            exc = fut.exception()
-            return exc if exc is not None else fut.result()
+    def outcome(entry: list) -> Any:
+        nonlocal in_flight
+        fut = entry[1]
+        if fut is None:
+            return entry[2]
+        in_flight -= 1
+        exc = fut.exception()
+        return exc if exc is not None else fut.result()
 
-        fill()
-        try:
-            while pending:
-                if ordered:
-                    entry = pending.popleft()
-                    if entry[1] is not None:
-                        cf.wait([entry[1]])
-                else:
-                    index = next((i for i, e in enumerate(pending)
-                                  if e[1] is None or e[1].done()), None)
-                    if index is None:
-                        cf.wait([e[1] for e in pending], return_when=cf.FIRST_COMPLETED)
-                        index = next(i for i, e in enumerate(pending) if e[1].done())
-                    entry = pending[index]
-                    del pending[index]
-                yield entry[0], outcome(entry)
-                fill()
-        finally:
-            for item, fut, _ in pending:
-                if fut is None or fut.cancel():
-                    continue
-                if abandoned is not None and fut.done() and fut.exception() is None:
-                    abandoned(item, fut.result())
+    fill()
+    try:
+        while pending:
+            if ordered:
+                entry = pending.popleft()
+                if entry[1] is not None:
+                    cf.wait([entry[1]])
+            else:
+                index = next((i for i, e in enumerate(pending)
+                              if e[1] is None or e[1].done()), None)
+                if index is None:
+                    cf.wait([e[1] for e in pending], return_when=cf.FIRST_COMPLETED)
+                    index = next(i for i, e in enumerate(pending) if e[1].done())
+                entry = pending[index]
+                del pending[index]
+            yield entry[0], outcome(entry)
+            fill()
+        completed = True
+    finally:
+        if not completed:  # the caller stopped: no waiting on the calls in flight
+            STOPPING.set()
+        for item, fut, _ in pending:
+            if fut is None or fut.cancel():
+                continue
+            if abandoned is not None and fut.done() and fut.exception() is None:
+                abandoned(item, fut.result())
+        pool.shutdown(wait=completed, cancel_futures=True)
 
 
 class LazyClient:
@@ -302,6 +311,12 @@ class LazyClient:
             return self._client
 
     def close(self) -> None:
+        # Closing the client ends the requests other threads still have in flight (a tool
+        # stopped by a signal must not wait out their timeouts and retries).
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
         if self.server is not None:
             self.server.stop()
             self.server = None

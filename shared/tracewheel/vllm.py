@@ -67,13 +67,14 @@ def port_is_free(host: str, port: int) -> bool:
 _LIVE: set = set()
 
 
-def _stop_all() -> None:
+def stop_all() -> None:
+    """Stop every server this process started and has not stopped."""
     for server in list(_LIVE):
         server.stop(timeout=10)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
-    _stop_all()
+    stop_all()
     raise SystemExit(128 + signum)
 
 
@@ -83,7 +84,7 @@ def _watch_exit() -> None:
     if getattr(_watch_exit, "done", False):
         return
     _watch_exit.done = True  # type: ignore[attr-defined]
-    atexit.register(_stop_all)
+    atexit.register(stop_all)
     if threading.current_thread() is threading.main_thread() and \
             signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _on_sigterm)
