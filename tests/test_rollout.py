@@ -4,8 +4,10 @@ the workflow contract), and the example ReActAgent through the real vLLM CPU ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -353,6 +355,42 @@ def test_rollout_record_writes_calls_until_stopped():
     assert proc.returncode == 0, err
     assert [c["session"] for c in calls] == ["x", "x"]
     assert "rollout record: 2 calls, 0 failed" in err
+
+
+def test_rollout_record_stops_on_ctrl_c_with_a_request_in_flight():
+    """The upstream holds the request for 60 s; Ctrl-C ends the recorder at once, with the
+    calls it finished written (before: aiohttp waited up to 60 s for the handler)."""
+    replies = [(200, {}, chat_completion("done", token_ids=True))]
+    with CannedServer(lambda n: replies[0], lambda n: 0 if n == 0 else 60) as up:
+        port = _free_port()
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "rollout"), "record", "--upstream", up.base_url,
+             "--port", str(port), "--retries", "0"], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        try:
+            assert "recording at" in proc.stderr.readline()
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/s/x/v1", api_key="k",
+                                   max_retries=0, timeout=120)
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "a"}])
+            def ask() -> None:
+                with contextlib.suppress(openai.APIError):
+                    client.chat.completions.create(
+                        model="m", messages=[{"role": "user", "content": "b"}])
+
+            hung = threading.Thread(target=ask, daemon=True)
+            hung.start()
+            deadline = time.monotonic() + 30
+            while len(up.requests) < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)  # the upstream would take 60 s
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    calls = [json.loads(line) for line in out.splitlines()]
+    assert [c["status"] for c in calls] == ["ok"], err
+    assert "Traceback" not in err
 
 
 def _free_port() -> int:

@@ -174,7 +174,10 @@ class Recorder:
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300))
         app = web.Application(client_max_size=256 * 2**20)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # On stop, requests still waiting on the upstream get SHUTDOWN_GRACE seconds, then are
+        # cancelled (aiohttp's default waits 60 s: a Ctrl-C that seems to hang).
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=SHUTDOWN_GRACE)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
         await site.start()
@@ -578,6 +581,9 @@ def _strip_reply(reply: dict, asked_ids: bool) -> None:
         for key in _ADDED:
             if key in reply:
                 reply[key] = None
+
+
+SHUTDOWN_GRACE = 2.0
 
 
 def _json_object(data: bytes) -> dict | None:
