@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from tracewheel.config import TOOLS, tool_dir, tool_package
 
-from conftest import JSONL_TOOLS, REQUIRED_ARGS
+from conftest import JSONL_TOOLS, REQUIRED_ARGS, ROOT
 
 
 def args(name: str, *more: str) -> list[str]:
@@ -46,6 +46,26 @@ def test_every_tool_is_installed_as_a_command(name):
     proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert f"Usage: {name}" in proc.stdout
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_every_tool_answers_version(name):
+    from importlib.metadata import version
+
+    exe = shutil.which(name) or str(Path(sys.executable).parent / name)
+    proc = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"{name} {version('tracewheel')}"
+
+
+def test_output_into_a_missing_directory_is_an_error_not_a_new_folder(tmp_path):
+    out = tmp_path / "no" / "such" / "tasks.jsonl"
+    exe = shutil.which("trace-export") or str(Path(sys.executable).parent / "trace-export")
+    db = ROOT / "tests" / "fixtures" / "studio" / "studio-1.0.5_agentscope-1.0.7.sqlite"
+    proc = subprocess.run([exe, str(db), "-o", str(out)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1 and f"no such directory {out.parent}" in proc.stderr
+    assert not (tmp_path / "no").exists()
 
 
 @pytest.mark.parametrize("name", TOOLS)

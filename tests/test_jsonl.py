@@ -72,6 +72,7 @@ def test_reader_is_lazy():
 
 def test_output_file_appears_only_when_complete(tmp_path):
     target = tmp_path / "out" / "records.jsonl"
+    target.parent.mkdir()  # -o does not make directories (a typo would make one)
     with pytest.raises(RuntimeError), open_output(target) as writer:
         writer.write({"n": 1})
         raise RuntimeError("crash mid-way")

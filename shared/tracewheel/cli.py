@@ -138,7 +138,15 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 
 def tool_command(name: str) -> Callable[[F], click.Command]:
     """``@click.command`` with the toolkit's conventions; the docstring is the help text."""
-    return click.command(name=name, cls=ToolCommand, context_settings=CONTEXT_SETTINGS)
+    def decorate(f: F) -> click.Command:
+        return click.command(name=name, cls=ToolCommand, context_settings=CONTEXT_SETTINGS)(
+            version_option(f))
+    return decorate
+
+
+def version_option(f: F) -> F:
+    """``--version``: the tool's name and the toolkit's version (every tool has it)."""
+    return click.version_option(package_name="tracewheel", message="%(prog)s %(version)s")(f)
 
 
 class ToolGroup(_Ends, click.Group):
@@ -151,7 +159,7 @@ class ToolGroup(_Ends, click.Group):
         self.default = default
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args or args[0] not in self.commands:
+        if (not args or args[0] not in self.commands) and args[:1] != ["--version"]:
             args = [self.default, *args]
         return super().parse_args(ctx, args)
 
@@ -160,8 +168,10 @@ class ToolGroup(_Ends, click.Group):
 def tool_group(name: str, default: str) -> Callable[[F], click.Group]:
     """``@click.group`` for a tool whose subcommands are ``ToolCommand`` and whose ``default``
     subcommand runs when none is named."""
-    return click.group(name=name, cls=ToolGroup, default=default,
-                       context_settings=CONTEXT_SETTINGS)
+    def decorate(f: F) -> click.Group:
+        return click.group(name=name, cls=ToolGroup, default=default,
+                           context_settings=CONTEXT_SETTINGS)(version_option(f))
+    return decorate
 
 
 def _tool_name(ctx: click.Context) -> str:

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import orjson
 
-from .errors import DataError, RecordError
+from .errors import DataError, RecordError, TracewheelError
 
 SKIP_HINT = "use --skip-invalid to skip bad lines"
 _UMASK = os.umask(0o022)
@@ -172,7 +172,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` that is renamed to it when the block succeeds; it is
     removed when the block fails, and by the next write of ``path`` when its process died."""
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    if not final.parent.is_dir():  # a typo in -o is not a reason to make directories
+        raise TracewheelError(f"{path}: no such directory {final.parent} (make it first)")
     _remove_leftovers(final)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp",
                                dir=final.parent)
