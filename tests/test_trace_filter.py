@@ -552,6 +552,19 @@ def test_with_no_endpoint_the_embedded_model_judges(monkeypatch, embedded_model_
     assert records[0]["judge"]["verdict"] in ("keep", "drop", "error")
 
 
+def test_without_vllm_the_judge_says_once_how_to_give_it_an_endpoint(monkeypatch):
+    """A pip install has no .venv-vllm: one line, once (not once per judge thread), naming
+    --base-url and the environment variable."""
+    monkeypatch.setenv("TRACEWHEEL_VLLM_PYTHON", "/nonexistent/python")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    result, _ = run(["--max-thread", "4", "--no-cache"],
+                    input_text=jsonl(*(task(i, f"q{i}") for i in range(8))))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.count("serving") == 1, result.output
+    assert result.output.count("no vLLM to serve the model") == 1
+    assert "--base-url" in result.output and "OPENAI_BASE_URL" in result.output
+
+
 def test_the_verdict_cache_follows_xdg_unless_flywheel_cache_says(tmp_path, monkeypatch):
     monkeypatch.delenv("TRACEWHEEL_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

@@ -295,15 +295,22 @@ class LazyClient:
         self.server: Any = None
         self._client: openai.OpenAI | None = None
         self._lock = threading.Lock()
+        self._failed: TracewheelError | None = None  # the server could not start: said once
 
     def __call__(self) -> openai.OpenAI:
         with self._lock:
+            if self._failed is not None:
+                raise self._failed
             if self._client is None:
                 if not self.endpoint.base_url and self.serve:
                     from .vllm import VLLMServer
 
                     self.echo(f"no --base-url: serving {self.serve} with vLLM for this run")
-                    self.server = VLLMServer(self.serve).start()
+                    try:
+                        self.server = VLLMServer(self.serve).start()
+                    except TracewheelError as err:
+                        self._failed = err
+                        raise
                     self.endpoint = replace(self.endpoint, base_url=self.server.base_url)
                     self.echo(f"vLLM ready at {self.server.base_url} in "
                               f"{self.server.startup_seconds:.0f} s")

@@ -44,9 +44,9 @@ def vllm_python() -> Path:
         if path.is_file() and os.access(path, os.X_OK):
             return path
     raise TracewheelError(
-        f"vLLM not found at {candidates[0]}: run `make vllm`, or set TRACEWHEEL_VLLM_PYTHON to a "
-        f"Python that has vLLM, or pass the URL of a running server"
-    )
+        f"no vLLM to serve the model (looked for {candidates[0]}): pass --base-url (or set "
+        f"OPENAI_BASE_URL) to use a running server, or set TRACEWHEEL_VLLM_PYTHON to a Python "
+        f"that has vLLM (in a checkout: make vllm)")
 
 
 def has_cuda() -> bool:
