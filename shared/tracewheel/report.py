@@ -188,7 +188,7 @@ def report(run: Path) -> str:
             curves.append((which.label, rewards))
     lines += ["## Iterations", "",
               "*kl_old* is the drift: how far the trained policy moved from the one that sampled "
-              "the iteration's rollouts (the mean per-token KL estimate over its steps). Up to "
+              "the iteration's rollouts (the per-token KL estimate of its median step). Up to "
               f"{KL_BOUND} the rollouts still describe the policy being trained; above it they "
               "do not, and the update is out of bounds (lower --lr).", "",
               "| iteration | rollouts (ok) | train reward | equal-reward groups | calls -> samples "
@@ -212,13 +212,14 @@ def report(run: Path) -> str:
         losses = [m["loss"] for m in metrics if m.get("loss") is not None]
         speeds = [m["tokens_per_s"] for m in metrics if m.get("tokens_per_s")]
         drift = [m["kl_old"] for m in metrics if m.get("kl_old") is not None]
-        if drift and max(drift) > KL_BOUND:
-            warnings.append(f"**Iteration {i} is out of bounds**: kl_old reached "
-                            f"{max(drift):.2g} (bound {KL_BOUND}), so its rollouts no longer "
-                            "described the policy it trained; lower its learning rate.")
+        if drift and statistics.median(drift) > KL_BOUND:
+            warnings.append(f"**Iteration {i} is out of bounds**: its typical step's kl_old "
+                            f"was {statistics.median(drift):.2g} (bound {KL_BOUND}), so its "
+                            "rollouts no longer described the policy it trained; lower its "
+                            "learning rate.")
         tail = (f"| {len(metrics)} | {losses[-1] if losses else float('nan'):.4f} | "
-                f"{statistics.fmean(speeds) if speeds else 0:.0f} | {_mean(metrics, 'kl_old')} "
-                f"| {_mean(metrics, 'clip_frac')} |")
+                f"{statistics.fmean(speeds) if speeds else 0:.0f} | "
+                f"{_typical(metrics, 'kl_old')} | {_typical(metrics, 'clip_frac')} |")
         if not rollouts:  # a warm-up: SFT on the production traces, not on rollouts
             lines.append(f"| {i} (SFT on traces) | - | - | - | - -> {n_samples} "
                          f"| - -> {merged} {tail}")
@@ -236,13 +237,14 @@ def report(run: Path) -> str:
     return "\n".join(lines)
 
 
-def _mean(metrics: list[dict], key: str) -> str:
-    """A telemetry figure over an iteration's steps ("-" where train had none to give):
-    ``kl_old`` (how far each step's policy is from the one that sampled) and ``clip_frac``
-    (GRPO: the share of tokens whose ratio was clipped) near 0 say the iteration hardly moved
-    the policy."""
+def _typical(metrics: list[dict], key: str) -> str:
+    """A telemetry figure of an iteration's typical step, the median ("-" where train had
+    none to give): ``kl_old`` (how far each step's policy is from the one that sampled) and
+    ``clip_frac`` (GRPO: the share of tokens whose ratio was clipped) near 0 say the iteration
+    hardly moved the policy. The median, because one step's mean can be one token's: a
+    trained token whose recorded logprob is not its own gives one step a kl_old of 1e4."""
     values = [m[key] for m in metrics if m.get(key) is not None]
-    return f"{statistics.fmean(values):.2g}" if values else "-"
+    return f"{statistics.median(values):.2g}" if values else "-"
 
 
 def plot(run: Path, curves: list[tuple[str, dict[int, dict[str, float]]]]
