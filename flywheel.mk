@@ -30,7 +30,7 @@ WARMUP ?= sft## iteration 1 learns the kept production traces by SFT; empty: it 
 WARMUP_ARGS ?= --lr 5e-5 --epochs 1## train options of the warm-up
 TRAIN_MAX_LEN ?= 2048## ctx-merge --max-len of the production traces the warm-up learns
 ALGO ?= sft## train's --algo on rollouts: sft (with --min-reward: rejection sampling) or grpo
-TRAIN_ARGS ?= --min-reward 1 --lr 1e-5 --allow-empty## train options on rollouts (chosen by bench/sweep_grpo.py)
+TRAIN_ARGS ?= --min-reward 1 --lr 1e-5 --allow-empty## train options on rollouts: learn the right ones only (bench/sweep_train.py compares settings)
 SEED ?= 0## the seed of sampling, the split and training
 
 RUNS ?= runs## where runs go
