@@ -363,8 +363,8 @@ def write(out_db: Path, manifest_path: Path, n_runs: int, seed: int, reference_s
     src.row_factory = sqlite3.Row
     template = {
         t: [dict(r) for r in src.execute(
-            f"SELECT * FROM {t} WHERE {'id' if t == 'run_table' else 'run_id'} = ? "
-            + ("ORDER BY startTimeUnixNano" if t == "span_table" else ""), (TEMPLATE_RUN,))]
+            f"SELECT * FROM {t} WHERE {'id' if t == 'run_table' else 'run_id'} = ?",
+            (TEMPLATE_RUN,))]
         for t in TABLES if t != "span_table"}
     template["span_table"] = [dict(r) for r in src.execute(
         "SELECT * FROM span_table WHERE conversationId = ? ORDER BY startTimeUnixNano",

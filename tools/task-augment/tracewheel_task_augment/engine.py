@@ -163,13 +163,10 @@ class Engine:
             hit = self.cache.get(attempt.key) if self.cache is not None else None
             return Outcome.from_cache(hit) if hit is not None else None
 
-        def keep(attempt: Attempt, outcome: Outcome) -> None:
-            # A reply that came back after the run had to stop: cached, not paid for again.
-            if not outcome.cached and self.cache is not None:
-                self.cache.put(attempt.key, outcome.to_cache())
-
         workers = self.asker.settings.workers
-        results = bounded_map(self.asker, keyed(), workers=workers, ready=ready, abandoned=keep)
+        # A reply that came back after the run had to stop is cached too, not paid for again.
+        results = bounded_map(self.asker, keyed(), workers=workers, ready=ready,
+                              abandoned=self._remember)
         for attempt, result in results:
             if isinstance(result, BaseException):
                 if refused_request(result):  # this request only: the others may go through
@@ -185,13 +182,16 @@ class Engine:
             self._count(attempt, result)
             yield attempt, result.items or []
 
+    def _remember(self, attempt: Attempt, outcome: Outcome) -> None:
+        if not outcome.cached and self.cache is not None:
+            self.cache.put(attempt.key, outcome.to_cache())
+
     def _count(self, attempt: Attempt, outcome: Outcome) -> None:
         self.summary.add("requests", outcome.requests)
         self.summary.add("cached", int(outcome.cached))
         if outcome.retries:
             self.summary.add("retries", outcome.retries)
-        if not outcome.cached and self.cache is not None:
-            self.cache.put(attempt.key, outcome.to_cache())
+        self._remember(attempt, outcome)
         if outcome.items is None:
             self.summary.add("unparseable", reason=outcome.reason or "no reply")
             if self.verbose:
