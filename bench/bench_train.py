@@ -9,12 +9,16 @@ order and the same optimizer, each variant in its own process (for a clean peak 
           a packed row on average
 - train:  the train tool's own loop (Trainer): one packed row per micro-batch of at most
           --max-tokens-per-batch tokens, attention kept within samples, logits only where a
-          token is trained
+          token is trained, and the tokens every sample of a row begins with computed once
+- apart:  the same loop with that shared prefix computed once per sample, as before it was
 - trl:    TRL's SFTTrainer on input_ids + assistant_masks (its defaults: padded batches of B),
           when trl is installed
 
-Printed: real (non-pad) tokens per second after the first step (warm-up), the ratio to the plain
-loop, the padding fraction, peak memory (RSS on a CPU, allocated on a GPU), and on a GPU the
+Every sample begins with the same --shared-prefix tokens, as an agent's calls begin with its
+system prompt and tool list (about 270 tokens in the demo's).
+
+Printed: real (non-pad) sample tokens per second after the first step (warm-up), the ratio to the
+plain loop, the padding fraction, peak memory (RSS on a CPU, allocated on a GPU), and on a GPU the
 model FLOPs utilisation (6 N per token plus causal attention, over the device's bf16 peak).
 
     .venv/bin/python bench/bench_train.py                 # CPU: 4 of the 30 layers, ~3 min
@@ -41,16 +45,17 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, 
                     "L4": 121.0, "RTX 4090": 165.0}
 
 
-def make_samples(n: int, max_len: int, vocab: int, seed: int) -> list[dict]:
-    """Agent-like samples: lognormal lengths (median about max_len / 4), a prompt, then a
-    completion (the trained part) of about 40% of the sample."""
+def make_samples(n: int, max_len: int, vocab: int, seed: int, prefix: int = 0) -> list[dict]:
+    """Agent-like samples: the same ``prefix`` tokens, then lognormal lengths (median about
+    max_len / 4) of a prompt and a completion (the trained part, about 40% of the rest)."""
     rng = np.random.default_rng(seed)
     lengths = np.clip(rng.lognormal(np.log(max_len / 4), 0.6, n), 32, max_len).astype(int)
+    shared = rng.integers(3, vocab, prefix).tolist()
     samples = []
     for i, length in enumerate(lengths):
         prompt = int(length * rng.uniform(0.4, 0.8))
-        ids = rng.integers(3, vocab, length).tolist()
-        mask = [0] * prompt + [1] * (length - prompt)
+        ids = shared + rng.integers(3, vocab, length).tolist()
+        mask = [0] * (prefix + prompt) + [1] * (length - prompt)
         samples.append({"id": f"b{i}", "rollout_id": f"r{i}", "input_ids": ids,
                         "loss_mask": mask, "reward": 1.0})
     return samples
@@ -87,7 +92,8 @@ def plain_batches(samples: list[dict], order: list[int], batch: int) -> list[lis
     return [order[k:k + batch] for k in range(0, len(order), batch)]
 
 
-def run_train(args: argparse.Namespace, samples: list[dict], device: str) -> dict:
+def run_train(args: argparse.Namespace, samples: list[dict], device: str,
+              share_prefix: bool = True) -> dict:
     from tracewheel_train.config import TrainConfig
     from tracewheel_train.data import to_train_sample
     from tracewheel_train.trainer import Trainer
@@ -98,14 +104,19 @@ def run_train(args: argparse.Namespace, samples: list[dict], device: str) -> dic
     data = [to_train_sample(r, i + 1, cfg)[0] for i, r in enumerate(samples)]
     steps: list[dict] = []
     trainer = Trainer(cfg, data, emit=steps.append).setup()
+    trainer.share_prefix = trainer.share_prefix and share_prefix
     trainer.save_model = lambda: None  # the benchmark measures training, not writing
     trainer.train()
     timed = steps[1:] or steps
-    tokens = sum(s["tokens"] for s in timed)
+    tokens = sum(s["tokens"] for s in timed)  # the samples': a shared prefix counts per sample
     seconds = sum(s["step_s"] for s in timed)
     padding = sum(s["padding_frac"] * s["tokens"] for s in timed)
     return {"tokens_per_s": tokens / seconds, "padding_frac": padding / (tokens + padding),
             "steps": len(steps), "attn": trainer.attn, "peak_mib": peak_memory_mib(device)}
+
+
+def run_apart(args: argparse.Namespace, samples: list[dict], device: str) -> dict:
+    return run_train(args, samples, device, share_prefix=False)
 
 
 def run_plain(args: argparse.Namespace, samples: list[dict], device: str) -> dict:
@@ -226,7 +237,8 @@ def variant_main(args: argparse.Namespace) -> None:
     args.order = json.loads((args.workdir / "order.json").read_text())
     args.model_dir = args.workdir / "model"
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    run = {"plain": run_plain, "train": run_train, "trl": run_trl}[args.variant]
+    run = {"plain": run_plain, "apart": run_apart, "train": run_train,
+           "trl": run_trl}[args.variant]
     result = run(args, samples, device)
     print(json.dumps(result), flush=True)
 
@@ -242,13 +254,15 @@ def main() -> None:
                         help="longest sample [default: 2048 on a GPU, 384 on a CPU]")
     parser.add_argument("--max-tokens-per-batch", type=int, default=None,
                         help="train's token budget [default: 16384 on a GPU, 2048 on a CPU]")
+    parser.add_argument("--shared-prefix", type=int, default=256,
+                        help="tokens every sample begins with (an agent's system prompt)")
     parser.add_argument("--attn", default="auto", help="train's --attn")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                         help="of every variant; auto: bf16 autocast on a GPU, fp32 on a CPU")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the GPU's dense bf16 peak, where it is not known here")
-    parser.add_argument("--variants", default="plain,train,trl")
+    parser.add_argument("--variants", default="plain,apart,train,trl")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds of all variants; each variant's best round counts (a shared "
                              "machine's noise only ever slows a run down)")
@@ -273,7 +287,8 @@ def main() -> None:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model_dir)
-    samples = make_samples(n, min(max_len, budget), config.vocab_size, args.seed)
+    samples = make_samples(n, min(max_len, budget) - args.shared_prefix, config.vocab_size,
+                           args.seed, args.shared_prefix)
     order = np.random.default_rng(args.seed).permutation(n).tolist()
     (workdir / "samples.json").write_text(json.dumps(samples))
     (workdir / "order.json").write_text(json.dumps(order))
@@ -281,7 +296,8 @@ def main() -> None:
     batch = max(1, round(budget / (sum(lengths) / n)))
     name = torch.cuda.get_device_name() if gpu else "cpu"
     print(f"bench_train: {n} samples, {sum(lengths)} tokens (lengths {min(lengths)}-"
-          f"{max(lengths)}, mean {sum(lengths) / n:.0f}), {args.model} architecture with "
+          f"{max(lengths)}, mean {sum(lengths) / n:.0f}, the first {args.shared_prefix} the "
+          f"same in all), {args.model} architecture with "
           f"{config.num_hidden_layers} layers at random init, {name}, "
           f"{'bf16 autocast' if bf16 else 'fp32'}; train packs <= {budget} tokens a row, the "
           f"padded loops take {batch} samples a batch", flush=True)
@@ -310,14 +326,15 @@ def main() -> None:
                 results[variant] = result
 
     peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-    labels = {"plain": "plain loop (padded)", "train": "train (packed)",
+    labels = {"plain": "plain loop (padded)", "apart": "train, prefix per sample",
+              "train": "train (packed, prefix once)",
               "trl": "TRL SFTTrainer (padded)"}
-    header = f"{'':26}{'tokens/s':>10}{'vs plain':>10}{'padding':>9}{'peak MiB':>10}"
+    header = f"{'':28}{'tokens/s':>10}{'vs plain':>10}{'padding':>9}{'peak MiB':>10}"
     print(header + (f"{'MFU':>7}" if gpu and peak else ""))
     base = results.get("plain", {}).get("tokens_per_s")
     for variant, r in results.items():
         ratio = f"{r['tokens_per_s'] / base:9.2f}x" if base else f"{'-':>10}"
-        line = (f"{labels[variant]:26}{r['tokens_per_s']:10.0f}{ratio}"
+        line = (f"{labels[variant]:28}{r['tokens_per_s']:10.0f}{ratio}"
                 f"{100 * r['padding_frac']:8.1f}%{r['peak_mib']:10.0f}")
         if gpu and peak:
             mfu = model_flops_per_s(model_dir, samples, r["tokens_per_s"]) / (peak * 1e12)

@@ -307,6 +307,53 @@ def test_packed_row_gives_each_sample_the_logits_it_has_alone(records, embedded_
         assert (crossed - alone).abs().max() > 1.0
 
 
+def test_shared_prefix_row_gives_the_logprobs_and_gradients_of_samples_apart(
+        tokenizer, embedded_model_dir):
+    """An agent's calls all begin with its system prompt: the row holds it once, and each
+    sample's logprobs and the gradients are still those of the samples packed apart."""
+    from transformers import AutoModelForCausalLM
+
+    from tracewheel_train import attention
+    from tracewheel_train.data import to_train_sample
+    from tracewheel_train.trainer import Trainer
+
+    attention.register()
+    system = ("You are a careful math assistant. Solve the problem step by step. Run Python "
+              "with the tool and give the final answer in \\boxed{}, for example \\boxed{42}.")
+    samples = []
+    for i, (question, answer, reward) in enumerate(ANSWERS):
+        record = sample_record(tokenizer, i, question, answer, reward)
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "system", "content": system}, {"role": "user", "content": question}],
+            tokenize=False, add_generation_prompt=True)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        completion = record["input_ids"][record["loss_mask"].index(1):]
+        record.update(input_ids=prompt_ids + completion,
+                      loss_mask=[0] * len(prompt_ids) + [1] * len(completion),
+                      logprobs=[0.0] * (len(prompt_ids) + len(completion)))
+        samples.append(to_train_sample(record, 1, TrainConfig())[0])
+    apart = collate(samples, [1.0] * 4)
+    shared = collate(samples, [1.0] * 4, share_prefix=True)
+    assert shared.prefix >= 30  # the system prompt and more
+    assert shared.input_ids.shape[1] == apart.input_ids.shape[1] - 3 * shared.prefix
+    assert torch.equal(shared.targets, apart.targets)
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32,
+                                                 attn_implementation="varlen_sdpa")
+    found = []
+    for batch in (apart, shared):
+        model.zero_grad()
+        logp = Trainer._logprobs(model, batch)
+        (logp * torch.linspace(0.5, 1.5, len(logp))).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+        found.append((logp.detach(), grads))
+    (logp_apart, grad_apart), (logp_shared, grad_shared) = found
+    assert (logp_shared - logp_apart).abs().max() < 1e-4
+    assert (grad_shared - grad_apart).norm() < 1e-4 * grad_apart.norm()
+    # The control: a prefix of one sample only is not shared.
+    assert collate(samples[:1], [1.0], share_prefix=True).prefix == 0
+
+
 def test_train_goes_on_when_its_metrics_reader_goes_away(records, tmp_path):
     """`train ... | head -1`: one metrics line out, and still the whole run and the model."""
     data = tmp_path / "samples.jsonl"

@@ -32,6 +32,7 @@ from .config import TrainConfig
 
 ADV_EPS = 1e-4  # as TRL's GRPOTrainer: (r - mean) / (std + 1e-4)
 PACK_WINDOW = 8  # micro-batches kept open while packing: fuller batches, order mostly kept
+MIN_SHARED_PREFIX = 16  # a shorter common start is not worth a segment of its own
 
 
 @dataclass
@@ -333,16 +334,18 @@ class Batch:
 
     input_ids: torch.Tensor  # (1, T)
     position_ids: torch.Tensor  # (1, T)
-    cu_seq_lens: torch.Tensor  # (samples + 1,) int32
+    cu_seq_lens: torch.Tensor  # segment bounds: the shared prefix (if any), then each sample
     max_len: int
+    prefix: int  # tokens at the row's start that every sample shares (0: none)
     keep: torch.Tensor  # (K,)
     targets: torch.Tensor  # (K,)
+    positions: torch.Tensor  # (K,) each target's position within its sample
     weights: torch.Tensor  # (K,) loss weight of each token
     advantages: torch.Tensor  # (K,)
     sampler_logprobs: torch.Tensor | None  # (K,) from the rollout, where every sample has them
     old_logprobs: torch.Tensor | None  # (K,) recomputed, with --recompute-logprobs
     sample_of: torch.Tensor  # (K,) which sample of the micro-batch each token belongs to
-    tokens: int
+    tokens: int  # the samples' tokens: a shared prefix counts once per sample, as if apart
     padding: int = 0
 
     def to(self, device: torch.device) -> Batch:
@@ -351,17 +354,41 @@ class Batch:
         return Batch(**moved)
 
 
+def shared_prefix(samples: list[TrainSample], least: int = MIN_SHARED_PREFIX) -> int:
+    """How many tokens every sample begins with, up to the first trained token of each (the
+    logit before it is then shared) and short of the shortest sample; 0 under ``least``."""
+    if len(samples) < 2:
+        return 0
+    first = samples[0].input_ids
+    p = min(len(s) for s in samples) - 1
+    for s in samples:
+        trained = np.flatnonzero(s.loss_mask[1:])
+        if len(trained):
+            p = min(p, int(trained[0]) + 1)
+    for s in samples[1:]:
+        differ = np.flatnonzero(first[:p] != s.input_ids[:p])
+        if len(differ):
+            p = int(differ[0])
+    return p if p >= least else 0
+
+
 def collate(samples: list[TrainSample], weights: list[float],
-            old: list[np.ndarray] | None = None) -> Batch:
-    """Samples (with each one's token weight, and recomputed old logprobs) as one packed row."""
-    ids = np.concatenate([s.input_ids for s in samples])
-    positions = np.concatenate([np.arange(len(s)) for s in samples])
-    bounds = np.cumsum([0] + [len(s) for s in samples])
-    keep, targets, w, adv, lp, old_lp, owner = [], [], [], [], [], [], []
+            old: list[np.ndarray] | None = None, share_prefix: bool = False) -> Batch:
+    """Samples (with each one's token weight, and recomputed old logprobs) as one packed row.
+    With ``share_prefix``, the tokens they all begin with are in the row once (attention.py)."""
+    p = shared_prefix(samples) if share_prefix else 0
+    rest = [len(s) - p for s in samples]
+    ids = np.concatenate([samples[0].input_ids[:p]] + [s.input_ids[p:] for s in samples])
+    positions = np.concatenate([np.arange(p)] + [np.arange(p, len(s)) for s in samples])
+    bounds = np.cumsum([0] + ([p] if p else []) + rest)
+    starts = bounds[1:] if p else bounds[:-1]  # where each sample's own tokens begin in the row
+    keep, targets, w, adv, lp, old_lp, owner, at = [], [], [], [], [], [], [], []
     for k, s in enumerate(samples):
         t = np.flatnonzero(s.loss_mask[1:]) + 1  # trained token positions within the sample
-        keep.append(bounds[k] + t - 1)
+        # The logit at sample position t - 1 predicts token t; before p it is the prefix's.
+        keep.append(np.where(t - 1 < p, t - 1, starts[k] + t - 1 - p))
         targets.append(s.input_ids[t])
+        at.append(t)
         w.append(np.full(len(t), weights[k], dtype=np.float32))
         adv.append(np.full(len(t), s.advantage, dtype=np.float32))
         owner.append(np.full(len(t), k))
@@ -377,12 +404,13 @@ def collate(samples: list[TrainSample], weights: list[float],
         input_ids=torch.from_numpy(ids).long()[None],
         position_ids=torch.from_numpy(positions).long()[None],
         cu_seq_lens=torch.from_numpy(bounds).to(torch.int32),
-        max_len=int(max(len(s) for s in samples)),
+        max_len=int(max(rest + [p])), prefix=p,
         keep=cat(keep, torch.long), targets=cat(targets, torch.long),
+        positions=cat(at, torch.long),
         weights=cat(w, torch.float32), advantages=cat(adv, torch.float32),
         sampler_logprobs=cat(lp, torch.float32) if len(lp) == len(samples) else None,
         old_logprobs=cat(old_lp, torch.float32) if old is not None else None,
-        sample_of=cat(owner, torch.long), tokens=len(ids))
+        sample_of=cat(owner, torch.long), tokens=sum(len(s) for s in samples))
 
 
 def fingerprint(samples: list[TrainSample]) -> str:

@@ -139,6 +139,8 @@ class Trainer:
         cfg = self.cfg
         attention.register()
         self.attn = attention.choose(cfg.attn, self.accelerator.device.type)
+        # Only varlen_sdpa knows a row with a shared prefix; it is exact, so always on there.
+        self.share_prefix = self.attn == attention.VARLEN_SDPA
         # float32 master weights; Accelerate's autocast runs the matmuls in bf16 on a GPU.
         model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32,
                                                      attn_implementation=self.attn)
@@ -197,8 +199,8 @@ class Trainer:
         else:
             weights = [step.weights[i] for i in indices]
         old = [self.old_logprobs[i] for i in indices] if self.old_logprobs is not None else None
-        return collate([self.samples[i] for i in indices], weights, old).to(
-            self.accelerator.device)
+        return collate([self.samples[i] for i in indices], weights, old,
+                       share_prefix=self.share_prefix).to(self.accelerator.device)
 
     @staticmethod
     def _logprobs(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -207,7 +209,7 @@ class Trainer:
         out = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
                     cu_seq_lens_q=batch.cu_seq_lens, cu_seq_lens_k=batch.cu_seq_lens,
                     max_length_q=batch.max_len, max_length_k=batch.max_len,
-                    logits_to_keep=batch.keep, use_cache=False)
+                    shared_prefix=batch.prefix, logits_to_keep=batch.keep, use_cache=False)
         return token_logprobs(out.logits[0], batch.targets)
 
     @torch.no_grad()
@@ -245,15 +247,15 @@ class Trainer:
         self.model.eval()
         for indices in mine:
             batch = collate([self.samples[i] for i in indices or [self.stand_in]],
-                            [0.0] * max(1, len(indices))).to(acc.device)
+                            [0.0] * max(1, len(indices)),
+                            share_prefix=self.share_prefix).to(acc.device)
             logp = self._logprobs(self.model, batch).float().cpu().numpy()
             owner = batch.sample_of.cpu().numpy()
-            keep = batch.keep.cpu().numpy()
-            starts = batch.cu_seq_lens.cpu().numpy()
+            positions = batch.positions.cpu().numpy()
             for k, i in enumerate(indices):
                 full = np.zeros(lengths[i], dtype=np.float32)
                 mask = owner == k
-                full[keep[mask] - starts[k] + 1] = logp[mask]
+                full[positions[mask]] = logp[mask]
                 found[i] = full
         self.model.train()
         merged: dict[int, np.ndarray] = {}
