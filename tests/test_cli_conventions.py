@@ -77,6 +77,26 @@ def test_every_tool_runs_as_a_module_under_its_own_name(name):
     assert f"Usage: {name}" in proc.stdout
 
 
+# What a tool's start-up must not import: each costs a noticeable part of a second (scipy through
+# datasketch, pandas through sqlite-utils) or more (torch), paid by every --help and every pipe.
+HEAVY = ("datasketch", "scipy", "pandas", "torch", "transformers", "numpy", "openai", "ray")
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_help_imports_no_heavy_library(name):
+    """--help answers from click alone: the heavy libraries are imported where they are used."""
+    code = textwrap.dedent(f"""
+        import sys
+        from {tool_package(name)}.cli import main
+        main(["--help"], standalone_mode=False)
+        print("heavy:", *(m for m in {HEAVY!r} if m in sys.modules))
+        """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "heavy:", proc.stdout[-300:]
+
+
 @pytest.mark.parametrize("name", sorted(JSONL_TOOLS))
 def test_malformed_line_is_reported_with_its_number(name):
     result = CliRunner().invoke(tool_main(name), args(name), input='\n{"id": 1\n')

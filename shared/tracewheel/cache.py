@@ -9,9 +9,6 @@ import sqlite3
 from pathlib import Path
 from typing import Any, TypeVar
 
-import sqlite_utils
-from sqlite_utils.db import NotFoundError
-
 from .ids import stable_id
 from .jsonl import dumps, loads
 from .models import cache_dir
@@ -38,6 +35,8 @@ class Store:
                  pk: str, not_null: set[str]):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        import sqlite_utils  # imports pandas where installed: lazily, not at start-up
+
         self.db = sqlite_utils.Database(sqlite3.connect(self.path, timeout=30,
                                                         isolation_level=None))
         self.db.enable_wal()
@@ -66,6 +65,8 @@ class Cache(Store):
         self.misses = 0
 
     def get(self, key: str) -> Any | None:
+        from sqlite_utils.db import NotFoundError
+
         try:
             row = self.table.get(key)
         except NotFoundError:

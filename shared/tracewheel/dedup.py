@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from typing import TYPE_CHECKING
 
-from datasketch import MinHash, MinHashLSH
+if TYPE_CHECKING:  # datasketch imports scipy: 0.5 s of every tool's start-up, --help too
+    from datasketch import MinHash
 
 _PUNCT = re.compile(r"[\W_]+", re.UNICODE)
 
@@ -35,10 +37,17 @@ class Deduper:
         self.num_perm = num_perm
         self.near = near and threshold < 1
         self._exact: dict[str, str] = {}
-        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm) if self.near else None
+        if self.near:
+            from datasketch import MinHashLSH
+
+            self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        else:
+            self._lsh = None
         self._hashes: dict[str, MinHash] = {}
 
     def _minhash(self, text: str) -> MinHash:
+        from datasketch import MinHash
+
         mh = MinHash(num_perm=self.num_perm)
         mh.update_batch(list(shingles(text)))
         return mh
