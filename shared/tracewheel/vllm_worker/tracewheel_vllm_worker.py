@@ -1,0 +1,29 @@
+"""Runs inside vLLM's worker processes (vLLM's own environment: no tracewheel there), loaded with
+``--worker-extension-cls tracewheel_vllm_worker.WeightUpdates`` by ``tracewheel.vllm`` when a
+server takes new weights; its methods are reached through vLLM's ``/collective_rpc``."""
+
+from __future__ import annotations
+
+
+class WeightUpdates:
+    """Mixed into vLLM's worker class."""
+
+    def tracewheel_reload_weights(self, weights_path: str) -> None:
+        """vLLM's in-place reload of a checkpoint's weights from disk, made whole on a CPU.
+
+        On a CPU vLLM packs every linear layer's weight for its GEMM kernel once, at load. A
+        reload packs again the layers it loads, but an output layer tied to the input
+        embedding is not one of them (the checkpoint has no weight of its own for it): it
+        would go on computing logits with the old embedding. Tie it again and pack it again.
+        """
+        self.reload_weights(weights_path=weights_path)
+        model = self.model_runner.get_model()
+        lm_head = getattr(model, "lm_head", None)
+        config = self.model_runner.model_config.hf_config
+        if lm_head is None or not hasattr(lm_head, "cpu_linear"):
+            return  # not a CPU layer: its weight is read as it is at every call
+        if getattr(config, "tie_word_embeddings", False):
+            lm_head.weight = model.model.embed_tokens.weight
+        from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+        dispatch_cpu_unquantized_gemm(lm_head, remove_weight=False)

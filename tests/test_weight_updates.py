@@ -1,0 +1,118 @@
+"""New weights into a running vLLM server (CPU build, the embedded model), without a restart."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import openai
+import pytest
+import torch
+
+from tracewheel.errors import TracewheelError
+from tracewheel.vllm import VLLMServer, load_weights, weight_version
+
+pytestmark = pytest.mark.vllm
+
+MESSAGES = [{"role": "user", "content": "Name a colour."}]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    log = tmp_path_factory.mktemp("vllm-updates") / "vllm.log"
+    with VLLMServer("smollm2-135m", served_model_name="policy", log_file=log,
+                    weight_updates=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def changed_model(tmp_path_factory, embedded_model_dir):
+    """The embedded model with every weight matrix nudged: same shapes, other answers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("changed") / "ckpt"
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.add_(torch.randn(p.shape, generator=generator) * p.std() * 0.3)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(embedded_model_dir).save_pretrained(out)
+    return out
+
+
+def greedy(server: VLLMServer) -> tuple[list[int], list[int], torch.Tensor]:
+    client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY", max_retries=0)
+    resp = client.chat.completions.create(
+        model="policy", messages=MESSAGES, max_tokens=8, temperature=0.0, logprobs=True,
+        extra_body={"return_token_ids": True})
+    return (resp.model_extra["prompt_token_ids"], resp.choices[0].model_extra["token_ids"],
+            torch.tensor([t.logprob for t in resp.choices[0].logprobs.content]))
+
+
+def local_logprobs(model_dir, prompt_ids: list[int], completion_ids: list[int]) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt_ids) - 1:-1]
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion_ids)[:, None])[:, 0]
+
+
+def test_loaded_weights_answer_and_the_old_ones_come_back(server, changed_model,
+                                                          embedded_model_dir):
+    prompt, before, _ = greedy(server)
+    seconds = server.load_weights(changed_model, version="v2")
+    assert 0 < seconds < 120
+    assert weight_version(server.base_url) == "v2"
+    prompt_after, after, served = greedy(server)
+    assert prompt_after == prompt and after != before
+    # What answers is the checkpoint itself: its logprobs in transformers, not the old model's.
+    assert torch.allclose(served, local_logprobs(changed_model, prompt, after), atol=0.05)
+    assert not torch.allclose(served, local_logprobs(embedded_model_dir, prompt, after),
+                              atol=0.5)
+
+    # Back to the first weights, by the command line: the first answer again (no stale cache).
+    done = subprocess.run(
+        [sys.executable, "-m", "tracewheel.vllm", str(embedded_model_dir), "--load-into",
+         server.url, "--version", "v1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "weights of" in done.stderr and "loaded in" in done.stderr
+    assert greedy(server)[1] == before
+    assert weight_version(server.url) == "v1"
+
+
+def test_other_shapes_are_refused_and_the_server_keeps_its_weights(server, tmp_path,
+                                                                   embedded_model_dir):
+    _, before, _ = greedy(server)
+    version = weight_version(server.url)
+    other = tmp_path / "other"
+    shutil.copytree(embedded_model_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    config["num_hidden_layers"] = 2
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TracewheelError, match="num_hidden_layers is 2 where the served model"):
+        load_weights(server.url, other)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text((embedded_model_dir / "config.json").read_text())
+    with pytest.raises(TracewheelError, match="no \\*.safetensors weights to load"):
+        load_weights(server.url, empty)
+
+    assert weight_version(server.url) == version
+    assert greedy(server)[1] == before
+
+
+def test_a_server_without_weight_updates_is_told_apart_and_left_serving(vllm_server,
+                                                                          embedded_model_dir):
+    with pytest.raises(TracewheelError, match="HTTP 404.*start it with weight updates"):
+        load_weights(vllm_server.url, embedded_model_dir)
+    client = openai.OpenAI(base_url=vllm_server.base_url, api_key="EMPTY", max_retries=0)
+    resp = client.chat.completions.create(model="smollm2-135m", messages=MESSAGES,
+                                          max_tokens=4, temperature=0.0)
+    assert resp.choices[0].message.content
