@@ -16,34 +16,19 @@ the same answers, so it should not move), and the server's peak memory.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
-import psutil
+from bench_vllm_startup import PeakRSS  # bench/ is on the path when a bench runs as a script
 
 from tracewheel.vllm import VLLMServer
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def group_rss_mib(pid: int) -> float:
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += proc.memory_info().rss
-    return total / 2**20
 
 
 def prefix_hit_rate(url: str) -> float | None:
@@ -61,35 +46,20 @@ def prefix_hit_rate(url: str) -> float | None:
 def measure(args: argparse.Namespace, block: int, tasks: Path, workdir: Path) -> dict:
     server = VLLMServer(args.model, extra_args=["--block-size", str(block)],
                         log_file=workdir / f"vllm-{block}.log")
-    peak, stop = 0.0, threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            if server.process is not None:
-                peak = max(peak, group_rss_mib(server.process.pid))
-            time.sleep(0.5)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     out = workdir / f"rollouts-{block}.jsonl"
-    try:
-        with server:
-            started = time.monotonic()
-            subprocess.run([str(Path(sys.executable).parent / "rollout"), "-w", args.workflow,
-                            "-n", "1", "-j", str(args.jobs), "--reward", "boxed",
-                            "--max-tokens", str(args.max_tokens), "--seed", "0",
-                            "--base-url", server.base_url, "--model", server.model_name,
-                            str(tasks), "-o", str(out)],
-                           check=True, stderr=subprocess.DEVNULL)
-            seconds = time.monotonic() - started
-            hits = prefix_hit_rate(server.url)
-    finally:
-        stop.set()
-        sampler.join()
+    with PeakRSS(server) as rss, server:
+        started = time.monotonic()
+        subprocess.run([str(Path(sys.executable).parent / "rollout"), "-w", args.workflow,
+                        "-n", "1", "-j", str(args.jobs), "--reward", "boxed",
+                        "--max-tokens", str(args.max_tokens), "--seed", "0",
+                        "--base-url", server.base_url, "--model", server.model_name,
+                        str(tasks), "-o", str(out)],
+                       check=True, stderr=subprocess.DEVNULL)
+        seconds = time.monotonic() - started
+        hits = prefix_hit_rate(server.url)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     rewards = [r["reward"] for r in rows if r.get("reward") is not None]
-    return {"seconds": seconds, "rollouts": len(rows), "hit_rate": hits, "peak_mib": peak,
+    return {"seconds": seconds, "rollouts": len(rows), "hit_rate": hits, "peak_mib": rss.peak,
             "reward": sum(rewards) / len(rewards) if rewards else float("nan")}
 
 

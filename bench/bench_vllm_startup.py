@@ -30,36 +30,44 @@ def group_rss_mib(pid: int) -> float:
     return total / 2**20
 
 
-def measure(eager: bool, tokens: int, requests: int) -> dict:
-    server = VLLMServer("smollm2-135m", eager=eager)
-    peak = 0.0
-    stop = threading.Event()
+class PeakRSS:
+    """The peak RSS of a server's process tree, sampled every 0.5 s while inside the block."""
 
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            if server.process is not None:
-                peak = max(peak, group_rss_mib(server.process.pid))
+    def __init__(self, server: VLLMServer):
+        self.server = server
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            if self.server.process is not None:
+                self.peak = max(self.peak, group_rss_mib(self.server.process.pid))
             time.sleep(0.5)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        with server:
-            client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY")
-            generated, started = 0, time.monotonic()
-            for i in range(requests):
-                resp = client.chat.completions.create(
-                    model="smollm2-135m", max_tokens=tokens, temperature=1.0, seed=i,
-                    messages=[{"role": "user", "content": "Tell me a long story about a ship."}],
-                    extra_body={"min_tokens": tokens})
-                generated += resp.usage.completion_tokens
-            seconds = time.monotonic() - started
-    finally:
-        stop.set()
-        sampler.join()
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def measure(eager: bool, tokens: int, requests: int) -> dict:
+    server = VLLMServer("smollm2-135m", eager=eager)
+    with PeakRSS(server) as rss, server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY")
+        generated, started = 0, time.monotonic()
+        for i in range(requests):
+            resp = client.chat.completions.create(
+                model="smollm2-135m", max_tokens=tokens, temperature=1.0, seed=i,
+                messages=[{"role": "user", "content": "Tell me a long story about a ship."}],
+                extra_body={"min_tokens": tokens})
+            generated += resp.usage.completion_tokens
+        seconds = time.monotonic() - started
     return {"startup_s": server.startup_seconds, "tokens_per_s": generated / seconds,
-            "peak_rss_mib": peak}
+            "peak_rss_mib": rss.peak}
 
 
 def main() -> None:
