@@ -142,6 +142,8 @@ class VLLMServer:
         kv_cache_gib: int = 1,
         eager: bool | None = None,
         weight_updates: bool = False,
+        lora_rank: int = 0,
+        max_loras: int = 4,
     ):
         self.model_dir = resolve_model(model)
         self.model_name = served_model_name or model
@@ -161,6 +163,10 @@ class VLLMServer:
         # New weights into the running server (load_weights) need vLLM's development routes
         # (/collective_rpc among them): off unless asked for; the server binds 127.0.0.1.
         self.weight_updates = weight_updates
+        # LoRA adapters on the base, loaded and replaced while it runs (load_adapter): one per
+        # policy. vLLM sizes its buffers for the largest rank and the most adapters at once.
+        self.lora_rank = lora_rank
+        self.max_loras = max_loras
         self.process: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
 
@@ -205,6 +211,9 @@ class VLLMServer:
             cmd += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_parser]
         if self.weight_updates:
             cmd += ["--worker-extension-cls", WORKER_EXTENSION]
+        if self.lora_rank:
+            cmd += ["--enable-lora", "--max-lora-rank", str(self.lora_rank),
+                    "--max-loras", str(self.max_loras)]
         return cmd + self.extra_args
 
     def _env(self) -> dict[str, str]:
@@ -213,6 +222,8 @@ class VLLMServer:
         env.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
         env.setdefault("DO_NOT_TRACK", "1")
+        if self.lora_rank:
+            env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         if self.weight_updates:
             env["VLLM_SERVER_DEV_MODE"] = "1"
             # The worker extension (WORKER_EXTENSION) is a file of its own, importable there.
@@ -306,6 +317,11 @@ class VLLMServer:
         """New weights into this running server (started with ``weight_updates``)."""
         return load_weights(self.url, model, version, timeout=timeout)
 
+    def load_adapter(self, name: str, adapter: str | os.PathLike,
+                     timeout: float = WEIGHT_UPDATE_TIMEOUT) -> float:
+        """A LoRA adapter served as model ``name`` (started with ``lora_rank``)."""
+        return load_adapter(self.url, name, adapter, timeout=timeout)
+
     def __enter__(self) -> VLLMServer:
         return self.start()
 
@@ -332,7 +348,8 @@ def _call(url: str, route: str, body: dict | None, timeout: float, step: str,
     except urllib.error.HTTPError as err:
         detail = err.read().decode(errors="replace")[:500]
         hint = (" (start it with weight updates: VLLMServer(weight_updates=True) or "
-                "python -m tracewheel.vllm --weight-updates)") if err.code == 404 else ""
+                "python -m tracewheel.vllm --weight-updates; for adapters, lora_rank=R or "
+                "--lora-rank R)") if err.code == 404 else ""
         raise TracewheelError(f"vLLM at {url}: {step} failed: HTTP {err.code} {detail}{hint}"
                               ) from None
     except (urllib.error.URLError, OSError) as err:
@@ -404,6 +421,30 @@ def load_weights(url: str, model: str | os.PathLike, version: str | None = None,
     return time.monotonic() - started
 
 
+def load_adapter(url: str, name: str, adapter: str | os.PathLike, *,
+                 timeout: float = WEIGHT_UPDATE_TIMEOUT) -> float:
+    """Serve the LoRA adapter in directory ``adapter`` as model ``name`` on the vLLM server at
+    ``url`` (its root), replacing the adapter of that name if there is one; the seconds it took.
+    Where vLLM refuses it (a rank over the server's, another base), ``name`` keeps answering
+    with the adapter it had."""
+    import json
+
+    url = url.rstrip("/").removesuffix("/v1")
+    path = Path(adapter).expanduser().resolve()
+    config = path / "adapter_config.json"
+    if not config.is_file():
+        raise TracewheelError(f"{path}: not a LoRA adapter (no adapter_config.json)")
+    try:
+        rank = json.loads(config.read_text()).get("r")
+    except ValueError as err:
+        raise TracewheelError(f"{config}: not JSON ({err})") from None
+    started = time.monotonic()
+    _call(url, "/v1/load_lora_adapter",
+          {"lora_name": name, "lora_path": str(path), "load_inplace": True}, timeout,
+          f"loading adapter {name!r} (rank {rank}) from {path}")
+    return time.monotonic() - started
+
+
 def weight_version(url: str, timeout: float = 30.0) -> str | None:
     """The version the server at ``url`` says its weights are (None where it has none)."""
     url = url.rstrip("/").removesuffix("/v1")
@@ -471,6 +512,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "URL (started with --weight-updates), then exit")
     parser.add_argument("--version", default=None,
                         help="with --load-into: the weights' version [default: MODEL's path]")
+    parser.add_argument("--lora-rank", type=int, default=0,
+                        help="serve LoRA adapters up to this rank, loaded while it runs "
+                             "(--load-into URL --adapter NAME)")
+    parser.add_argument("--adapter", metavar="NAME", default=None,
+                        help="with --load-into: MODEL is a LoRA adapter, served as NAME")
     parser.add_argument("--check", action="store_true",
                         help="start, check one completion carries token ids and logprobs, stop")
     parser.add_argument("--exec", dest="command", nargs=argparse.REMAINDER,
@@ -479,18 +525,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.load_into:
         try:
-            seconds = load_weights(args.load_into, args.model, args.version)
+            if args.adapter:
+                seconds = load_adapter(args.load_into, args.adapter, args.model)
+            else:
+                seconds = load_weights(args.load_into, args.model, args.version)
         except TracewheelError as err:
             print(f"Error: {err.message}", file=sys.stderr)
             return 1
-        print(f"vLLM at {args.load_into}: weights of {args.model} loaded in {seconds:.1f} s",
+        what = f"adapter {args.adapter!r}" if args.adapter else "weights"
+        print(f"vLLM at {args.load_into}: {what} of {args.model} loaded in {seconds:.1f} s",
               file=sys.stderr)
         return 0
     _watch_the_caller()
     try:
         with signals_as_exceptions(), VLLMServer(
                 args.model, host=args.host, port=args.port, log_file=args.log_file,
-                max_model_len=args.max_model_len, weight_updates=args.weight_updates) as server:
+                max_model_len=args.max_model_len, weight_updates=args.weight_updates,
+                lora_rank=args.lora_rank) as server:
             print(f"vLLM ready at {server.base_url} in {server.startup_seconds:.1f} s; "
                   f"log {server.log_path}", file=sys.stderr, flush=True)
             if args.check:

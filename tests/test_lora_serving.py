@@ -1,0 +1,116 @@
+"""One base model, one LoRA adapter per policy, loaded and replaced in a running vLLM (CPU build):
+what multi-agent workflows need to give each agent its own policy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import openai
+import pytest
+import torch
+
+from tracewheel.errors import TracewheelError
+from tracewheel.vllm import VLLMServer, load_adapter
+
+pytestmark = pytest.mark.vllm
+
+MESSAGES = [{"role": "user", "content": "Name a colour."}]
+RANK = 8
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    log = tmp_path_factory.mktemp("vllm-lora") / "vllm.log"
+    with VLLMServer("smollm2-135m", served_model_name="base", log_file=log,
+                    lora_rank=RANK) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory, embedded_model_dir):
+    """Three adapters of the embedded model with random, non-zero weights (a fresh LoRA adapter
+    changes nothing), and one of a rank over the server's."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("adapters")
+    made = {}
+    for k, (name, rank) in enumerate([("a", RANK), ("b", RANK), ("c", RANK), ("wide", 16)]):
+        base = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32)
+        model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank,
+                                                target_modules=["q_proj", "v_proj", "down_proj"]))
+        generator = torch.Generator().manual_seed(k)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_" in n:
+                    p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+        model.save_pretrained(root / name)
+        made[name] = root / name
+    return made
+
+
+def greedy(server: VLLMServer, model: str) -> tuple[list[int], list[int], torch.Tensor]:
+    client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY", max_retries=0)
+    resp = client.chat.completions.create(
+        model=model, messages=MESSAGES, max_tokens=8, temperature=0.0, logprobs=True,
+        extra_body={"return_token_ids": True})
+    return (resp.model_extra["prompt_token_ids"], resp.choices[0].model_extra["token_ids"],
+            torch.tensor([t.logprob for t in resp.choices[0].logprobs.content]))
+
+
+def adapter_logprobs(base_dir, adapter, prompt_ids: list[int], completion_ids: list[int]
+                     ) -> torch.Tensor:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, adapter).eval()
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1:-1]
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion_ids)[:, None])[:, 0]
+
+
+def test_each_policy_answers_with_its_adapter_and_a_new_one_replaces_only_its_own(
+        server, adapters, embedded_model_dir):
+    _, base, _ = greedy(server, "base")
+    server.load_adapter("solver", adapters["a"])
+    server.load_adapter("checker", adapters["b"])
+    prompt, solver, served = greedy(server, "solver")
+    _, checker, _ = greedy(server, "checker")
+    assert solver != base and checker != base and solver != checker
+    # What answers as "solver" is its adapter on the base, as peft computes it.
+    assert torch.allclose(served, adapter_logprobs(embedded_model_dir, adapters["a"], prompt,
+                                                   solver), atol=0.05)
+
+    # A new version of the solver's adapter, by the command line: the solver's answer changes,
+    # the checker's and the base's do not.
+    done = subprocess.run(
+        [sys.executable, "-m", "tracewheel.vllm", str(adapters["c"]), "--load-into",
+         server.url, "--adapter", "solver"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    prompt, solver_2, served_2 = greedy(server, "solver")
+    assert solver_2 != solver
+    assert torch.allclose(served_2, adapter_logprobs(embedded_model_dir, adapters["c"], prompt,
+                                                     solver_2), atol=0.05)
+    assert greedy(server, "checker")[1] == checker
+    assert greedy(server, "base")[1] == base
+
+
+def test_an_adapter_vllm_refuses_leaves_the_policy_on_its_previous_one(server, adapters,
+                                                                      tmp_path):
+    server.load_adapter("critic", adapters["b"])
+    _, before, _ = greedy(server, "critic")
+    with pytest.raises(TracewheelError, match="loading adapter 'critic' \\(rank 16\\)"):
+        load_adapter(server.url, "critic", adapters["wide"])
+    assert greedy(server, "critic")[1] == before
+
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(TracewheelError, match="not a LoRA adapter \\(no adapter_config.json\\)"):
+        load_adapter(server.url, "critic", tmp_path)
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 8}) + "}")
+    with pytest.raises(TracewheelError, match="adapter_config.json: not JSON"):
+        load_adapter(server.url, "critic", tmp_path)
+    assert greedy(server, "critic")[1] == before
