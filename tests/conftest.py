@@ -49,6 +49,35 @@ def tokenizer(embedded_model_dir):
     return AutoTokenizer.from_pretrained(embedded_model_dir)
 
 
+def served_greedy(server: VLLMServer, model: str, messages: list[dict], max_tokens: int = 8
+                  ) -> tuple[list[int], list[int], list[float]]:
+    """A greedy completion from a real server: its prompt ids, completion ids, and the logprob
+    of each completion token."""
+    import openai
+
+    client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY", max_retries=0)
+    resp = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=max_tokens, temperature=0.0, logprobs=True,
+        extra_body={"return_token_ids": True})
+    return (resp.model_extra["prompt_token_ids"], resp.choices[0].model_extra["token_ids"],
+            [t.logprob for t in resp.choices[0].logprobs.content])
+
+
+def local_logprobs(model, prompt_ids: list[int], completion_ids: list[int]):
+    """log p of each completion token under ``model`` in transformers (a model, or a model
+    directory loaded in float32): what a served model's logprobs are checked against."""
+    import torch
+
+    if isinstance(model, (str, Path)):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1:-1]
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion_ids)[:, None])[:, 0]
+
+
 def studio_tasks(n: int) -> str:
     """JSONL of n real tasks from a Studio database, the manifest's answers as references."""
     out = subprocess.run([str(Path(sys.executable).parent / "trace-export"), "-q",

@@ -7,12 +7,13 @@ import json
 import subprocess
 import sys
 
-import openai
 import pytest
 import torch
 
 from tracewheel.errors import TracewheelError
 from tracewheel.vllm import VLLMServer, load_adapter
+
+from conftest import local_logprobs, served_greedy
 
 pytestmark = pytest.mark.vllm
 
@@ -52,12 +53,8 @@ def adapters(tmp_path_factory, embedded_model_dir):
 
 
 def greedy(server: VLLMServer, model: str) -> tuple[list[int], list[int], torch.Tensor]:
-    client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY", max_retries=0)
-    resp = client.chat.completions.create(
-        model=model, messages=MESSAGES, max_tokens=8, temperature=0.0, logprobs=True,
-        extra_body={"return_token_ids": True})
-    return (resp.model_extra["prompt_token_ids"], resp.choices[0].model_extra["token_ids"],
-            torch.tensor([t.logprob for t in resp.choices[0].logprobs.content]))
+    prompt, completion, logprobs = served_greedy(server, model, MESSAGES)
+    return prompt, completion, torch.tensor(logprobs)
 
 
 def adapter_logprobs(base_dir, adapter, prompt_ids: list[int], completion_ids: list[int]
@@ -66,11 +63,8 @@ def adapter_logprobs(base_dir, adapter, prompt_ids: list[int], completion_ids: l
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    model = PeftModel.from_pretrained(base, adapter).eval()
-    ids = torch.tensor([prompt_ids + completion_ids])
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1:-1]
-    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion_ids)[:, None])[:, 0]
+    return local_logprobs(PeftModel.from_pretrained(base, adapter).eval(), prompt_ids,
+                          completion_ids)
 
 
 def test_each_policy_answers_with_its_adapter_and_a_new_one_replaces_only_its_own(

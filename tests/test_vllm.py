@@ -16,6 +16,8 @@ import torch
 from tracewheel.errors import TracewheelError
 from tracewheel.vllm import CHAT_TEMPLATE, VLLMServer, check, group_members
 
+from conftest import local_logprobs
+
 pytestmark = pytest.mark.vllm
 
 CALCULATOR = {
@@ -64,8 +66,6 @@ def test_completion_carries_prompt_ids_completion_ids_and_logprobs(vllm_server, 
 def test_recorded_logprobs_match_the_model_in_transformers(vllm_server, client, embedded_model_dir):
     """The served weights are the converted ones: vLLM's sampled-token logprobs agree with a
     forward pass of the same model in transformers (what GRPO's old log-probs rely on)."""
-    from transformers import AutoModelForCausalLM
-
     resp = client.chat.completions.create(
         model="smollm2-135m", messages=[{"role": "user", "content": "Name a colour."}],
         max_tokens=8, temperature=1.0, seed=3, logprobs=True,
@@ -74,11 +74,7 @@ def test_recorded_logprobs_match_the_model_in_transformers(vllm_server, client, 
     completion_ids = resp.choices[0].model_extra["token_ids"]
     served = torch.tensor([t.logprob for t in resp.choices[0].logprobs.content])
 
-    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32)
-    ids = torch.tensor([prompt_ids + completion_ids])
-    with torch.no_grad():
-        logits = model(ids).logits[0, len(prompt_ids) - 1:-1]
-    local = torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion_ids)[:, None])[:, 0]
+    local = local_logprobs(embedded_model_dir, prompt_ids, completion_ids)
     assert torch.allclose(served, local, atol=0.05), (served, local)
 
 

@@ -14,6 +14,8 @@ import torch
 from tracewheel.errors import TracewheelError
 from tracewheel.vllm import VLLMServer, load_weights, weight_version
 
+from conftest import local_logprobs, served_greedy
+
 pytestmark = pytest.mark.vllm
 
 MESSAGES = [{"role": "user", "content": "Name a colour."}]
@@ -45,22 +47,8 @@ def changed_model(tmp_path_factory, embedded_model_dir):
 
 
 def greedy(server: VLLMServer) -> tuple[list[int], list[int], torch.Tensor]:
-    client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY", max_retries=0)
-    resp = client.chat.completions.create(
-        model="policy", messages=MESSAGES, max_tokens=8, temperature=0.0, logprobs=True,
-        extra_body={"return_token_ids": True})
-    return (resp.model_extra["prompt_token_ids"], resp.choices[0].model_extra["token_ids"],
-            torch.tensor([t.logprob for t in resp.choices[0].logprobs.content]))
-
-
-def local_logprobs(model_dir, prompt_ids: list[int], completion_ids: list[int]) -> torch.Tensor:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    ids = torch.tensor([prompt_ids + completion_ids])
-    with torch.no_grad():
-        logits = model(ids).logits[0, len(prompt_ids) - 1:-1]
-    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion_ids)[:, None])[:, 0]
+    prompt, completion, logprobs = served_greedy(server, "policy", MESSAGES)
+    return prompt, completion, torch.tensor(logprobs)
 
 
 def test_loaded_weights_answer_and_the_old_ones_come_back(server, changed_model,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -337,8 +338,6 @@ SHAPE_KEYS = ("architectures", "hidden_size", "intermediate_size", "num_hidden_l
 def _call(url: str, route: str, body: dict | None, timeout: float, step: str,
           method: str = "POST") -> dict:
     """One request to a vLLM route; any failure is a TracewheelError naming the server and step."""
-    import json
-
     data = None if method == "GET" else json.dumps(body or {}).encode()
     request = urllib.request.Request(url + route, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
@@ -361,6 +360,11 @@ def _call(url: str, route: str, body: dict | None, timeout: float, step: str,
         return {"text": text}
 
 
+def server_root(url: str) -> str:
+    """A server's root URL, with or without the /v1 its OpenAI routes are under."""
+    return url.rstrip("/").removesuffix("/v1")
+
+
 def served_model_dir(url: str, timeout: float = 30.0) -> Path | None:
     """The directory the server at ``url`` loaded its model from, where this machine has it."""
     models = _call(url, "/v1/models", None, timeout, "listing its models", method="GET")
@@ -373,8 +377,6 @@ def served_model_dir(url: str, timeout: float = 30.0) -> Path | None:
 
 def check_same_shape(served: Path, new: Path) -> None:
     """Refuse a checkpoint whose shapes differ from the served model's, naming the first."""
-    import json
-
     def config(path: Path) -> dict:
         return json.loads((path / "config.json").read_text())
 
@@ -398,7 +400,7 @@ def load_weights(url: str, model: str | os.PathLike, version: str | None = None,
     /weight_info answers from then on. Where the load itself fails the server stays paused:
     it never answers with half-loaded weights, and the error says to stop it.
     """
-    url = url.rstrip("/").removesuffix("/v1")
+    url = server_root(url)
     path = resolve_model(str(model)).resolve()
     if not any(path.glob("*.safetensors")):
         raise TracewheelError(f"{path}: no *.safetensors weights to load")
@@ -427,9 +429,7 @@ def load_adapter(url: str, name: str, adapter: str | os.PathLike, *,
     ``url`` (its root), replacing the adapter of that name if there is one; the seconds it took.
     Where vLLM refuses it (a rank over the server's, another base), ``name`` keeps answering
     with the adapter it had."""
-    import json
-
-    url = url.rstrip("/").removesuffix("/v1")
+    url = server_root(url)
     path = Path(adapter).expanduser().resolve()
     config = path / "adapter_config.json"
     if not config.is_file():
@@ -447,7 +447,7 @@ def load_adapter(url: str, name: str, adapter: str | os.PathLike, *,
 
 def weight_version(url: str, timeout: float = 30.0) -> str | None:
     """The version the server at ``url`` says its weights are (None where it has none)."""
-    url = url.rstrip("/").removesuffix("/v1")
+    url = server_root(url)
     return _call(url, "/weight_info", None, timeout, "asking its weight version",
                  method="GET").get("weight_version")
 
@@ -496,7 +496,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     with --exec CMD..., run CMD with OPENAI_BASE_URL and TRACEWHEEL_MODEL pointing at the server,
     then stop it (so several steps share one server, and none outlives them)."""
     import argparse
-    import json
 
     parser = argparse.ArgumentParser(prog="python -m tracewheel.vllm", description=main.__doc__)
     parser.add_argument("model", nargs="?", default="smollm2-135m")
