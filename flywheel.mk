@@ -2,9 +2,12 @@
 # model -> evaluation (held-out split and EVAL set), one file per step under runs/$(RUN)/, so a
 # re-run redoes only what changed. Every setting is a variable (`make help` lists them):
 #   make flywheel DB=studio.sqlite AGENT=MyAgent MODEL=/models/Qwen3-8B WORKFLOW=my_agent.py:run
-# Steps that need an LLM run inside a *phase*: `make flywheel` serves one model per phase with
-# `python -m tracewheel.vllm MODEL --exec make GOALS ENDPOINT=...`, so the steps share one vLLM and
-# none outlives them. A step made on its own (make runs/demo/iter-0/eval.jsonl) serves its model.
+# Steps that need an LLM run inside a *phase*, one per model. By default (SERVE=once) one vLLM
+# serves the whole loop: it starts with the first model a phase needs, and each trained model's
+# weights go into it (`python -m tracewheel.vllm CKPT --load-into URL`) before its phase; with
+# SERVE=phase each phase starts a vLLM of its own. Either way the steps of a phase run under
+# `python -m tracewheel.vllm ... --exec make GOALS ENDPOINT=...`, so no server outlives them. A
+# step made on its own (make runs/demo/iter-0/eval.jsonl) serves its model.
 
 RUN ?= demo## name of the run: its files go under runs/$(RUN)/
 DB ?= examples/demo.sqlite## the Studio database to learn from (read only)
@@ -32,6 +35,7 @@ TRAIN_MAX_LEN ?= 2048## ctx-merge --max-len of the production traces the warm-up
 ALGO ?= sft## train's --algo on rollouts: sft (with --min-reward: rejection sampling) or grpo
 TRAIN_ARGS ?= --min-reward 1 --lr 1e-5 --allow-empty## train options on rollouts: learn the right ones only (bench/sweep_train.py compares settings)
 SEED ?= 0## the seed of sampling, the split and training
+SERVE ?= once## once: one vLLM for the loop, each new model's weights loaded into it; phase: a vLLM per model
 
 RUNS ?= runs## where runs go
 R := $(RUNS)/$(RUN)
@@ -132,33 +136,69 @@ $(R)/report.md: $(foreach i,0 $(ITER_NUMS),$(call evaluations,$i))
 
 # One phase per model: model 0 serves the filter, the paraphrases, its evaluation and the first
 # rollouts (none before a warm-up); model K its evaluation and the next rollouts. A phase
-# already done serves nothing. This recipe calls $(MAKE), so make runs it even under `make -n`:
-# then it prints each phase's server and the steps it would run, and starts nothing.
+# already done serves nothing. These recipes call $(MAKE), so make runs them even under
+# `make -n`: then they print each phase's server and the steps they would run, and start nothing.
 DRY_RUN := $(findstring n,$(firstword -$(MAKEFLAGS)))
+# Shell: the goals of phase $$k in $$goals, and its model in $$model.
+phase = goals="$(call evaluations,$$k)"; \
+  if [ $$k -eq 0 ]; then goals="$$goals $(R)/train.jsonl"; fi; \
+  case " $(ROLLOUT_ITERS) " in *" $$((k + 1)) "*) \
+    goals="$$goals $(R)/iter-$$((k + 1))/rollouts.jsonl";; esac; \
+  if [ $$k -eq 0 ]; then model="$(MODEL)"; else model="$(R)/iter-$$k/ckpt"; fi
+pending = ! $(MAKE) -s -q $$goals >/dev/null 2>&1
+vllm = $(TRACEWHEEL_BIN)/python -m tracewheel.vllm
+FROM ?= 0
+
 flywheel-loop:
 	@mkdir -p $(R)/logs
-	@for k in 0 $(ITER_NUMS); do \
-	  goals="$(call evaluations,$$k)"; \
-	  if [ $$k -eq 0 ]; then goals="$$goals $(R)/train.jsonl"; fi; \
-	  case " $(ROLLOUT_ITERS) " in *" $$((k + 1)) "*) \
-	    goals="$$goals $(R)/iter-$$((k + 1))/rollouts.jsonl";; esac; \
-	  if ! $(MAKE) -s -q $$goals >/dev/null 2>&1; then \
-	    if [ $$k -eq 0 ]; then model="$(MODEL)"; else model="$(R)/iter-$$k/ckpt"; fi; \
+ifeq ($(SERVE),once)
+	@first=; for k in 0 $(ITER_NUMS); do $(phase); \
+	  if $(pending); then first=$$k; break; fi; done; \
+	if [ -n "$$first" ]; then \
+	  k=$$first; $(phase); \
+	  if [ $$k -gt 0 ]; then $(MAKE) --no-print-directory $(R)/iter-$$k/metrics.jsonl ENDPOINT= || exit 1; fi; \
+	  echo "== flywheel: one vLLM for the whole loop (SERVE=once), started with $$model"; \
+	  if [ -n "$(DRY_RUN)" ]; then \
+	    echo "$(vllm) $$model --weight-updates --version $$model --max-model-len $(MAX_MODEL_LEN)" \
+	      "--log-file $(R)/logs/vllm.log --exec make flywheel-phases FROM=$$k ENDPOINT=<its base URL>"; \
+	    $(MAKE) --no-print-directory flywheel-phases FROM=$$k ENDPOINT=http://127.0.0.1:PORT/v1; \
+	  else \
+	    $(vllm) "$$model" --weight-updates --version "$$model" --max-model-len $(MAX_MODEL_LEN) \
+	      --log-file $(R)/logs/vllm.log --exec sh -c '$(MAKE) --no-print-directory flywheel-phases '"FROM=$$k"' ENDPOINT="$$OPENAI_BASE_URL"' || exit 1; \
+	  fi; \
+	fi
+else
+	@$(MAKE) --no-print-directory flywheel-phases
+endif
+	@$(MAKE) --no-print-directory $(R)/report.md
+	@echo "flywheel: the report is $(R)/report.md (plots beside it)"
+
+# Phases FROM..ITERS, each followed by the training it feeds. With ENDPOINT (SERVE=once) they
+# share the server there, which serves model FROM: each later model's weights go into it first.
+flywheel-phases:
+	@served=$(FROM); for k in $$(seq $(FROM) $(ITERS)); do $(phase); \
+	  if $(pending); then \
 	    echo "== flywheel phase $$k: serving $$model"; \
-	    if [ -n "$(DRY_RUN)" ]; then \
-	      echo "$(TRACEWHEEL_BIN)/python -m tracewheel.vllm $$model --max-model-len $(MAX_MODEL_LEN)" \
+	    if [ -n "$(ENDPOINT)" ]; then \
+	      if [ $$served -ne $$k ]; then \
+	        if [ -n "$(DRY_RUN)" ]; then echo "$(vllm) $$model --load-into $(ENDPOINT) --version $$model"; \
+	        else $(vllm) "$$model" --load-into "$(ENDPOINT)" --version "$$model" \
+	          2> >(tee -a $(R)/logs/load-$$k.log >&2) || exit 1; fi; \
+	        served=$$k; \
+	      fi; \
+	      $(MAKE) --no-print-directory $$goals ENDPOINT="$(ENDPOINT)" || exit 1; \
+	    elif [ -n "$(DRY_RUN)" ]; then \
+	      echo "$(vllm) $$model --max-model-len $(MAX_MODEL_LEN)" \
 	        "--log-file $(R)/logs/vllm-$$k.log --exec make $$goals ENDPOINT=<its base URL>"; \
 	      $(MAKE) --no-print-directory $$goals ENDPOINT=http://127.0.0.1:PORT/v1; \
 	    else \
-	      $(TRACEWHEEL_BIN)/python -m tracewheel.vllm "$$model" --max-model-len $(MAX_MODEL_LEN) \
-	        --log-file $(R)/logs/vllm-$$k.log \
-	        --exec sh -c '$(MAKE) --no-print-directory '"$$goals"' ENDPOINT="$$OPENAI_BASE_URL"'; \
+	      $(vllm) "$$model" --max-model-len $(MAX_MODEL_LEN) --log-file $(R)/logs/vllm-$$k.log \
+	        --exec sh -c '$(MAKE) --no-print-directory '"$$goals"' ENDPOINT="$$OPENAI_BASE_URL"' \
+	        || exit 1; \
 	    fi; \
 	  fi; \
 	  if [ $$k -lt $(ITERS) ]; then \
 	    echo "== flywheel iteration $$((k + 1)): training"; \
-	    $(MAKE) --no-print-directory $(R)/iter-$$((k + 1))/metrics.jsonl; \
+	    $(MAKE) --no-print-directory $(R)/iter-$$((k + 1))/metrics.jsonl ENDPOINT= || exit 1; \
 	  fi; \
 	done
-	@$(MAKE) --no-print-directory $(R)/report.md
-	@echo "flywheel: the report is $(R)/report.md (plots beside it)"

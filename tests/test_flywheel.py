@@ -1,5 +1,6 @@
-"""`make flywheel`'s loop end to end on the demo database, made small: the real tools, a real vLLM
-per phase, one real training step; then a re-run that finds everything done and serves nothing."""
+"""`make flywheel`'s loop end to end on the demo database, made small: the real tools, one real
+vLLM for the loop (the trained model's weights loaded into it), one real training step; then a
+re-run that finds everything done and serves nothing."""
 
 from __future__ import annotations
 
@@ -85,6 +86,14 @@ def test_the_loop_leaves_every_step_and_a_report(small_run):
     assert "## Evaluation set" in report and "(n=6)" in report
     assert (run / "reward.png").is_file() and (run / "training.png").is_file()
     assert "flywheel phase 1: serving" in first.stdout
+    # one server for the loop: started once, the trained weights loaded into it, and every call
+    # marked with the version of the weights that served it
+    assert "one vLLM for the whole loop" in first.stdout
+    assert first.stderr.count("vLLM ready at") == 1, first.stderr[-3000:]
+    assert "loaded in" in (run / "logs" / "load-1.log").read_text()
+    for i, version in ((0, "smollm2-135m"), (1, str(run / "iter-1" / "ckpt"))):
+        calls = [c for r in lines(run / f"iter-{i}" / "eval-set.jsonl") for c in r["calls"]]
+        assert calls and {c["weight_version"] for c in calls} == {version}
 
 
 def test_a_rerun_finds_the_loop_done_and_serves_nothing(small_run):
@@ -105,3 +114,12 @@ def test_make_n_prints_the_loop_and_starts_nothing(tmp_path):
     assert "ENDPOINT=<its base URL>" in out and "trace-filter" in out and "train --model" in out
     assert not (tmp_path / "runs").exists()  # nothing made, not even the run's folder
     assert "vLLM ready" not in out + result.stderr
+    assert "--weight-updates" in out and "--load-into" in out  # one server: weights loaded
+
+
+def test_serve_phase_prints_a_server_per_model(tmp_path):
+    result = make("-n", "flywheel-loop", "SERVE=phase", runs=tmp_path / "runs")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "== flywheel phase 0: serving smollm2-135m" in result.stdout
+    assert "vllm-1.log" in result.stdout and "--weight-updates" not in result.stdout
+    assert not (tmp_path / "runs").exists()

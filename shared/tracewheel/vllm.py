@@ -510,7 +510,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="start nothing: load MODEL's weights into the running server at "
                              "URL (started with --weight-updates), then exit")
     parser.add_argument("--version", default=None,
-                        help="with --load-into: the weights' version [default: MODEL's path]")
+                        help="the weights' version the server answers (/weight_info), with "
+                             "--load-into or --weight-updates [default: MODEL's path; at "
+                             "start, vLLM's 'default']")
     parser.add_argument("--lora-rank", type=int, default=0,
                         help="serve LoRA adapters up to this rank, loaded while it runs "
                              "(--load-into URL --adapter NAME)")
@@ -543,6 +545,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lora_rank=args.lora_rank) as server:
             print(f"vLLM ready at {server.base_url} in {server.startup_seconds:.1f} s; "
                   f"log {server.log_path}", file=sys.stderr, flush=True)
+            if args.weight_updates and args.version:
+                _call(server.url, "/update_weight_version", {"new_version": args.version}, 30,
+                      "setting the weight version")
             if args.check:
                 print(json.dumps(check(server), ensure_ascii=False), flush=True)
                 return 0

@@ -26,7 +26,7 @@ REORDER_WINDOW = 16
 CALL_FIELDS = ("id", "index", "agent", "messages", "tools", "params", "prompt_ids",
                "completion_ids", "logprobs", "output", "finish_reason", "model", "usage",
                "latency_ms", "time", "stream", "choice", "tokens", "continues", "drift",
-               "tokens_reason")
+               "tokens_reason", "weight_version")
 
 
 class Sessions:

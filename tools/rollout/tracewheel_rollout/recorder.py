@@ -120,11 +120,14 @@ class Recorder:
     def __init__(self, upstream: str, *, on_call: Callable[[dict], None],
                  host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
                  retries: int = 3, timeout: float = 600.0, continuation: str = "auto",
-                 chat_template: str | None = None):
+                 chat_template: str | None = None, weight_version: str | None = None):
         self.upstream = upstream.rstrip("/")
         if self.upstream.endswith("/v1"):
             self.upstream = self.upstream[:-3]
         self.on_call = on_call
+        # The version of the weights serving the calls, where the upstream says (vLLM's
+        # /weight_info): every call is marked with it.
+        self.weight_version = weight_version
         self.host, self.port = host, port
         self.api_key = api_key
         self.retries = retries
@@ -339,6 +342,7 @@ class Recorder:
             "messages": body.get("messages") or [], "tools": body.get("tools"),
             "params": {k: v for k, v in body.items() if k not in _NOT_PARAMS},
             "stream": bool(body.get("stream")),
+            "weight_version": self.weight_version,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "_started": time.monotonic(),
         }

@@ -98,6 +98,7 @@ def run_rollouts(o: RunOptions, input: IO[bytes], output: str | None, *, skip_in
             _group_figures(summary, groups, o.samples)
             if sessions.stray:
                 summary.add("stray calls", sessions.stray)
+            _check_version(engine, summary)
             summary.print(quiet)
 
 
@@ -116,17 +117,42 @@ def _start(o: RunOptions, stack: contextlib.ExitStack, sessions: Sessions, engin
     name = name or _served_model(upstream, o.api_key, o.timeout)
     from .recorder import Recorder  # aiohttp: the [rollout] extra
 
+    version = served_version(upstream)
     recorder = stack.enter_context(Recorder(
         upstream, on_call=sessions.add, host=o.record_host, port=o.record_port,
         api_key=o.api_key, retries=o.retries, timeout=o.timeout, continuation=o.continuation,
-        chat_template=o.chat_template))
+        chat_template=o.chat_template, weight_version=version))
     sessions.on_close = recorder.forget
-    engine.update(upstream=upstream, model=name)
-    echo(f"recording at {recorder.base_url()} (upstream {upstream}, model {name})")
+    engine.update(upstream=upstream, model=name, weight_version=version)
+    echo(f"recording at {recorder.base_url()} (upstream {upstream}, model {name}"
+         + (f", weights {version}" if version is not None else "") + ")")
     if recorder.continuation_off:
         echo(f"prompts are rendered by the upstream, not continued as token ids: "
              f"{recorder.continuation_off}")
     return recorder.base_url().removesuffix("/v1"), name
+
+
+def served_version(upstream: str) -> str | None:
+    """The version of the weights the upstream serves: vLLM's /weight_info, where it has the
+    route (started with weight updates); None elsewhere."""
+    from tracewheel.vllm import weight_version
+
+    try:
+        return weight_version(upstream, timeout=10)
+    except TracewheelError:
+        return None
+
+
+def _check_version(engine: dict, summary: Summary) -> None:
+    """The calls are marked with the version served when the run began: say so loudly where
+    the server's weights changed before it ended (someone loaded new ones meanwhile)."""
+    if engine.get("weight_version") is None:
+        return
+    now = served_version(engine["upstream"])
+    if now != engine["weight_version"]:
+        summary.extra.append(f"WARNING: the server's weights changed during the run "
+                             f"({engine['weight_version']} -> {now}); calls are marked "
+                             f"{engine['weight_version']}")
 
 
 def _settings(o: RunOptions, engine: dict) -> Settings:
