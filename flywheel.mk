@@ -36,6 +36,11 @@ ALGO ?= sft## train's --algo on rollouts: sft (with --min-reward: rejection samp
 TRAIN_ARGS ?= --min-reward 1 --lr 1e-5 --allow-empty## train options on rollouts: learn the right ones only (bench/sweep_train.py compares settings)
 SEED ?= 0## the seed of sampling, the split and training
 SERVE ?= once## once: one vLLM for the loop, each new model's weights loaded into it; phase: a vLLM per model
+ASYNC ?= 0## 1: each model trains while the server goes on with the model before (its evaluations, and rollouts up to MAX_LAG versions behind); needs SERVE=once
+MAX_LAG ?= 1## with ASYNC=1: how many versions older than the model it trains a rollout may be (train --max-lag drops older ones)
+POLICIES ?=## multi-agent: AGENT=POLICY,...: one LoRA adapter per policy on MODEL, trained on its agents' calls and served together (examples/README.md)
+DEFAULT_POLICY ?=## with POLICIES: the policy of agents outside the map (MODEL's name: the frozen base); empty: their calls fail
+LORA_RANK ?= 8## with POLICIES: the adapters' rank
 
 RUNS ?= runs## where runs go
 R := $(RUNS)/$(RUN)
@@ -46,9 +51,33 @@ AGENT_FILES := $(wildcard $(firstword $(subst :, ,$(WORKFLOW))) $(firstword $(su
 prev = $(shell echo $$(($1 - 1)))
 model_of = $(if $(filter 0,$1),$(MODEL),$(R)/iter-$1/ckpt)
 warmup = $(and $(WARMUP),$(filter 1,$1))
-# Iterations that learn from rollouts of the previous model (all but a warm-up).
+# Iterations that learn from rollouts (all but a warm-up).
 ROLLOUT_ITERS := $(filter-out $(if $(WARMUP),1),$(ITER_NUMS))
-trained = $(if $(filter 0,$1),,$(R)/iter-$1/metrics.jsonl)
+ifeq ($(ASYNC),1)
+ifneq ($(SERVE),once)
+$(error ASYNC=1 needs SERVE=once: training overlaps the server's work, and the loop's one server versions the weights)
+endif
+LAG := $(MAX_LAG)
+else
+LAG := 0
+endif
+ifneq ($(POLICIES),)
+ifneq ($(SERVE)$(ASYNC)$(WARMUP),once0)
+$(error POLICIES needs SERVE=once, ASYNC=0 and WARMUP= (no warm-up: start from a model that knows the task))
+endif
+endif
+comma := ,
+# The policies' names, and each policy's flags for rollout and train.
+POLICY_NAMES := $(sort $(foreach e,$(subst $(comma), ,$(POLICIES)),$(word 2,$(subst =, ,$(e)))))
+policy_args = $(if $(POLICIES),--policy $(POLICIES) $(if $(DEFAULT_POLICY),--default-policy $(DEFAULT_POLICY)))
+# The model whose rollouts iteration N learns from: N-1, or with ASYNC=1 up to LAG older; never
+# the model before a warm-up (it has not learned the task yet: its rollouts teach little).
+FIRST_SOURCE := $(if $(WARMUP),1,0)
+source_sh = s=$$(($1 - 1 - $(LAG))); if [ $$s -lt $(FIRST_SOURCE) ]; then s=$(FIRST_SOURCE); fi
+source = $(shell $(call source_sh,$1); echo $$s)
+# What model N is made of: with POLICIES, MODEL and iter-N/adapters/ (iter-0: new adapters that
+# change nothing).
+trained = $(if $(filter 0,$1),$(if $(POLICIES),$(R)/iter-0/adapters/policies.json),$(R)/iter-$1/metrics.jsonl)
 # Inside a phase ENDPOINT is the phase's vLLM (TRACEWHEEL_MODEL names its model); outside, a step
 # serves its own model, and trace-filter / task-augment use the embedded one.
 engine = $(if $(ENDPOINT),--base-url $(ENDPOINT) --model "$$TRACEWHEEL_MODEL",--serve $(call model_of,$1))
@@ -58,7 +87,8 @@ log = 2> >(tee $(R)/logs/$1.log >&2)
 # The agent on the tasks in $< into $@: $1 rollouts per task by model $2, logged as $3. Every
 # model gets the same sampling seed per task (--seed), so evaluations pair draw for draw.
 rollouts = $(TRACEWHEEL_BIN)/rollout -w $(WORKFLOW) -n $1 -j $(JOBS) --reward $(REWARD) \
-  --max-tokens $(MAX_TOKENS) --seed $(SEED) $(call engine,$2) $< -o $@ $(call log,$3)
+  --max-tokens $(MAX_TOKENS) --seed $(SEED) $(call engine,$2) $(policy_args) $< -o $@ \
+  $(call log,$3)
 # The evaluations of model $1.
 evaluations = $(R)/iter-$1/eval.jsonl $(if $(EVAL),$(R)/iter-$1/eval-set.jsonl)
 
@@ -104,18 +134,33 @@ $(R)/iter-1/samples.jsonl: $(R)/tasks.train.jsonl
 	  $< -o $@ $(call log,merge-1)
 endif
 
-$(R)/iter-%/rollouts.jsonl: $(R)/train.jsonl $(AGENT_FILES) $$(call trained,$$(call prev,$$*))
+$(R)/iter-%/rollouts.jsonl: $(R)/train.jsonl $(AGENT_FILES) $$(call trained,$$(call source,$$*))
 	@mkdir -p $(@D)
-	$(call rollouts,$(SAMPLES),$(call prev,$*),rollout-$*)
+	$(call rollouts,$(SAMPLES),$(call source,$*),rollout-$*)
 
 $(R)/iter-%/samples.jsonl: $(R)/iter-%/rollouts.jsonl
 	$(TRACEWHEEL_BIN)/ctx-merge $(MERGE_ARGS) $< -o $@ $(call log,merge-$*)
 
+ifeq ($(POLICIES),)
 $(R)/iter-%/metrics.jsonl: $(R)/iter-%/samples.jsonl
 	rm -rf $(@D)/ckpt
 	$(TRACEWHEEL_BIN)/train --model $(call model_of,$(call prev,$*)) \
-	  $(if $(call warmup,$*),--algo $(WARMUP) $(WARMUP_ARGS),--algo $(ALGO) $(TRAIN_ARGS)) \
+	  $(if $(call warmup,$*),--algo $(WARMUP) $(WARMUP_ARGS),--algo $(ALGO) $(TRAIN_ARGS) \
+	    $(if $(filter-out 0,$(LAG)),--policy-version $(call prev,$*) --max-lag $(LAG))) \
 	  --seed $(SEED) --out $(@D)/ckpt $< -o $@ $(call log,train-$*)
+else
+# Multi-agent: each policy's adapter goes on from the one before, on its own agents' samples.
+$(R)/iter-%/metrics.jsonl: $(R)/iter-%/samples.jsonl $$(call trained,$$(call prev,$$*))
+	rm -rf $(@D)/adapters
+	$(TRACEWHEEL_BIN)/train --model $(MODEL) $(policy_args) --lora-r $(LORA_RANK) \
+	  --init-adapters $(R)/iter-$(call prev,$*)/adapters --algo $(ALGO) $(TRAIN_ARGS) \
+	  --seed $(SEED) --out $(@D)/adapters $< -o $@ $(call log,train-$*)
+
+$(R)/iter-0/adapters/policies.json:
+	@mkdir -p $(R)/logs
+	$(TRACEWHEEL_BIN)/train --model $(MODEL) $(policy_args) --lora-r $(LORA_RANK) --allow-empty \
+	  --out $(@D) /dev/null $(call log,train-0)
+endif
 
 $(R)/iter-%/eval.jsonl: $(R)/heldout.jsonl $(AGENT_FILES) $$(call trained,$$*)
 	@mkdir -p $(@D)
@@ -139,31 +184,43 @@ $(R)/report.md: $(foreach i,0 $(ITER_NUMS),$(call evaluations,$i))
 # already done serves nothing. These recipes call $(MAKE), so make runs them even under
 # `make -n`: then they print each phase's server and the steps they would run, and start nothing.
 DRY_RUN := $(findstring n,$(firstword -$(MAKEFLAGS)))
-# Shell: the goals of phase $$k in $$goals, and its model in $$model.
-phase = goals="$(call evaluations,$$k)"; \
-  if [ $$k -eq 0 ]; then goals="$$goals $(R)/train.jsonl"; fi; \
-  case " $(ROLLOUT_ITERS) " in *" $$((k + 1)) "*) \
-    goals="$$goals $(R)/iter-$$((k + 1))/rollouts.jsonl";; esac; \
-  if [ $$k -eq 0 ]; then model="$(MODEL)"; else model="$(R)/iter-$$k/ckpt"; fi
+# Shell: the goals of phase $$k, model $$k's: in $$first what the next training needs (its
+# rollouts, and before iteration 1 the training tasks), in $$rest the rest (its evaluations,
+# rollouts of later iterations); all of them in $$goals; its model in $$model.
+phase = first=; rest="$(call evaluations,$$k)"; \
+  if [ $$k -eq 0 ]; then first="$(R)/train.jsonl"; fi; \
+  for j in $(ROLLOUT_ITERS); do $(call source_sh,$$j); if [ $$s -eq $$k ]; then \
+    if [ $$j -eq $$((k + 1)) ]; then first="$$first $(R)/iter-$$j/rollouts.jsonl"; \
+    else rest="$$rest $(R)/iter-$$j/rollouts.jsonl"; fi; fi; done; \
+  goals="$$first $$rest"; \
+  if [ $$k -eq 0 ] || [ -n "$(POLICIES)" ]; then model="$(MODEL)"; else model="$(R)/iter-$$k/ckpt"; fi
 pending = ! $(MAKE) -s -q $$goals >/dev/null 2>&1
 vllm = $(TRACEWHEEL_BIN)/python -m tracewheel.vllm
 FROM ?= 0
+# How the loop's server takes new models: LoRA adapters (POLICIES), else whole weights, numbered.
+server_updates = $(if $(POLICIES),--lora-rank $(LORA_RANK),--weight-updates --version $$k)
+# Shell: model $$k's adapters into the server at ENDPOINT, one per policy, each under its name.
+load_adapters = $(MAKE) --no-print-directory $(call trained,0) && \
+  for p in $(POLICY_NAMES); do \
+    if [ -n "$(DRY_RUN)" ]; then echo "$(vllm) $(R)/iter-$$k/adapters/$$p --load-into $(ENDPOINT) --adapter $$p"; \
+    else $(vllm) $(R)/iter-$$k/adapters/$$p --load-into "$(ENDPOINT)" --adapter $$p \
+      2> >(tee -a $(R)/logs/load-$$k.log >&2) || exit 1; fi; done
 
 flywheel-loop:
 	@mkdir -p $(R)/logs
 ifeq ($(SERVE),once)
-	@first=; for k in 0 $(ITER_NUMS); do $(phase); \
-	  if $(pending); then first=$$k; break; fi; done; \
-	if [ -n "$$first" ]; then \
-	  k=$$first; $(phase); \
+	@start=; for k in 0 $(ITER_NUMS); do $(phase); \
+	  if $(pending); then start=$$k; break; fi; done; \
+	if [ -n "$$start" ]; then \
+	  k=$$start; $(phase); \
 	  if [ $$k -gt 0 ]; then $(MAKE) --no-print-directory $(R)/iter-$$k/metrics.jsonl ENDPOINT= || exit 1; fi; \
 	  echo "== flywheel: one vLLM for the whole loop (SERVE=once), started with $$model"; \
 	  if [ -n "$(DRY_RUN)" ]; then \
-	    echo "$(vllm) $$model --weight-updates --version $$model --max-model-len $(MAX_MODEL_LEN)" \
+	    echo "$(vllm) $$model $(server_updates) --max-model-len $(MAX_MODEL_LEN)" \
 	      "--log-file $(R)/logs/vllm.log --exec make flywheel-phases FROM=$$k ENDPOINT=<its base URL>"; \
 	    $(MAKE) --no-print-directory flywheel-phases FROM=$$k ENDPOINT=http://127.0.0.1:PORT/v1; \
 	  else \
-	    $(vllm) "$$model" --weight-updates --version "$$model" --max-model-len $(MAX_MODEL_LEN) \
+	    $(vllm) "$$model" $(server_updates) --max-model-len $(MAX_MODEL_LEN) \
 	      --log-file $(R)/logs/vllm.log --exec sh -c '$(MAKE) --no-print-directory flywheel-phases '"FROM=$$k"' ENDPOINT="$$OPENAI_BASE_URL"' || exit 1; \
 	  fi; \
 	fi
@@ -174,17 +231,30 @@ endif
 	@echo "flywheel: the report is $(R)/report.md (plots beside it)"
 
 # Phases FROM..ITERS, each followed by the training it feeds. With ENDPOINT (SERVE=once) they
-# share the server there, which serves model FROM: each later model's weights go into it first.
+# share the server there, which serves model FROM: each later model's weights go into it first,
+# under its number as version. With ASYNC=1 the training runs while the phase's other work does.
+train_next = $(MAKE) --no-print-directory $(R)/iter-$$((k + 1))/metrics.jsonl ENDPOINT=
 flywheel-phases:
-	@served=$(FROM); for k in $$(seq $(FROM) $(ITERS)); do $(phase); \
+	@served=$(if $(POLICIES),-1,$(FROM)); for k in $$(seq $(FROM) $(ITERS)); do $(phase); \
+	  next=; if [ $$k -lt $(ITERS) ]; then next=$$((k + 1)); fi; \
 	  if $(pending); then \
 	    echo "== flywheel phase $$k: serving $$model"; \
 	    if [ -n "$(ENDPOINT)" ]; then \
-	      if [ $$served -ne $$k ]; then \
-	        if [ -n "$(DRY_RUN)" ]; then echo "$(vllm) $$model --load-into $(ENDPOINT) --version $$model"; \
-	        else $(vllm) "$$model" --load-into "$(ENDPOINT)" --version "$$model" \
+	      if [ $$served -ne $$k ] && [ -n "$(POLICIES)" ]; then \
+	        $(load_adapters); served=$$k; \
+	      elif [ $$served -ne $$k ]; then \
+	        if [ -n "$(DRY_RUN)" ]; then echo "$(vllm) $$model --load-into $(ENDPOINT) --version $$k"; \
+	        else $(vllm) "$$model" --load-into "$(ENDPOINT)" --version $$k \
 	          2> >(tee -a $(R)/logs/load-$$k.log >&2) || exit 1; fi; \
 	        served=$$k; \
+	      fi; \
+	      if [ "$(ASYNC)" = 1 ] && [ -n "$$next" ]; then \
+	        if [ -n "$$first" ]; then $(MAKE) --no-print-directory $$first ENDPOINT="$(ENDPOINT)" || exit 1; fi; \
+	        echo "== flywheel iteration $$next: training, while model $$k serves: $$rest"; \
+	        $(train_next) & trainer=$$!; \
+	        $(MAKE) --no-print-directory $$rest ENDPOINT="$(ENDPOINT)" || { kill $$trainer; exit 1; }; \
+	        wait $$trainer || exit 1; \
+	        continue; \
 	      fi; \
 	      $(MAKE) --no-print-directory $$goals ENDPOINT="$(ENDPOINT)" || exit 1; \
 	    elif [ -n "$(DRY_RUN)" ]; then \
@@ -197,8 +267,8 @@ flywheel-phases:
 	        || exit 1; \
 	    fi; \
 	  fi; \
-	  if [ $$k -lt $(ITERS) ]; then \
-	    echo "== flywheel iteration $$((k + 1)): training"; \
-	    $(MAKE) --no-print-directory $(R)/iter-$$((k + 1))/metrics.jsonl ENDPOINT= || exit 1; \
+	  if [ -n "$$next" ]; then \
+	    echo "== flywheel iteration $$next: training"; \
+	    $(train_next) || exit 1; \
 	  fi; \
 	done

@@ -290,6 +290,27 @@ def test_mismatch_kinds_are_told_apart():
     assert dict(stats.mismatches) == {"other": 1}
 
 
+def test_a_sample_says_which_weights_sampled_its_calls():
+    calls = build_timeline([(-2, "A", "hi", "xy", [], False), (-1, "A", "go", "z", [], False),
+                            (-2, "B", "yo", "w", [], False)])
+    for call, version in zip(calls, ["1", "2", "2"], strict=True):
+        call["weight_version"] = version
+    samples, _ = merge(calls)
+    by_agent = {s["agent"]: s for s in samples}
+    assert by_agent["A"]["weight_version"] == ["1", "2"]  # the weights changed between calls
+    assert by_agent["B"]["weight_version"] == "2"
+    for call in calls:
+        call.pop("weight_version")
+    assert all(s["weight_version"] is None for s in merge(calls)[0])
+
+
+def test_each_agent_learns_from_its_own_reward_where_the_workflow_gives_one():
+    calls = build_timeline([(-2, "A", "hi", "xy", [], False), (-2, "B", "yo", "w", [], False)])
+    samples = merge_rollout(rollout_of(calls, agent_rewards={"A": 1.0}),
+                            tokenizer_for=lambda model: TOY)
+    assert {s["agent"]: s["reward"] for s in samples} == {"A": 1.0, "B": 0.5}  # B: the rollout's
+
+
 def test_a_branch_is_not_a_mismatch():
     """Two calls continuing the same call with different new messages (a retry, parallel
     sub-questions) are branches: two samples, the shared part trained once."""

@@ -91,9 +91,34 @@ def test_the_loop_leaves_every_step_and_a_report(small_run):
     assert "one vLLM for the whole loop" in first.stdout
     assert first.stderr.count("vLLM ready at") == 1, first.stderr[-3000:]
     assert "loaded in" in (run / "logs" / "load-1.log").read_text()
-    for i, version in ((0, "smollm2-135m"), (1, str(run / "iter-1" / "ckpt"))):
+    for i, version in ((0, "0"), (1, "1")):
         calls = [c for r in lines(run / f"iter-{i}" / "eval-set.jsonl") for c in r["calls"]]
         assert calls and {c["weight_version"] for c in calls} == {version}
+
+
+def test_async_trains_while_the_server_rolls_out_on_the_model_before(small_run):
+    """ASYNC=1: iteration 2 learns from model 0's rollouts (one version behind model 1, the
+    bound), made while model 1 trained; every sample's lag is within the bound."""
+    _, settings, _ = small_run
+    runs = small_run[0].parent.parent / "async-runs"
+    settings = [s for s in settings if not s.startswith(("ITERS=", "TRAIN_ARGS="))]
+    result = make("flywheel-loop", *settings, "ITERS=2", "ASYNC=1", "MAX_LAG=1",
+                  "TRAIN_ARGS=--lr 1e-5 --max-steps 1 --allow-empty", runs=runs)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    run = runs / "small"
+    assert result.stderr.count("vLLM ready at") == 1
+    assert "== flywheel iteration 1: training, while model 0 serves:" in result.stdout
+    assert "iter-2/rollouts.jsonl" in result.stdout.split("iteration 1: training, while")[1] \
+        .splitlines()[0]
+    for i in (1, 2):
+        samples = lines(run / f"iter-{i}" / "samples.jsonl")
+        assert samples and {s["weight_version"] for s in samples} == {"0"}
+    log = (run / "logs" / "train-2.log").read_text()
+    assert "versions behind: 1:" in log and "older than --max-lag" not in log
+    for i in (0, 1, 2):  # each evaluation on its own model
+        calls = [c for r in lines(run / f"iter-{i}" / "eval-set.jsonl") for c in r["calls"]]
+        assert {c["weight_version"] for c in calls} == {str(i)}
+    assert (run / "report.md").is_file()
 
 
 def test_a_rerun_finds_the_loop_done_and_serves_nothing(small_run):
@@ -117,9 +142,29 @@ def test_make_n_prints_the_loop_and_starts_nothing(tmp_path):
     assert "--weight-updates" in out and "--load-into" in out  # one server: weights loaded
 
 
+def test_policies_print_one_server_with_an_adapter_per_policy(tmp_path):
+    """Multi-agent (POLICIES): one vLLM with LoRA; each model's adapters loaded by policy
+    name; rollouts route each agent to its policy; train writes an adapter per policy."""
+    result = make("-n", "flywheel-loop", "POLICIES=Solver=solver,Checker=checker", "WARMUP=",
+                  "WORKFLOW=examples/solver_checker.py:run", runs=tmp_path / "runs")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "--lora-rank 8" in out and "--weight-updates" not in out
+    for k in (0, 1):
+        for policy in ("solver", "checker"):
+            assert (f"iter-{k}/adapters/{policy} --load-into http://127.0.0.1:PORT/v1 "
+                    f"--adapter {policy}") in out
+    assert "--policy Solver=solver,Checker=checker" in out
+    assert "--init-adapters" in out and "iter-1/adapters" in out
+    refused = make("-n", "flywheel-loop", "POLICIES=Solver=solver", runs=tmp_path / "runs")
+    assert refused.returncode != 0 and "POLICIES needs SERVE=once" in refused.stderr
+
+
 def test_serve_phase_prints_a_server_per_model(tmp_path):
     result = make("-n", "flywheel-loop", "SERVE=phase", runs=tmp_path / "runs")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "== flywheel phase 0: serving smollm2-135m" in result.stdout
     assert "vllm-1.log" in result.stdout and "--weight-updates" not in result.stdout
     assert not (tmp_path / "runs").exists()
+    refused = make("-n", "flywheel-loop", "ASYNC=1", "SERVE=phase", runs=tmp_path / "runs")
+    assert refused.returncode != 0 and "ASYNC=1 needs SERVE=once" in refused.stderr

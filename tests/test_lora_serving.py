@@ -4,6 +4,8 @@ what multi-agent workflows need to give each agent its own policy."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -108,3 +110,74 @@ def test_an_adapter_vllm_refuses_leaves_the_policy_on_its_previous_one(server, a
     with pytest.raises(TracewheelError, match="adapter_config.json: not JSON"):
         load_adapter(server.url, "critic", tmp_path)
     assert greedy(server, "critic")[1] == before
+
+    # A broken adapter: its weights cut short on disk (a copy that did not finish).
+    broken = tmp_path / "broken"
+    shutil.copytree(adapters["c"], broken)
+    weights = broken / "adapter_model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)
+    with pytest.raises(TracewheelError, match="adapter_model.safetensors: cut short"):
+        load_adapter(server.url, "critic", broken)
+    assert greedy(server, "critic")[1] == before
+
+
+def test_two_agents_train_and_serve_each_on_its_own_adapter(server, adapters, tmp_path):
+    """A two-agent workflow end to end on one base: its rollouts merge into samples per agent;
+    train writes one adapter per policy; a new adapter loaded into the running server changes
+    its agent's answers and not the other's; the next rollouts record each agent on its own."""
+    from click.testing import CliRunner
+
+    from tracewheel_ctx_merge.cli import main as ctx_merge
+    from tracewheel_rollout.cli import main as rollout
+    from tracewheel_train.cli import main as train
+
+    from conftest import ROOT
+
+    server.load_adapter("solver", adapters["a"])
+    server.load_adapter("checker", adapters["b"])
+    tasks = "".join(json.dumps({"id": f"t{i}", "query": f"What is {i} + {i}?"}) + "\n"
+                    for i in range(3))
+    workflow = f"{ROOT / 'tests' / 'fixtures' / 'rollout' / 'workflows.py'}:two_agents"
+    policy = ["--policy", "Solver=solver,Checker=checker"]
+
+    def roll(out):
+        result = CliRunner().invoke(rollout, [
+            "-w", workflow, "-n", "2", "--temperature", "0", "--base-url", server.base_url,
+            "--model", "base", *policy, "-o", str(out)], input=tasks)
+        assert result.exit_code == 0, result.output
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+    first = roll(tmp_path / "rollouts.jsonl")
+    calls = [c for r in first for c in r["calls"]]
+    assert {(c["agent"], c["policy"], c["model"]) for c in calls} == {
+        ("Solver", "solver", "solver"), ("Checker", "checker", "checker")}
+    assert {c["policy_version"] for c in calls if c["agent"] == "Solver"} == {
+        str(adapters["a"].resolve())}
+
+    samples = tmp_path / "samples.jsonl"
+    result = CliRunner().invoke(ctx_merge, [str(tmp_path / "rollouts.jsonl"), "-o",
+                                            str(samples)])
+    assert result.exit_code == 0, result.output
+    merged = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert {s["agent"] for s in merged} == {"Solver", "Checker"}
+
+    out = tmp_path / "adapters"
+    result = CliRunner().invoke(train, [*policy, "--lora-r", str(RANK), "--lr", "5e-3",
+                                        "--epochs", "4", "--out", str(out), str(samples)])
+    assert result.exit_code == 0, result.output
+    assert sorted(json.loads((out / "policies.json").read_text())["policies"]) == [
+        "checker", "solver"]
+
+    _, solver_before, _ = greedy(server, "solver")
+    _, checker_before, _ = greedy(server, "checker")
+    load_adapter(server.url, "solver", out / "solver")
+    prompt, solver_after, served = greedy(server, "solver")
+    assert solver_after != solver_before
+    assert torch.allclose(served, adapter_logprobs(server.model_dir, out / "solver", prompt,
+                                                   solver_after), atol=0.05)
+    assert greedy(server, "checker")[1] == checker_before
+
+    again = roll(tmp_path / "rollouts-2.jsonl")
+    versions = {(c["agent"], c["policy_version"]) for r in again for c in r["calls"]}
+    assert versions == {("Solver", str((out / "solver").resolve())),
+                        ("Checker", str(adapters["b"].resolve()))}

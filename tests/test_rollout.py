@@ -20,6 +20,7 @@ import pytest
 from canned import CannedServer, chat_completion
 from click.testing import CliRunner
 
+from tracewheel.errors import TracewheelError
 from tracewheel.vllm import CHAT_TEMPLATE
 from tracewheel_rollout.cli import main as rollout
 from tracewheel_rollout.recorder import Recorder, split_path
@@ -86,6 +87,55 @@ def test_recorder_asks_for_ids_and_gives_the_agent_an_ordinary_reply():
     assert call["logprobs"] == [-0.5] * 5 and call["prompt_ids"] == [1, 2, 3]
     assert call["params"] == {"temperature": 0.3, "max_tokens": 5}
     assert call["output"] == {"role": "assistant", "content": "hello"}
+
+
+def test_each_agent_is_sent_to_its_policy_and_the_call_says_which():
+    calls = []
+    with canned("hi") as up, Recorder(up.base_url, on_call=calls.append,
+                                      policies={"Solver": "solver", "Checker": "checker"},
+                                      policy_versions={"solver": "/a/solver"}) as rec:
+        for agent in ("Solver", "Checker"):
+            client = openai.OpenAI(base_url=rec.base_url("s1", agent), api_key="k",
+                                   max_retries=0)
+            client.chat.completions.create(model="base", messages=[
+                {"role": "user", "content": "x"}])
+        # an agent outside the map, with no default policy: its call fails, loudly
+        client = openai.OpenAI(base_url=rec.base_url("s1", "Critic"), api_key="k",
+                               max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="agent 'Critic' is not in the policy "
+                                                         "map \\(it names Checker, Solver\\)"):
+            client.chat.completions.create(model="base", messages=[
+                {"role": "user", "content": "x"}])
+        sent = [r["body"]["model"] for r in up.requests]
+    assert sent == ["solver", "checker"]
+    assert [(c["agent"], c.get("policy"), c.get("policy_version"), c["status"])
+            for c in calls] == [("Solver", "solver", "/a/solver", "ok"),
+                                ("Checker", "checker", None, "ok"),
+                                ("Critic", None, None, "error")]
+
+    calls.clear()
+    with canned("hi") as up, Recorder(up.base_url, on_call=calls.append,
+                                      policies={"Solver": "solver"},
+                                      default_policy="base") as rec:
+        client = openai.OpenAI(base_url=rec.base_url("s1", "Critic"), api_key="k",
+                               max_retries=0)
+        client.chat.completions.create(model="x", messages=[{"role": "user", "content": "x"}])
+        assert up.requests[0]["body"]["model"] == "base"
+    assert calls[0]["policy"] == "base"
+
+
+def test_a_policy_map_is_read_once_and_bad_entries_are_named():
+    from tracewheel.policies import parse_policy_map
+
+    assert parse_policy_map(["Solver=solver,Checker=checker", " Critic = critic "]) == {
+        "Solver": "solver", "Checker": "checker", "Critic": "critic"}
+    assert parse_policy_map([]) == {}
+    for bad, message in ((["Solver"], "'Solver': not AGENT=POLICY"),
+                         (["Solver="], "'Solver=': not AGENT=POLICY"),
+                         (["A=a,A=b"], "agent 'A' is given two policies"),
+                         ([","], "names no agent")):
+        with pytest.raises(TracewheelError, match=message):
+            parse_policy_map(bad)
 
 
 def test_an_agent_that_asks_for_logprobs_gets_them():

@@ -87,7 +87,8 @@ def test_report_reads_a_run_folder_back(tmp_path):
           [rollout(f"t{i}", 1.0 if i < 8 else 0.0) for i in range(6, 10)])
     write(run / "iter-1" / "rollouts.jsonl",
           [rollout("t0", 1.0), rollout("t0", 0.0), rollout("t1", 1.0), rollout("t1", 1.0)])
-    write(run / "iter-1" / "samples.jsonl", [{"input_ids": [1, 2, 3, 4, 5]}] * 4)
+    write(run / "iter-1" / "samples.jsonl",
+          [{"input_ids": [1, 2, 3, 4, 5], "weight_version": "0"}] * 4)
     write(run / "iter-1" / "metrics.jsonl",
           [{"step": 1, "loss": 0.5, "tokens_per_s": 100.0, "reward_mean": 0.75}])
     (run / "logs").mkdir()
@@ -106,9 +107,47 @@ def test_report_reads_a_run_folder_back(tmp_path):
     assert after.split(" | ")[1] == "0.500 [0.000, 1.000] (n=4)"
     assert "1 of 2" in text  # t1's group has equal rewards
     assert "4 -> 4" in text and "20 -> 20" in text  # calls -> samples, tokens
+    assert "| model 0 (0 behind): 4 |" in text  # which weights sampled them
     assert "trace-export: 10 read" in text
     assert (run / "reward.png").stat().st_size > 1000
     assert (run / "training.png").stat().st_size > 1000
+
+
+def test_report_compares_two_runs_paired_by_task(tmp_path, capsys):
+    """ASYNC=1 against the synchronous loop: the same tasks, each model's right answers."""
+    for name, right in (("sync", 3), ("async", 2)):
+        run = tmp_path / name
+        write(run / "iter-1" / "eval-set.jsonl",
+              [rollout(f"t{i}", 1.0 if i < right else 0.0) for i in range(4)])
+    assert report_main([str(tmp_path / "async"), "--against", str(tmp_path / "sync")]) == 0
+    out = capsys.readouterr().out
+    assert "| model | sync | async | change (paired 95%) |" in out
+    assert "| after iteration 1 | 0.750 [0.250, 1.000] (n=4) | 0.500 " in out
+    assert "-0.250 [-0.750, +0.000]" in out
+    assert not (tmp_path / "async" / "report.md").exists()  # printed, not written
+    assert report_main([str(tmp_path / "async"), "--against", str(tmp_path / "no")]) == 1
+
+
+def test_report_shows_each_policy_of_a_multi_agent_run(tmp_path):
+    def two_agent(task_id, solved, checked):
+        r = rollout(task_id, solved)
+        r["calls"] = [{"agent": "Solver", "policy": "solver", "prompt_ids": [1],
+                       "completion_ids": [2]},
+                      {"agent": "Checker", "policy": "checker", "prompt_ids": [1],
+                       "completion_ids": [2]}]
+        r["agent_rewards"] = {"Solver": solved, "Checker": checked}
+        return r
+
+    run = tmp_path / "agents"
+    write(run / "iter-0" / "eval-set.jsonl", [two_agent(f"t{i}", 0.0, 0.0) for i in range(4)])
+    write(run / "iter-1" / "eval-set.jsonl",
+          [two_agent(f"t{i}", 1.0, 1.0 if i < 2 else 0.0) for i in range(4)])
+    assert report_main([str(run)]) == 0
+    text = (run / "report.md").read_text()
+    assert "## Policies (evaluation set)" in text
+    assert "| start | checker | 4 | 0.000 [0.000, 0.000] (n=4) |  |" in text
+    assert "| after iteration 1 | solver | 4 | 1.000 [1.000, 1.000] (n=4) | +1.000" in text
+    assert "| after iteration 1 | checker | 4 | 0.500 [0.000, 1.000] (n=4) | +0.500" in text
 
 
 def test_report_refuses_a_missing_folder(tmp_path, capsys):

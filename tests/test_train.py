@@ -213,6 +213,83 @@ def test_train_sft_min_reward_learns_only_the_rollouts_that_reached_it(records):
             f"({len(graded) + 1 - right} reward below --min-reward)") in result.stderr
 
 
+def test_train_max_lag_leaves_out_samples_of_older_weights_and_counts_them(records):
+    """The flywheel's ASYNC=1: samples say which weights sampled them (a number, or numbers
+    where the weights changed between a sample's calls: the oldest counts)."""
+    versions = ["3", "2", "1", ["1", "3"]]
+    versioned = [dict(r, weight_version=v, reward=1.0, id=f"v{i}", rollout_id=f"rv{i}")
+                 for i, (r, v) in enumerate(zip(records, versions, strict=True))]
+    _, result = run(["--algo", "sft", "--policy-version", "3", "--max-lag", "1", "--dry-run"],
+                    versioned)
+    assert "4 read, 2 trained, 2 skipped (2 older than --max-lag)" in result.stderr
+    assert "versions behind: 0: 1, 1: 1" in result.stderr
+
+    # A sample without a version cannot be placed: an error naming its line.
+    unversioned = [dict(versioned[0]), dict(versioned[1], weight_version=None)]
+    _, result = run(["--algo", "sft", "--policy-version", "3", "--max-lag", "1", "--dry-run"],
+                    unversioned, exit_code=1)
+    assert "<stdin>:2: weight_version None is not a version number" in result.output
+    _, result = run(["--algo", "sft", "--max-lag", "1", "--dry-run"], versioned, exit_code=2)
+    assert "--max-lag and --policy-version go together" in result.output
+
+
+def test_train_one_adapter_per_policy_each_on_its_own_agents(records, tmp_path):
+    """Multi-agent: the samples of Solver train the solver adapter, Checker's the checker's;
+    the next iteration starts each from its own."""
+    two = [dict(r, agent="Solver" if i % 2 == 0 else "Checker") for i, r in enumerate(records)]
+    out = tmp_path / "adapters"
+    args = ["--policy", "Solver=solver,Checker=checker", "--lora-r", "4", "--lr", "1e-3"]
+    metrics, result = run([*args, "--out", str(out)], two)
+    assert "policy checker (Checker): 2 samples" in result.stderr
+    assert "policy solver (Solver): 2 samples" in result.stderr
+    assert sorted(m["policy"] for m in metrics) == ["checker", "solver"]
+    manifest = json.loads((out / "policies.json").read_text())
+    assert {n: p["agents"] for n, p in manifest["policies"].items()} == {
+        "checker": ["Checker"], "solver": ["Solver"]}
+    adapters = {n: (out / n / "adapter_model.safetensors").read_bytes() for n in ("solver",
+                                                                                 "checker")}
+    assert adapters["solver"] != adapters["checker"]
+    assert json.loads((out / "solver" / "adapter_config.json").read_text())["r"] == 4
+
+    again = tmp_path / "adapters-2"
+    _, result = run([*args, "--out", str(again), "--init-adapters", str(out)], two)
+    assert f"from {out / 'solver'}" in result.stderr
+    # every policy at one rank: an earlier adapter of another is refused
+    _, result = run(["--policy", "Solver=solver,Checker=checker", "--lora-r", "8", "--out",
+                     str(tmp_path / "wide"), "--init-adapters", str(out)], two, exit_code=1)
+    assert "an adapter of rank 4, where --lora-r is 8" in result.output
+    assert not (tmp_path / "wide" / "policies.json").exists()
+
+
+def test_train_agents_of_one_rollout_may_have_rewards_of_their_own(records):
+    """A multi-agent workflow's agent_rewards: the samples of one rollout differ in reward by
+    agent (not an error), and GRPO compares each agent's within its policy."""
+    one = [dict(r, rollout_id=f"r{i // 2}", group="g", agent="Solver" if i % 2 else "Checker",
+                reward=float(i % 2 == 0 or i == 3),
+                agent_rewards={"Solver": float(i == 3), "Checker": 1.0 - (i == 2)})
+           for i, r in enumerate(records)]
+    for r in one:
+        r["reward"] = r["agent_rewards"][r["agent"]]
+    _, result = run(["--algo", "grpo", "--policy", "Solver=solver,Checker=checker",
+                     "--lora-r", "4", "--dry-run"], one)
+    assert "4 read, 4 trained" in result.stderr, result.stderr
+
+
+def test_train_policy_map_errors_name_the_agent_and_the_line(records):
+    two = [dict(r, agent="Solver" if i < 3 else "Critic") for i, r in enumerate(records)]
+    base = ["--policy", "Solver=solver", "--lora-r", "4", "--dry-run"]
+    _, result = run(base, two, exit_code=1)
+    assert "<stdin>:4: agent 'Critic' is not in the policy map (it names Solver)" in result.output
+    _, result = run([*base, "--default-policy", "base"], two)
+    assert "1 skipped (1 agent served by base (not trained))" in result.stderr
+    _, result = run(["--policy", "Solver=solver", "--dry-run"], two, exit_code=2)
+    assert "--policy trains one LoRA adapter per policy: give --lora-r" in result.output
+    _, result = run(["--policy", "Solver", "--lora-r", "4", "--dry-run"], two, exit_code=2)
+    assert "'Solver': not AGENT=POLICY" in result.output
+    _, result = run(["--default-policy", "base", "--dry-run"], two, exit_code=2)
+    assert "--default-policy needs --policy" in result.output
+
+
 def test_train_allow_empty_writes_the_starting_model_unchanged(records, embedded_model_dir,
                                                                tmp_path):
     same = [dict(r, reward=0.0) for r in records]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 
 import openai
 import pytest
@@ -92,8 +95,47 @@ def test_other_shapes_are_refused_and_the_server_keeps_its_weights(server, tmp_p
     with pytest.raises(TracewheelError, match="no \\*.safetensors weights to load"):
         load_weights(server.url, empty)
 
+    cut = tmp_path / "cut"
+    shutil.copytree(embedded_model_dir, cut)
+    weights = next(cut.glob("*.safetensors"))
+    os.truncate(weights, weights.stat().st_size // 2)  # a copy that did not finish
+    with pytest.raises(TracewheelError, match="safetensors: cut short"):
+        load_weights(server.url, cut)
+
     assert weight_version(server.url) == version
     assert greedy(server)[1] == before
+
+
+def test_a_load_that_fails_part_way_puts_the_previous_weights_back(server, changed_model,
+                                                                   tmp_path):
+    """A checkpoint whose last tensor has the wrong shape passes every check before the load,
+    and fails inside vLLM after the tensors before it were replaced."""
+    from safetensors.torch import load_file, save_file
+
+    _, before, _ = greedy(server)
+    version = weight_version(server.url)
+    bad = tmp_path / "bad"
+    shutil.copytree(changed_model, bad)
+    weights = next(bad.glob("*.safetensors"))
+    tensors = load_file(weights)
+    last = sorted(tensors)[-1]
+    tensors[last] = torch.zeros(tensors[last].shape[0] + 1)
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(TracewheelError, match="are loaded again; it serves them again"):
+        load_weights(server.url, bad, version="bad")
+    assert weight_version(server.url) == version
+    assert greedy(server)[1] == before
+
+
+def test_a_server_that_stops_answering_fails_the_update_within_its_timeout(embedded_model_dir):
+    with socket.socket() as silent:  # takes connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(TracewheelError, match=f"vLLM at {url}: .* failed: timed out"):
+            load_weights(url, embedded_model_dir, timeout=2)
+        assert time.monotonic() - started < 30
 
 
 def test_a_server_without_weight_updates_is_told_apart_and_left_serving(vllm_server,

@@ -186,14 +186,18 @@ def report(run: Path) -> str:
             lines += evaluation(which, rewards, {i: task_solved(rs) for i, rs in runs.items()})
         if runs:
             curves.append((which.label, rewards))
+    lines += policies_section(run)
     lines += ["## Iterations", "",
               "*kl_old* is the drift: how far the trained policy moved from the one that sampled "
               "the iteration's rollouts (the per-token KL estimate of its median step). Up to "
               f"{KL_BOUND} the rollouts still describe the policy being trained; above it they "
               "do not, and the update is out of bounds (lower --lr).", "",
-              "| iteration | rollouts (ok) | train reward | equal-reward groups | calls -> samples "
-              "| tokens separate -> merged | steps | last loss | tokens/s | kl_old | clip frac |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "*Sampled by* is the model whose weights sampled the iteration's samples, and how "
+              "many versions it is behind the model trained (ASYNC=1 allows MAX_LAG).", "",
+              "| iteration | rollouts (ok) | sampled by | train reward | equal-reward groups "
+              "| calls -> samples | tokens separate -> merged | steps | last loss | tokens/s "
+              "| kl_old | clip frac |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     warnings = []
     for i in iterations(run):
         if i == 0:
@@ -221,11 +225,12 @@ def report(run: Path) -> str:
                 f"{statistics.fmean(speeds) if speeds else 0:.0f} | "
                 f"{_typical(metrics, 'kl_old')} | {_typical(metrics, 'clip_frac')} |")
         if not rollouts:  # a warm-up: SFT on the production traces, not on rollouts
-            lines.append(f"| {i} (SFT on traces) | - | - | - | - -> {n_samples} "
+            lines.append(f"| {i} (SFT on traces) | - | - | - | - | - -> {n_samples} "
                          f"| - -> {merged} {tail}")
         else:
             mean = statistics.fmean(rewards) if rewards else float("nan")
-            lines.append(f"| {i} | {len(rollouts)} ({ok}) | {mean:.3f} | {flat} of {len(groups)} "
+            lines.append(f"| {i} | {len(rollouts)} ({ok}) | {sampled_by(samples, i - 1)} "
+                         f"| {mean:.3f} | {flat} of {len(groups)} "
                          f"| {calls} -> {n_samples} | {separate} -> {merged}{saving} {tail}")
         for step in ("rollout", "merge", "train"):
             line = log_line(run, f"{step}-{i}")
@@ -234,6 +239,96 @@ def report(run: Path) -> str:
     lines += ["", *warnings, ""] if warnings else [""]
     for name, title in plot(run, curves):
         lines += [f"![{title}]({name})", ""]
+    return "\n".join(lines)
+
+
+def policy_rewards(rollouts: list[dict]) -> dict[str, tuple[int, dict[str, float]]]:
+    """Multi-agent: per policy (the ``policy`` of its calls), its calls and each task's mean
+    reward of its agents: their own (``agent_rewards``) where the workflow gave them, else the
+    rollout's (none counts 0)."""
+    calls: dict[str, int] = {}
+    by_task: dict[str, dict[str, list[float]]] = {}
+    for r in rollouts:
+        agents: dict[str, set] = {}
+        for c in r.get("calls") or []:
+            if c.get("policy"):
+                calls[c["policy"]] = calls.get(c["policy"], 0) + 1
+                agents.setdefault(c["policy"], set()).add(c.get("agent"))
+        own = r.get("agent_rewards") or {}
+        for policy, names in agents.items():
+            values = [own[a] for a in names if own.get(a) is not None]
+            reward = statistics.fmean(values) if values else (r.get("reward") or 0.0)
+            by_task.setdefault(policy, {}).setdefault(r["task_id"], []).append(reward)
+    return {p: (calls[p], {t: statistics.fmean(v) for t, v in tasks.items()})
+            for p, tasks in by_task.items()}
+
+
+def policies_section(run: Path) -> list[str]:
+    """Each policy of a multi-agent run, model by model on the evaluation (the EVAL set where
+    there is one): its calls, its agents' reward with the paired change from the model before,
+    and the share of right answers of the rollouts it took part in."""
+    which = next((w for w in reversed(EVAL_SETS)
+                  if any((run / f"iter-{i}" / w.file).is_file() for i in iterations(run))),
+                 None)
+    if which is None:
+        return []
+    rows, before = [], {}
+    for i in iterations(run):
+        rollouts = read(run / f"iter-{i}" / which.file)
+        found = policy_rewards(rollouts)
+        right = task_solved(rollouts)
+        for policy, (calls, rewards) in sorted(found.items()):
+            name = "start" if i == 0 else f"after iteration {i}"
+            change = paired(rewards, before[policy]) if policy in before else ""
+            rows.append(f"| {name} | {policy} | {calls} | {estimate(list(rewards.values()))} "
+                        f"| {change} | {estimate(list(right.values())) or ''} |")
+            before[policy] = rewards
+    if not rows:
+        return []
+    return [f"## Policies ({which.title.lower()})", "",
+            "Each policy (a LoRA adapter) of the multi-agent run: *reward* is its agents' own "
+            "where the workflow rewards each agent, else the rollout's; the change is paired by "
+            "task. *Right*: the answers of the rollouts it took part in.", "",
+            "| model | policy | calls | reward | change from the model before | right |",
+            "|---|---|---|---|---|---|", *rows, ""]
+
+
+def sampled_by(samples: list[dict], trained_from: int) -> str:
+    """Which weights sampled the samples (their ``weight_version``: the loop numbers each
+    model it serves; the oldest where a sample's calls had several), and how many versions
+    behind the model ``trained_from`` that is: "model 1 (1 behind): 212"."""
+    counts: dict[str, int] = {}
+    for sample in samples:
+        version = sample.get("weight_version")
+        versions = version if isinstance(version, list) else [version]
+        try:
+            oldest = min(int(v) for v in versions)
+        except (TypeError, ValueError):
+            key = "unnumbered"
+        else:
+            key = f"model {oldest} ({trained_from - oldest} behind)"
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{k}: {n}" for k, n in sorted(counts.items())) or "-"
+
+
+def compare(run: Path, base: Path) -> str:
+    """Two runs of the same loop (say ASYNC=1 against the synchronous one): each model's right
+    answers on each evaluation in both, and the paired change from ``base`` to ``run``."""
+    lines = [f"# `{run.name}` against `{base.name}`", ""]
+    for which in EVAL_SETS:
+        rows = []
+        for i in sorted(set(iterations(run)) & set(iterations(base))):
+            ours, theirs = (read(r / f"iter-{i}" / which.file) for r in (run, base))
+            if not ours or not theirs:
+                continue
+            a, b = task_solved(ours), task_solved(theirs)
+            name = "start" if i == 0 else f"after iteration {i}"
+            rows.append(f"| {name} | {estimate(list(b.values()))} | "
+                        f"{estimate(list(a.values()))} | {paired(a, b)} |")
+        if rows:
+            lines += [f"## {which.title}: right", "",
+                      f"| model | {base.name} | {run.name} | change (paired 95%) |",
+                      "|---|---|---|---|", *rows, ""]
     return "\n".join(lines)
 
 
@@ -324,13 +419,18 @@ def plot(run: Path, curves: list[tuple[str, dict[int, dict[str, float]]]]
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m tracewheel.report RUN_DIR", file=sys.stderr)
+    if len(args) not in (1, 3) or (len(args) == 3 and args[1] != "--against"):
+        print("usage: python -m tracewheel.report RUN_DIR [--against OTHER_RUN_DIR]",
+              file=sys.stderr)
         return 2
+    for folder in args[::2]:
+        if not Path(folder).is_dir():
+            print(f"Error: {folder}: no such run folder", file=sys.stderr)
+            return 1
     run = Path(args[0])
-    if not run.is_dir():
-        print(f"Error: {run}: no such run folder", file=sys.stderr)
-        return 1
+    if len(args) == 3:  # a comparison: printed, not written
+        print(compare(run, Path(args[2])))
+        return 0
     text = report(run)
     with atomic_path(run / "report.md") as tmp:
         Path(tmp).write_text(text + "\n")

@@ -402,8 +402,7 @@ def load_weights(url: str, model: str | os.PathLike, version: str | None = None,
     """
     url = server_root(url)
     path = resolve_model(str(model)).resolve()
-    if not any(path.glob("*.safetensors")):
-        raise TracewheelError(f"{path}: no *.safetensors weights to load")
+    check_safetensors(path)
     served = served_model_dir(url, timeout)
     if served is not None:
         check_same_shape(served, path)
@@ -414,13 +413,41 @@ def load_weights(url: str, model: str | os.PathLike, version: str | None = None,
               {"method": "tracewheel_reload_weights", "kwargs": {"weights_path": str(path)},
                "timeout": timeout}, timeout + 10, f"loading the weights of {path}")
     except TracewheelError as err:
-        raise TracewheelError(f"{err.message}; the server stays paused (its weights may be "
-                              f"partly replaced): stop it") from None
+        if "are loaded again" not in err.message:
+            raise TracewheelError(f"{err.message}; the server stays paused (its weights may "
+                                  f"be partly replaced): stop it") from None
+        # The worker put the previous weights back: serve them, under their version.
+        _call(url, "/resume", None, timeout, "resuming on the previous weights")
+        raise TracewheelError(f"{err.message}; it serves them again (version "
+                              f"{weight_version(url, timeout)})") from None
     _call(url, "/reset_prefix_cache", None, timeout, "dropping the prefix cache")
     _call(url, "/update_weight_version", {"new_version": version or str(path)}, timeout,
           "setting the weight version")
     _call(url, "/resume", None, timeout, "resuming after the weight update")
     return time.monotonic() - started
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a checkpoint without weights, or with a *.safetensors file that is not one or is
+    cut short (its header promises more bytes than it has): before the server pauses."""
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise TracewheelError(f"{path}: no *.safetensors weights to load")
+    for file in files:
+        size = file.stat().st_size
+        try:
+            with open(file, "rb") as f:
+                length = int.from_bytes(f.read(8), "little")
+                if not 2 <= length <= size - 8:
+                    raise ValueError(f"a header of {length} bytes in a file of {size}")
+                header = json.loads(f.read(length))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"),
+                      default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+            raise TracewheelError(f"{file}: not a safetensors file ({err})") from None
+        if 8 + length + end > size:
+            raise TracewheelError(f"{file}: cut short: {size} bytes where its header needs "
+                                  f"{8 + length + end}")
 
 
 def load_adapter(url: str, name: str, adapter: str | os.PathLike, *,
@@ -438,6 +465,8 @@ def load_adapter(url: str, name: str, adapter: str | os.PathLike, *,
         rank = json.loads(config.read_text()).get("r")
     except ValueError as err:
         raise TracewheelError(f"{config}: not JSON ({err})") from None
+    if not (path / "adapter_model.bin").is_file():
+        check_safetensors(path)
     started = time.monotonic()
     _call(url, "/v1/load_lora_adapter",
           {"lora_name": name, "lora_path": str(path), "load_inplace": True}, timeout,
@@ -545,6 +574,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lora_rank=args.lora_rank) as server:
             print(f"vLLM ready at {server.base_url} in {server.startup_seconds:.1f} s; "
                   f"log {server.log_path}", file=sys.stderr, flush=True)
+            if args.weight_updates and args.version:
+                _call(server.url, "/update_weight_version", {"new_version": args.version}, 30,
+                      "setting the weight version")
             if args.weight_updates and args.version:
                 _call(server.url, "/update_weight_version", {"new_version": args.version}, 30,
                       "setting the weight version")

@@ -34,7 +34,7 @@ from typing import Any
 from .errors import TracewheelError
 from .ids import stable_id
 
-RESULT_KEYS = {"answer", "reward", "reward_info", "metadata"}
+RESULT_KEYS = {"answer", "reward", "reward_info", "metadata", "agent_rewards"}
 # The agent's client waits this long for the local recorder: to connect, and for a reply. The
 # openai client's own 5-s connect limit failed rollouts on a loaded 2-core CI machine (vLLM, the
 # agents and their sandboxes on the same cores); the rollout's --rollout-timeout bounds the rest.
@@ -49,6 +49,9 @@ class Result:
     reward: float | None = None
     reward_info: dict | None = None
     metadata: dict | None = None
+    # Multi-agent: each agent's own reward (by agent name); its samples learn from it instead
+    # of the rollout's reward.
+    agent_rewards: dict[str, float] | None = None
 
 
 @dataclass

@@ -9,6 +9,26 @@ class WeightUpdates:
     """Mixed into vLLM's worker class."""
 
     def tracewheel_reload_weights(self, weights_path: str) -> None:
+        """Load the checkpoint at ``weights_path`` in place; where that fails part way (a file
+        cut short, a tensor missing), load the weights that served before it again, so the
+        server never answers with a mix of two checkpoints, and raise saying which."""
+        previous = getattr(self, "_tracewheel_weights", None) or \
+            self.model_runner.model_config.model
+        try:
+            self._tracewheel_load(weights_path)
+        except Exception as err:
+            try:
+                self._tracewheel_load(previous)
+            except Exception as again:
+                raise RuntimeError(
+                    f"tracewheel: loading {weights_path} failed ({err}), and loading the "
+                    f"previous weights {previous} again failed too ({again}): the weights are "
+                    f"mixed") from err
+            raise RuntimeError(f"tracewheel: loading {weights_path} failed ({err}); the "
+                               f"previous weights {previous} are loaded again") from err
+        self._tracewheel_weights = weights_path
+
+    def _tracewheel_load(self, weights_path: str) -> None:
         """vLLM's in-place reload of a checkpoint's weights from disk, made whole on a CPU.
 
         On a CPU vLLM packs every linear layer's weight for its GEMM kernel once, at load. A

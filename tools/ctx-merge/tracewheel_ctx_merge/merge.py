@@ -42,6 +42,13 @@ def _system_prompt(messages: list) -> str | None:
     return None
 
 
+def _weight_version(calls: list[CallView]) -> str | list[str] | None:
+    """The version of the weights that sampled a sample's trained tokens: one, or each in
+    call order where the weights changed between its calls; None where the server gave none."""
+    versions = list(dict.fromkeys(c.weight_version for c in calls if c.weight_version))
+    return versions[0] if len(versions) == 1 else (versions or None)
+
+
 def timelines(calls: list[dict]) -> dict[tuple, list[CallView]]:
     """The calls of a rollout by timeline (agent name, system prompt, tool list), in call
     order. Another tool list renders another system turn: a call that drops the tools (an
@@ -51,7 +58,7 @@ def timelines(calls: list[dict]) -> dict[tuple, list[CallView]]:
         messages = call.get("messages") or []
         view = CallView(i, call["prompt_ids"], call["completion_ids"], call["logprobs"],
                         messages, call.get("output"), call.get("finish_reason"),
-                        call.get("model"))
+                        call.get("model"), call.get("weight_version"))
         key = (call.get("agent"), _system_prompt(messages), tools_key(call.get("tools")))
         groups.setdefault(key, []).append(view)
     return groups
@@ -133,6 +140,8 @@ def merge_rollout(rollout: dict, *, on_mismatch: str = "new", max_len: int | Non
         raise ValueError(f"on_mismatch must be one of {ON_MISMATCH}, not {on_mismatch!r}")
     stats = stats if stats is not None else MergeStats()
     carried = {k: v for k, v in rollout.items() if k not in CONSUMED}
+    # A multi-agent workflow may reward each agent apart: its samples learn from their own.
+    agent_rewards = rollout.get("agent_rewards") or {}
     samples: list[dict] = []
     if not rollout["calls"]:  # an agent that answered without its model: nothing to train on
         stats.dropped["rollouts without calls"] += 1
@@ -164,7 +173,8 @@ def merge_rollout(rollout: dict, *, on_mismatch: str = "new", max_len: int | Non
                     "input_ids": built.input_ids,
                     "loss_mask": built.loss_mask,
                     "logprobs": built.logprobs,
-                    "reward": rollout.get("reward"),
+                    "reward": agent_rewards.get(agent, rollout.get("reward")),
+                    "weight_version": _weight_version(built.calls),
                     "calls": calls_info(built, by_index),
                 })
                 stats.samples += 1

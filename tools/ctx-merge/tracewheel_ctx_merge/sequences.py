@@ -28,6 +28,7 @@ class CallView:
     output: dict | None = None
     finish_reason: str | None = None
     model: str | None = None
+    weight_version: str | None = None  # the version of the weights that sampled it
     parent: int | None = None      # the call this one continues, if any
     offset: int = 0                # where this call's new prompt tokens start, after the parent
     mismatch: dict | None = None   # why it did not simply continue an earlier call

@@ -22,6 +22,7 @@ from tracewheel.errors import TracewheelError
 from tracewheel.extras import require
 from tracewheel.jsonl import open_output, read_jsonl, records_stdout
 from tracewheel.models import EMBEDDED_MODEL
+from tracewheel.policies import parse_policy_map
 from tracewheel.workflow import load_workflow
 
 from .continuation import CONTINUATION
@@ -103,6 +104,15 @@ def main() -> None:
               help="Port of the recording endpoint [default: a free one].")
 @continuation_options
 @click.option("--unordered", is_flag=True, help="Write rollouts as they finish, not in order.")
+@click.option("--policy", "policy", multiple=True, metavar="AGENT=POLICY[,...]",
+              help="Multi-agent: send AGENT's calls to the served model POLICY (a LoRA adapter "
+                   "on the base: one policy per agent), whatever model the agent names; every "
+                   "call records its policy and the policy's version (its adapter's path). "
+                   "Repeat, or comma-separate. An agent outside the map fails its calls, unless "
+                   "--default-policy names its policy.")
+@click.option("--default-policy", metavar="POLICY",
+              help="With --policy: the served model of agents outside the map (the base "
+                   "model's name: the frozen base).")
 def run(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, verbose: int,
         **options: Any) -> None:
     """Run an agent workflow on each task N times against a recording vLLM endpoint, and write
@@ -126,6 +136,12 @@ def run(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, v
     if (opts.rubrics or opts.judge_base_url or opts.judge_model) and opts.reward_kind != "judge":
         raise click.UsageError("--rubrics, --judge-base-url and --judge-model need "
                                "--reward judge")
+    if opts.default_policy and not opts.policy:
+        raise click.UsageError("--default-policy needs --policy (the policy map)")
+    try:
+        parse_policy_map(opts.policy)
+    except TracewheelError as err:
+        raise click.UsageError(f"--policy: {err.message}") from None
     if opts.ray_address is None:
         load_workflow(opts.workflow)  # a broken workflow is an error before anything starts
     run_rollouts(opts, input, output, skip_invalid=skip_invalid, quiet=quiet, verbose=verbose)

@@ -26,7 +26,7 @@ REORDER_WINDOW = 16
 CALL_FIELDS = ("id", "index", "agent", "messages", "tools", "params", "prompt_ids",
                "completion_ids", "logprobs", "output", "finish_reason", "model", "usage",
                "latency_ms", "time", "stream", "choice", "tokens", "continues", "drift",
-               "tokens_reason", "weight_version")
+               "tokens_reason", "weight_version", "policy", "policy_version")
 
 
 class Sessions:
@@ -139,6 +139,7 @@ class Runner:
                              for c in calls if c.get("status") != "ok"],
             "final": result.answer, "reward": result.reward,
             "reward_info": result.reward_info, "metadata": result.metadata,
+            "agent_rewards": result.agent_rewards,
             "status": status, "error": error,
             "latency_ms": round((time.monotonic() - started) * 1000, 1),
         }

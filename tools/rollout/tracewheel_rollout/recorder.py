@@ -120,7 +120,9 @@ class Recorder:
     def __init__(self, upstream: str, *, on_call: Callable[[dict], None],
                  host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
                  retries: int = 3, timeout: float = 600.0, continuation: str = "auto",
-                 chat_template: str | None = None, weight_version: str | None = None):
+                 chat_template: str | None = None, weight_version: str | None = None,
+                 policies: dict[str, str] | None = None, default_policy: str | None = None,
+                 policy_versions: dict[str, str] | None = None):
         self.upstream = upstream.rstrip("/")
         if self.upstream.endswith("/v1"):
             self.upstream = self.upstream[:-3]
@@ -128,6 +130,12 @@ class Recorder:
         # The version of the weights serving the calls, where the upstream says (vLLM's
         # /weight_info): every call is marked with it.
         self.weight_version = weight_version
+        # Multi-agent: the served model (a LoRA adapter per policy) each agent's calls go to,
+        # whatever model the agent named; an agent outside the map gets default_policy, or its
+        # calls fail. policy_versions: each policy's version (its adapter's path).
+        self.policies = policies
+        self.default_policy = default_policy
+        self.policy_versions = policy_versions or {}
         self.host, self.port = host, port
         self.api_key = api_key
         self.retries = retries
@@ -153,7 +161,7 @@ class Recorder:
         failure: list[BaseException] = []
 
         def serve() -> None:
-            self._loop = asyncio.new_event_loop()
+            self._loop = new_event_loop()
             asyncio.set_event_loop(self._loop)
             try:
                 self._loop.run_until_complete(self._start())
@@ -222,7 +230,7 @@ class Recorder:
     def serve_forever(self, ready: Callable[[], None] = lambda: None) -> None:
         """Run in the calling thread until interrupted (``rollout record``); ``ready()`` once
         it listens."""
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop()
         asyncio.set_event_loop(self._loop)
         self._loop.run_until_complete(self._start())
         ready()
@@ -378,7 +386,18 @@ class Recorder:
             return _error(400, "request body is not JSON")
         if not isinstance(body, dict):
             return _error(400, "request body must be a JSON object")
+        policy = self._policy(agent)
+        if self.policies is not None and policy is None:
+            call = self._start_call(session, agent, body)
+            message = (f"agent {agent!r} is not in the policy map (it names "
+                       f"{', '.join(sorted(self.policies))}) and there is no default policy")
+            self._finish(call, status="error", error=message)
+            return _error(400, message)
+        if policy is not None:
+            body = {**body, "model": policy}
         call = self._start_call(session, agent, body)
+        if policy is not None:
+            call.update(policy=policy, policy_version=self.policy_versions.get(policy))
         plan = Plan()
         if self.continuation is not None:
             plan = self.continuation.plan(session, agent, body)
@@ -425,6 +444,11 @@ class Recorder:
             _strip_choice(choice, asked_logprobs, asked_ids)
         _strip_reply(reply, asked_ids)
         return web.Response(body=dumps_bytes(reply), content_type="application/json")
+
+    def _policy(self, agent: str | None) -> str | None:
+        if self.policies is None:
+            return None
+        return self.policies.get(agent or "") or self.default_policy
 
     def _record_reply(self, call: dict, reply: dict) -> None:
         """Record each choice of a chat completion."""
@@ -588,6 +612,17 @@ def _strip_reply(reply: dict, asked_ids: bool) -> None:
 
 
 SHUTDOWN_GRACE = 2.0
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The proxy's event loop: uvloop's where installed. A streamed reply is one event per
+    token, each read, recorded and written again; uvloop's cheaper reads and writes are what
+    keeps streams through the proxy as fast as from vLLM directly (bench/bench_rollout.py)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def _json_object(data: bytes) -> dict | None:

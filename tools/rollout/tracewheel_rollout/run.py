@@ -57,6 +57,8 @@ class RunOptions:
     continuation: str = "auto"         # see the recorder
     chat_template: str | None = None
     unordered: bool = False
+    policy: tuple[str, ...] = ()       # AGENT=POLICY entries: each agent's served model
+    default_policy: str | None = None  # the policy of agents outside the map
 
     def sampling(self) -> dict[str, Any]:
         out: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens}
@@ -91,6 +93,8 @@ def run_rollouts(o: RunOptions, input: IO[bytes], output: str | None, *, skip_in
                                    quiet=quiet, total=None):
                 out.write(record)
                 _count(summary, record, echo)
+                engine.setdefault("agents", set()).update(c.get("agent") for c in
+                                                          record["calls"])
                 groups[record["group"]].append(record["reward"])
         finally:
             summary.add("read", stats.records)
@@ -99,6 +103,7 @@ def run_rollouts(o: RunOptions, input: IO[bytes], output: str | None, *, skip_in
             if sessions.stray:
                 summary.add("stray calls", sessions.stray)
             _check_version(engine, summary)
+            _unused_policies(o, engine, summary)
             summary.print(quiet)
 
 
@@ -118,10 +123,12 @@ def _start(o: RunOptions, stack: contextlib.ExitStack, sessions: Sessions, engin
     from .recorder import Recorder  # aiohttp: the [rollout] extra
 
     version = served_version(upstream)
+    policies, policy_versions = _policies(o, upstream)
     recorder = stack.enter_context(Recorder(
         upstream, on_call=sessions.add, host=o.record_host, port=o.record_port,
         api_key=o.api_key, retries=o.retries, timeout=o.timeout, continuation=o.continuation,
-        chat_template=o.chat_template, weight_version=version))
+        chat_template=o.chat_template, weight_version=version, policies=policies,
+        default_policy=o.default_policy, policy_versions=policy_versions))
     sessions.on_close = recorder.forget
     engine.update(upstream=upstream, model=name, weight_version=version)
     echo(f"recording at {recorder.base_url()} (upstream {upstream}, model {name}"
@@ -130,6 +137,33 @@ def _start(o: RunOptions, stack: contextlib.ExitStack, sessions: Sessions, engin
         echo(f"prompts are rendered by the upstream, not continued as token ids: "
              f"{recorder.continuation_off}")
     return recorder.base_url().removesuffix("/v1"), name
+
+
+def _policies(o: RunOptions, upstream: str) -> tuple[dict[str, str] | None, dict[str, str]]:
+    """The policy map, each policy checked to be served upstream (a policy's adapter not
+    loaded is an error before any rollout), and each policy's version: where its adapter was
+    loaded from, as the server lists it."""
+    from tracewheel.policies import parse_policy_map
+
+    policies = parse_policy_map(o.policy) if o.policy else None
+    if policies is None:
+        if o.default_policy is not None:
+            raise TracewheelError("--default-policy needs --policy (the policy map)")
+        return None, {}
+    client = make_client(ClientEndpoint(upstream, None, o.api_key, o.timeout, 0))
+    try:
+        served = {m.id: (m.model_extra or {}).get("root") for m in client.models.list().data}
+    except Exception as err:
+        raise TracewheelError(f"{upstream}: cannot list its models to check the policies "
+                              f"({type(err).__name__})") from err
+    wanted = {**{p: f"agent {a}" for a, p in policies.items()},
+              **({o.default_policy: "--default-policy"} if o.default_policy else {})}
+    for policy, whose in wanted.items():
+        if policy not in served:
+            raise TracewheelError(f"policy {policy!r} ({whose}) is not served by {upstream} "
+                                  f"(it serves {', '.join(sorted(served))}): load its adapter "
+                                  f"first")
+    return policies, {p: served[p] for p in wanted if served.get(p)}
 
 
 def served_version(upstream: str) -> str | None:
@@ -141,6 +175,19 @@ def served_version(upstream: str) -> str | None:
         return weight_version(upstream, timeout=10)
     except TracewheelError:
         return None
+
+
+def _unused_policies(o: RunOptions, engine: dict, summary: Summary) -> None:
+    """Say which agents of the policy map made no call: a name misspelt, or an agent the
+    workflow does not have."""
+    if not o.policy or "upstream" not in engine:
+        return
+    from tracewheel.policies import parse_policy_map
+
+    idle = sorted(set(parse_policy_map(o.policy)) - engine.get("agents", set()))
+    if idle:
+        summary.extra.append(f"WARNING: the policy map names agents that made no call: "
+                             f"{', '.join(idle)}")
 
 
 def _check_version(engine: dict, summary: Summary) -> None:

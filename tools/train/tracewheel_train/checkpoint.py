@@ -34,6 +34,20 @@ def check_out_dir(out: str | os.PathLike) -> None:
                             f"remove it or choose another directory")
 
 
+def check_adapter(path: str | os.PathLike, rank: int) -> str:
+    """A LoRA adapter directory to start from, refused where it is not one or its rank is not
+    ``rank`` (an adapter of another rank would not fit the server's LoRA slots)."""
+    config = Path(path) / "adapter_config.json"
+    try:
+        found = json.loads(config.read_text()).get("r")
+    except (OSError, ValueError) as err:
+        raise TracewheelError(f"{path}: not a LoRA adapter ({config}: {err})") from None
+    if found != rank:
+        raise TracewheelError(f"{path}: an adapter of rank {found}, where --lora-r is {rank} "
+                              f"(train every policy at one rank)")
+    return str(path)
+
+
 def temp_dir_beside(final: Path) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))

@@ -8,6 +8,7 @@ from typing import IO, Any
 import click
 
 from tracewheel.cli import common_options, input_name, input_options, output_option, tool_command
+from tracewheel.errors import TracewheelError
 from tracewheel.extras import require
 
 from .checkpoint import check_out_dir
@@ -19,6 +20,15 @@ D = TrainConfig()  # the defaults, stated once (config.py)
 GRPO_ONLY = ("adv_norm", "clip_low", "clip_high", "recompute_logprobs", "tis_cap", "kl_coef")
 LORA_ONLY = ("lora_alpha", "lora_dropout", "save_adapter")
 RAY_ONLY = ("ray_workers", "ray_gpu")
+
+
+def _policy_map(entries: tuple[str, ...]) -> dict[str, str] | None:
+    from tracewheel.policies import parse_policy_map
+
+    try:
+        return parse_policy_map(entries) or None
+    except TracewheelError as err:
+        raise click.BadParameter(err.message) from None
 
 
 def _flag(name: str) -> str:
@@ -57,6 +67,23 @@ def check_options(ctx: click.Context, p: dict[str, Any]) -> None:
                    f"ray://HOST:PORT); to give INPUT after --ray, write --ray local INPUT")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             refuse("--ray cannot run under accelerate launch (Ray starts its own workers)")
+    if p["policies"]:
+        if not p["lora_r"]:
+            refuse("--policy trains one LoRA adapter per policy: give --lora-r")
+        if p["ray_address"] is not None:
+            refuse("--policy and --ray cannot be used together yet")
+        if p["init_adapter"]:
+            refuse("--policy starts each policy from --init-adapters DIR/POLICY, not "
+                   "--init-adapter")
+    else:
+        for name in ("default_policy", "init_adapters"):
+            if _given(ctx, name):
+                refuse(f"{_flag(name)} needs --policy (the policy map)")
+    if p["init_adapter"] and not p["lora_r"]:
+        refuse("--init-adapter needs --lora-r (its rank)")
+    if (p["max_lag"] is None) != (p["policy_version"] is None):
+        refuse("--max-lag and --policy-version go together (a lag is counted from the trained "
+               "model's version)")
     if p["lr_schedule"] == "constant" and _given(ctx, "min_lr"):
         refuse("--min-lr applies to --lr-schedule linear or cosine (got constant)")
     if p["resume"] is not None and p["dry_run"]:
@@ -136,6 +163,27 @@ def check_options(ctx: click.Context, p: dict[str, Any]) -> None:
               help="SFT: learn only samples whose reward is at least X (rejection sampling on "
                    "the agent's own rollouts: --min-reward 1 keeps the right ones); the rest "
                    "are counted and left out.")
+@click.option("--policy-version", type=click.IntRange(0), metavar="N", default=D.policy_version,
+              help="The version of --model, for --max-lag: the number the loop's vLLM served "
+                   "it under.")
+@click.option("--max-lag", type=click.IntRange(0), metavar="L", default=D.max_lag,
+              help="Learn only samples sampled by weights at most L versions older than "
+                   "--policy-version (each sample's weight_version, from rollout); older ones "
+                   "are counted and left out, and a sample without a version is an error.")
+@click.option("--policy", "policies", multiple=True, metavar="AGENT=POLICY[,...]",
+              callback=lambda ctx, param, value: _policy_map(value),
+              help="Multi-agent: train one LoRA adapter per POLICY on the samples of its agents "
+                   "(each sample's agent; GRPO groups within a policy), into --out/POLICY, with "
+                   "--out/policies.json the map. Needs --lora-r. Repeat, or comma-separate.")
+@click.option("--default-policy", metavar="POLICY", default=D.default_policy,
+              help="With --policy: the policy of agents outside the map; one the map does not "
+                   "name (the base) is not trained, and its agents' samples are counted and "
+                   "left out. Without it such a sample is an error.")
+@click.option("--init-adapters", metavar="DIR", default=D.init_adapters,
+              help="With --policy: an earlier run's --out; each policy starts from its adapter "
+                   "there (a fresh one where it has none).")
+@click.option("--init-adapter", metavar="DIR", default=D.init_adapter,
+              help="With --lora-r: start from this LoRA adapter (of that rank).")
 @click.option("--lora-r", type=click.IntRange(0), metavar="N", default=D.lora_r, show_default=True,
               help="LoRA rank (peft, all linear layers); 0 trains all weights.")
 @click.option("--lora-alpha", type=click.FloatRange(0, min_open=True), metavar="X",

@@ -56,8 +56,20 @@ class TrainConfig:
     # SFT on rollouts: only samples whose reward reaches this (rejection sampling); None: all
     min_reward: float | None = None
 
+    # rollouts of an older model (the flywheel's ASYNC=1): the version (an integer) of the model
+    # trained here, and how many versions older a sample's `weight_version` may be; older
+    # samples are dropped and counted
+    policy_version: int | None = None
+    max_lag: int | None = None
+
+    # multi-agent: one LoRA adapter per policy, each trained on its agents' samples alone
+    policies: dict[str, str] | None = None  # agent -> policy
+    default_policy: str | None = None  # agents outside the map: this policy (frozen if unmapped)
+    init_adapters: str | None = None   # an earlier policy run's --out: each policy starts there
+
     # model
     lora_r: int = 0                    # LoRA rank; 0 trains all weights
+    init_adapter: str | None = None    # with LoRA: start from this adapter (its rank: lora_r)
     lora_alpha: float | None = None    # default 2 * lora_r
     lora_dropout: float = 0.0
     save_adapter: bool = False         # with LoRA: save the adapter, not merged weights

@@ -48,6 +48,7 @@ class TrainSample:
     loss_mask: np.ndarray  # bool
     logprobs: np.ndarray | None  # float32, the sampler's, 0.0 off the mask
     advantage: float = 0.0
+    policy: str | None = None  # multi-agent: the policy its agent maps to
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -68,6 +69,7 @@ class DataReport:
     truncated: int = 0
     groups: int = 0
     groups_skipped: int = 0
+    lags: Counter = field(default_factory=Counter)  # kept samples by versions behind (--max-lag)
     tokens: int = 0
     trained_tokens: int = 0
 
@@ -116,7 +118,17 @@ class _SampleCheck:
             if record.get("logprobs") is None and not cfg.recompute_logprobs:
                 raise RecordError("no logprobs: --algo grpo takes the sampler's logprobs as the "
                                   "old log-probabilities (or use --recompute-logprobs)")
-        rollout = record.get("rollout_id") or record["id"]
+        if cfg.max_lag is not None:
+            record["_lag"] = sample_lag(record.get("weight_version"), cfg.policy_version)
+        if cfg.policies is not None:
+            agent = record.get("agent")
+            policy = cfg.policies.get(agent) if agent is not None else None
+            if policy is None and cfg.default_policy is None:
+                raise RecordError(f"agent {agent!r} is not in the policy map (it names "
+                                  f"{', '.join(sorted(cfg.policies))}) and there is no "
+                                  f"--default-policy")
+            record["_policy"] = policy or cfg.default_policy
+        rollout = rollout_key(record)
         seen = self.rollouts.get(rollout)
         reward = record.get("reward")
         if seen is not None and (seen[0] != reward or seen[1] != group):
@@ -127,6 +139,34 @@ class _SampleCheck:
         if seen is None:
             self.rollouts[rollout] = (reward, group, self.lines.lineno)
         return record
+
+
+def rollout_key(record: dict) -> str:
+    """The trajectory a sample belongs to: its rollout; where the workflow rewarded each agent
+    apart (``agent_rewards``), its rollout and agent, so each agent's reward stands alone."""
+    rollout = str(record.get("rollout_id") or record["id"])
+    agent = record.get("agent")
+    if agent is not None and agent in (record.get("agent_rewards") or {}):
+        return f"{rollout}#{agent}"
+    return rollout
+
+
+def sample_lag(version: object, policy_version: int | None) -> int:
+    """How many versions the weights that sampled a sample (its ``weight_version``: a number,
+    or numbers where they changed between its calls; the oldest counts) are behind
+    ``policy_version``; a RecordError where it has none."""
+    versions = version if isinstance(version, list) else [version]
+    try:
+        oldest = min(int(v) for v in versions)
+    except (TypeError, ValueError):
+        raise RecordError(f"weight_version {version!r} is not a version number: --max-lag "
+                          f"needs the number of the weights that sampled each sample (rollout "
+                          f"records it where vLLM serves /weight_info: the flywheel's one "
+                          f"server)") from None
+    if oldest > policy_version:
+        raise RecordError(f"weight_version {oldest} is newer than --policy-version "
+                          f"{policy_version}")
+    return policy_version - oldest
 
 
 def to_train_sample(record: dict, line: int, cfg: TrainConfig) -> tuple[TrainSample, bool]:
@@ -143,10 +183,14 @@ def to_train_sample(record: dict, line: int, cfg: TrainConfig) -> tuple[TrainSam
         n = cfg.max_tokens_per_batch
         ids, loss_mask = ids[:n], loss_mask[:n]
         logprobs = None if logprobs is None else logprobs[:n]
+    policy = record.get("_policy")
+    group = record.get("group") or record.get("task_id")
+    if policy is not None and group is not None:
+        group = f"{policy}/{group}"  # GRPO compares a policy's rollouts with its own only
     sample = TrainSample(
-        id=str(record["id"]), rollout=str(record.get("rollout_id") or record["id"]),
-        group=record.get("group") or record.get("task_id"), reward=record.get("reward"),
-        line=line, input_ids=ids, loss_mask=loss_mask, logprobs=logprobs)
+        id=str(record["id"]), rollout=rollout_key(record),
+        group=group, reward=record.get("reward"), line=line, input_ids=ids,
+        loss_mask=loss_mask, logprobs=logprobs, policy=policy)
     return sample, truncated
 
 
@@ -170,6 +214,16 @@ def read_samples(
         report.read += 1
         sample, truncated = to_train_sample(record, lines.lineno, cfg)
         report.truncated += truncated
+        if cfg.policies is not None and sample.policy not in cfg.policies.values():
+            # The default policy the map does not train (the frozen base, say).
+            report.skipped[f"agent served by {sample.policy} (not trained)"] += 1
+            continue
+        lag = record.get("_lag")
+        if lag is not None and lag > cfg.max_lag:
+            # Sampled by weights too far behind the trained ones: their ratios would be clipped
+            # or truncated away anyway, and the loop promised this bound.
+            report.skipped["older than --max-lag"] += 1
+            continue
         if sample.trained == 0:
             report.skipped["no trained tokens"] += 1
             continue
@@ -184,6 +238,8 @@ def read_samples(
             report.skipped["no reward"] += 1
             continue
         samples.append(sample)
+        if lag is not None:
+            report.lags[lag] += 1
     if cfg.algo == "grpo":
         samples = assign_advantages(samples, cfg.adv_norm, report)
     report.kept = len(samples)

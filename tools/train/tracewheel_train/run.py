@@ -53,6 +53,8 @@ def train(cfg: TrainConfig, job: Job) -> None:
 
     summary = Summary("train")
     samples, report = _read(cfg, job, summary)
+    if cfg.policies is not None:
+        return _train_policies(cfg, job, summary, samples)
     if not samples:
         return _nothing_to_train(cfg, job, summary, report)
     processes = job.ray_workers if job.ray_address else int(os.environ.get("WORLD_SIZE", "1"))
@@ -67,6 +69,92 @@ def train(cfg: TrainConfig, job: Job) -> None:
         done = _fit(cfg, job, samples, fingerprint(samples), len(steps))
         summary.extra += [f"{done} steps", f"model in {cfg.out}"]
     summary.print(job.quiet or not job.main_process)
+
+
+def _train_policies(cfg: TrainConfig, job: Job, summary: Summary, samples: list) -> None:
+    """Multi-agent: one LoRA adapter per policy, each trained on its own agents' samples (GRPO
+    groups within the policy), one after another, into --out/POLICY; then --out/policies.json,
+    the map. A policy with no sample keeps its --init-adapters adapter (or, with --allow-empty
+    and none, gets a new one that changes nothing)."""
+    import dataclasses
+    from pathlib import Path
+
+    from tracewheel.jsonl import atomic_path
+
+    from .checkpoint import MARKER, write_json
+    from .data import fingerprint, plan_steps
+
+    out = Path(cfg.out)
+    names = sorted(set(cfg.policies.values()))
+    processes = job.ray_workers if job.ray_address else int(os.environ.get("WORLD_SIZE", "1"))
+    manifest: dict[str, Any] = {"base_model": cfg.model, "default_policy": cfg.default_policy,
+                                "policies": {}}
+    for name in names:
+        part = [s for s in samples if s.policy == name]
+        start = Path(cfg.init_adapters, name) if cfg.init_adapters else None
+        if start is not None and not (start / "adapter_config.json").is_file():
+            start = None  # a policy new in this run starts from a fresh adapter
+        sub = dataclasses.replace(cfg, out=str(out / name), policies=None, default_policy=None,
+                                  init_adapters=None, save_adapter=True, checkpoint_dir=None,
+                                  init_adapter=str(start) if start else None)
+        steps = plan_steps(part, sub, processes) if part else []
+        agents = sorted(a for a, p in cfg.policies.items() if p == name)
+        if job.show:
+            click.echo(f"train: {'plan: ' * job.dry_run}policy {name} ({', '.join(agents)}): "
+                       f"{len(part)} samples, {sum(s.trained for s in part)} trained tokens, "
+                       f"{len(steps)} steps" + (f", from {start}" if start else ""), err=True)
+        manifest["policies"][name] = {"agents": agents, "samples": len(part),
+                                      "steps": len(steps), "from": str(start) if start else None}
+        if job.dry_run:
+            continue
+        if not part:
+            if start is None and not job.allow_empty:
+                raise TracewheelError(f"policy {name} ({', '.join(agents)}): no samples to "
+                                      f"train on, and no earlier adapter (--init-adapters) to "
+                                      f"keep; --allow-empty writes a new one that changes "
+                                      f"nothing")
+            if job.main_process:
+                _unchanged_adapter(sub, start)
+            summary.extra.append(f"policy {name}: no samples, adapter unchanged")
+            continue
+        done = _fit(sub, job, part, fingerprint(part), len(steps), tag={"policy": name})
+        summary.extra.append(f"policy {name}: {done} steps")
+    if not job.dry_run and job.main_process:
+        with atomic_path(out / "policies.json") as tmp:
+            write_json(Path(tmp), manifest)
+        write_json(out / MARKER, {"tool": "train", "weights": "adapters", **manifest})
+        summary.extra.append(f"adapters in {out}")
+    summary.print(job.quiet or not job.main_process)
+
+
+def _unchanged_adapter(cfg: TrainConfig, start: Any) -> None:
+    """--out/POLICY for a policy with nothing to learn: its earlier adapter, or a new one (its B
+    matrices are zero: it changes nothing)."""
+    import shutil
+    from pathlib import Path
+
+    from .checkpoint import replace_dir, temp_dir_beside
+
+    final = Path(cfg.out)
+    tmp = temp_dir_beside(final)
+    try:
+        if start is not None:
+            shutil.rmtree(tmp)
+            shutil.copytree(start, tmp)
+        else:
+            import torch
+            from peft import get_peft_model
+            from transformers import AutoModelForCausalLM
+
+            from .trainer import lora_config
+
+            base = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model),
+                                                        dtype=torch.float32)
+            get_peft_model(base, lora_config(cfg)).save_pretrained(tmp)
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _read(cfg: TrainConfig, job: Job, summary: Summary) -> tuple[list, Any]:
@@ -88,6 +176,9 @@ def _read(cfg: TrainConfig, job: Job, summary: Summary) -> tuple[list, Any]:
     summary.absorb(stats)
     if report.truncated:
         summary.extra.append(f"{report.truncated} truncated to the token budget")
+    if report.lags:
+        summary.extra.append("versions behind: " + ", ".join(
+            f"{lag}: {n}" for lag, n in sorted(report.lags.items())))
     if cfg.algo == "grpo":
         summary.extra.append(f"{report.groups} groups ({report.groups_skipped} with equal "
                              f"rewards skipped)")
@@ -113,7 +204,8 @@ def _nothing_to_train(cfg: TrainConfig, job: Job, summary: Summary, report: Any)
                         f"model unchanged instead")
 
 
-def _fit(cfg: TrainConfig, job: Job, samples: list, data_id: str, total: int) -> int:
+def _fit(cfg: TrainConfig, job: Job, samples: list, data_id: str, total: int,
+         tag: dict | None = None) -> int:
     """Train; the optimizer steps taken. Metrics go to the output (and the trackers) step by
     step; if the reader goes away, training goes on and the model is still written."""
     if not job.verbose:
@@ -131,6 +223,8 @@ def _fit(cfg: TrainConfig, job: Job, samples: list, data_id: str, total: int) ->
         def emit(metrics: dict) -> None:
             nonlocal done, reader_gone
             done += 1
+            if tag:
+                metrics = {**tag, **metrics}
             if bar is not None:
                 speed = metrics.get("tokens_per_s")
                 bar.update(1, **({"speed": f"{speed:.0f} tokens/s"} if speed else {}))

@@ -35,6 +35,7 @@ from .checkpoint import (
     MARKER,
     STATE,
     atomic_dir,
+    check_adapter,
     find_resume_dir,
     prune,
     read_json,
@@ -147,19 +148,19 @@ class Trainer:
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
-        if cfg.lora_r:
+        if cfg.lora_r and cfg.init_adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, check_adapter(cfg.init_adapter, cfg.lora_r),
+                                              is_trainable=True)
+        elif cfg.lora_r:
             from peft import get_peft_model
 
             model = get_peft_model(model, self.lora_config())
         return model
 
     def lora_config(self):
-        from peft import LoraConfig
-
-        cfg = self.cfg
-        return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_r,
-                          lora_dropout=cfg.lora_dropout, target_modules="all-linear",
-                          task_type="CAUSAL_LM")
+        return lora_config(self.cfg)
 
     def _setup_reference(self) -> torch.nn.Module | None:
         """The frozen starting model for the KL penalty. With LoRA there is no copy: the policy
@@ -438,3 +439,12 @@ class Trainer:
         peft_model = get_peft_model(base, self.lora_config())
         set_peft_model_state_dict(peft_model, adapter)
         return peft_model.merge_and_unload()
+
+
+def lora_config(cfg: TrainConfig) -> Any:
+    """peft's LoraConfig of a run: every linear layer, at --lora-r."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_r,
+                      lora_dropout=cfg.lora_dropout, target_modules="all-linear",
+                      task_type="CAUSAL_LM")
