@@ -121,7 +121,9 @@ def test_a_load_that_fails_part_way_puts_the_previous_weights_back(server, chang
     last = sorted(tensors)[-1]
     tensors[last] = torch.zeros(tensors[last].shape[0] + 1)
     save_file(tensors, weights, metadata={"format": "pt"})
-    with pytest.raises(TracewheelError, match="are loaded again; it serves them again"):
+    with pytest.raises(TracewheelError, match=r"failed part way \(Attempted to load weight .*"
+                                              r"\); the weights that served before are back "
+                                              r"and serve again \(version v1\)"):
         load_weights(server.url, bad, version="bad")
     assert weight_version(server.url) == version
     assert greedy(server)[1] == before

@@ -15,6 +15,7 @@ import atexit
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -418,8 +419,11 @@ def load_weights(url: str, model: str | os.PathLike, version: str | None = None,
                                   f"be partly replaced): stop it") from None
         # The worker put the previous weights back: serve them, under their version.
         _call(url, "/resume", None, timeout, "resuming on the previous weights")
-        raise TracewheelError(f"{err.message}; it serves them again (version "
-                              f"{weight_version(url, timeout)})") from None
+        why = re.search(r"tracewheel: loading \S+ failed \((.*)\); the previous", err.message)
+        raise TracewheelError(
+            f"vLLM at {url}: loading the weights of {path} failed part way"
+            f"{f' ({why.group(1)})' if why else ''}; the weights that served before are "
+            f"back and serve again (version {weight_version(url, timeout)})") from None
     _call(url, "/reset_prefix_cache", None, timeout, "dropping the prefix cache")
     _call(url, "/update_weight_version", {"new_version": version or str(path)}, timeout,
           "setting the weight version")

@@ -18,6 +18,7 @@ class WeightUpdates:
             self._tracewheel_load(weights_path)
         except Exception as err:
             try:
+                self._tracewheel_forget_failed_load()
                 self._tracewheel_load(previous)
             except Exception as again:
                 raise RuntimeError(
@@ -27,6 +28,25 @@ class WeightUpdates:
             raise RuntimeError(f"tracewheel: loading {weights_path} failed ({err}); the "
                                f"previous weights {previous} are loaded again") from err
         self._tracewheel_weights = weights_path
+
+    def _tracewheel_forget_failed_load(self) -> None:
+        """vLLM reloads layer by layer: a layer waits, off its serving tensors, until all its
+        weights arrived, and then they replace the serving ones. A load that fails part way
+        leaves layers waiting with what arrived, and the next load would replay that (and
+        fail the same way). Put every waiting layer back on its serving tensors and forget
+        what it buffered. (vLLM 0.32's reload internals: pinned in the project's vLLM.)"""
+        from vllm.model_executor.model_loader.reload import layerwise
+
+        for layer in self.model_runner.get_model().modules():
+            info = layerwise.LAYERWISE_INFO.get(layer)
+            if info is None or not info.can_load():
+                continue
+            if info.kernel_tensors is not None:
+                layerwise._place_kernel_tensors(layer, info)
+            for tensor in layerwise.get_layer_tensors(layer).values():
+                tensor.weight_loader = layerwise._get_original_loader(tensor)
+            info.reset()
+        layerwise.LOADING_LAYERS.clear()
 
     def _tracewheel_load(self, weights_path: str) -> None:
         """vLLM's in-place reload of a checkpoint's weights from disk, made whole on a CPU.
