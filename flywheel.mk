@@ -84,10 +84,11 @@ engine = $(if $(ENDPOINT),--base-url $(ENDPOINT) --model "$$TRACEWHEEL_MODEL",--
 helper = $(if $(ENDPOINT),--base-url $(ENDPOINT) --model "$$TRACEWHEEL_MODEL")
 # Each step's stderr goes to the terminal and to logs/STEP.log, where the report finds it.
 log = 2> >(tee $(R)/logs/$1.log >&2)
-# The agent on the tasks in $< into $@: $1 rollouts per task by model $2, logged as $3. Every
-# model gets the same sampling seed per task (--seed), so evaluations pair draw for draw.
+# The agent on the tasks in $< into $@: $1 rollouts per task by model $2, logged as $3, seeded
+# $4 (default SEED). Every model gets the same sampling seed per task, so evaluations pair draw
+# for draw.
 rollouts = $(TRACEWHEEL_BIN)/rollout -w $(WORKFLOW) -n $1 -j $(JOBS) --reward $(REWARD) \
-  --max-tokens $(MAX_TOKENS) --seed $(SEED) $(call engine,$2) $(policy_args) $< -o $@ \
+  --max-tokens $(MAX_TOKENS) --seed $(or $4,$(SEED)) $(call engine,$2) $(policy_args) $< -o $@ \
   $(call log,$3)
 # The evaluations of model $1.
 evaluations = $(R)/iter-$1/eval.jsonl $(if $(EVAL),$(R)/iter-$1/eval-set.jsonl)
@@ -134,9 +135,10 @@ $(R)/iter-1/samples.jsonl: $(R)/tasks.train.jsonl
 	  $< -o $@ $(call log,merge-1)
 endif
 
+# With ASYNC=1 one model may sample two iterations' rollouts: each its own draws (SEED + N).
 $(R)/iter-%/rollouts.jsonl: $(R)/train.jsonl $(AGENT_FILES) $$(call trained,$$(call source,$$*))
 	@mkdir -p $(@D)
-	$(call rollouts,$(SAMPLES),$(call source,$*),rollout-$*)
+	$(call rollouts,$(SAMPLES),$(call source,$*),rollout-$*,$(if $(filter-out 0,$(LAG)),$(shell echo $$(($(SEED) + $*)))))
 
 $(R)/iter-%/samples.jsonl: $(R)/iter-%/rollouts.jsonl
 	$(TRACEWHEEL_BIN)/ctx-merge $(MERGE_ARGS) $< -o $@ $(call log,merge-$*)

@@ -113,6 +113,10 @@ def test_async_trains_while_the_server_rolls_out_on_the_model_before(small_run):
     for i in (1, 2):
         samples = lines(run / f"iter-{i}" / "samples.jsonl")
         assert samples and {s["weight_version"] for s in samples} == {"0"}
+    # one model's rollouts for two iterations: each iteration its own draws, not the same twice
+    draws = [[c["completion_ids"] for r in lines(run / f"iter-{i}" / "rollouts.jsonl")
+              for c in r["calls"]] for i in (1, 2)]
+    assert draws[0] != draws[1]
     log = (run / "logs" / "train-2.log").read_text()
     assert "versions behind: 1:" in log and "older than --max-lag" not in log
     for i in (0, 1, 2):  # each evaluation on its own model

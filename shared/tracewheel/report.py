@@ -314,20 +314,23 @@ def sampled_by(samples: list[dict], trained_from: int) -> str:
 def compare(run: Path, base: Path) -> str:
     """Two runs of the same loop (say ASYNC=1 against the synchronous one): each model's right
     answers on each evaluation in both, and the paired change from ``base`` to ``run``."""
-    lines = [f"# `{run.name}` against `{base.name}`", ""]
+    ours, theirs = run.name, base.name
+    if ours == theirs:  # two runs of one name (in two clones): their paths tell them apart
+        ours, theirs = str(run), str(base)
+    lines = [f"# `{ours}` against `{theirs}`", ""]
     for which in EVAL_SETS:
         rows = []
         for i in sorted(set(iterations(run)) & set(iterations(base))):
-            ours, theirs = (read(r / f"iter-{i}" / which.file) for r in (run, base))
-            if not ours or not theirs:
+            mine, other = (read(r / f"iter-{i}" / which.file) for r in (run, base))
+            if not mine or not other:
                 continue
-            a, b = task_solved(ours), task_solved(theirs)
+            a, b = task_solved(mine), task_solved(other)
             name = "start" if i == 0 else f"after iteration {i}"
             rows.append(f"| {name} | {estimate(list(b.values()))} | "
                         f"{estimate(list(a.values()))} | {paired(a, b)} |")
         if rows:
             lines += [f"## {which.title}: right", "",
-                      f"| model | {base.name} | {run.name} | change (paired 95%) |",
+                      f"| model | {theirs} | {ours} | change (paired 95%) |",
                       "|---|---|---|---|", *rows, ""]
     return "\n".join(lines)
 
