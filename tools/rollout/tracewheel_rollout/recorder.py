@@ -161,7 +161,7 @@ class Recorder:
         failure: list[BaseException] = []
 
         def serve() -> None:
-            self._loop = new_event_loop()
+            self._loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self._loop)
             try:
                 self._loop.run_until_complete(self._start())
@@ -230,7 +230,7 @@ class Recorder:
     def serve_forever(self, ready: Callable[[], None] = lambda: None) -> None:
         """Run in the calling thread until interrupted (``rollout record``); ``ready()`` once
         it listens."""
-        self._loop = new_event_loop()
+        self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._loop)
         self._loop.run_until_complete(self._start())
         ready()
@@ -613,16 +613,6 @@ def _strip_reply(reply: dict, asked_ids: bool) -> None:
 
 SHUTDOWN_GRACE = 2.0
 
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """The proxy's event loop: uvloop's where installed. A streamed reply is one event per
-    token, each read, recorded and written again; uvloop's cheaper reads and writes are what
-    keeps streams through the proxy as fast as from vLLM directly (bench/bench_rollout.py)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def _json_object(data: bytes) -> dict | None:
