@@ -614,7 +614,6 @@ def _strip_reply(reply: dict, asked_ids: bool) -> None:
 SHUTDOWN_GRACE = 2.0
 
 
-
 def _json_object(data: bytes) -> dict | None:
     try:
         value = loads(data)

@@ -103,7 +103,7 @@ def run_rollouts(o: RunOptions, input: IO[bytes], output: str | None, *, skip_in
             if sessions.stray:
                 summary.add("stray calls", sessions.stray)
             _check_version(engine, summary)
-            _unused_policies(o, engine, summary)
+            _unused_policies(engine, summary)
             summary.print(quiet)
 
 
@@ -130,7 +130,7 @@ def _start(o: RunOptions, stack: contextlib.ExitStack, sessions: Sessions, engin
         chat_template=o.chat_template, weight_version=version, policies=policies,
         default_policy=o.default_policy, policy_versions=policy_versions))
     sessions.on_close = recorder.forget
-    engine.update(upstream=upstream, model=name, weight_version=version)
+    engine.update(upstream=upstream, model=name, weight_version=version, policies=policies)
     echo(f"recording at {recorder.base_url()} (upstream {upstream}, model {name}"
          + (f", weights {version}" if version is not None else "") + ")")
     if recorder.continuation_off:
@@ -146,9 +146,7 @@ def _policies(o: RunOptions, upstream: str) -> tuple[dict[str, str] | None, dict
     from tracewheel.policies import parse_policy_map
 
     policies = parse_policy_map(o.policy) if o.policy else None
-    if policies is None:
-        if o.default_policy is not None:
-            raise TracewheelError("--default-policy needs --policy (the policy map)")
+    if policies is None:  # (--default-policy without --policy: refused by the command)
         return None, {}
     client = make_client(ClientEndpoint(upstream, None, o.api_key, o.timeout, 0))
     try:
@@ -177,14 +175,12 @@ def served_version(upstream: str) -> str | None:
         return None
 
 
-def _unused_policies(o: RunOptions, engine: dict, summary: Summary) -> None:
+def _unused_policies(engine: dict, summary: Summary) -> None:
     """Say which agents of the policy map made no call: a name misspelt, or an agent the
     workflow does not have."""
-    if not o.policy or "upstream" not in engine:
+    if not engine.get("policies"):
         return
-    from tracewheel.policies import parse_policy_map
-
-    idle = sorted(set(parse_policy_map(o.policy)) - engine.get("agents", set()))
+    idle = sorted(set(engine["policies"]) - engine.get("agents", set()))
     if idle:
         summary.extra.append(f"WARNING: the policy map names agents that made no call: "
                              f"{', '.join(idle)}")
