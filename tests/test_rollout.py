@@ -407,9 +407,13 @@ def test_rollout_record_writes_calls_until_stopped():
     assert "rollout record: 2 calls, 0 failed" in err
 
 
-def test_rollout_record_stops_on_ctrl_c_with_a_request_in_flight():
-    """The upstream holds the request for 60 s; Ctrl-C ends the recorder at once, with the
-    calls it finished written (before: aiohttp waited up to 60 s for the handler)."""
+@pytest.mark.parametrize(
+    "signals", [[signal.SIGINT], [signal.SIGTERM, signal.SIGINT, signal.SIGINT]],
+    ids=["ctrl-c", "sigterm-then-ctrl-c-twice"])
+def test_rollout_record_stops_on_ctrl_c_with_a_request_in_flight(signals):
+    """The upstream holds the request for 60 s; Ctrl-C (or SIGTERM, and more signals while it
+    stops) ends the recorder at once, with the calls it finished written and the summary
+    printed (before: aiohttp waited up to 60 s for the handler)."""
     replies = [(200, {}, chat_completion("done", token_ids=True))]
     with CannedServer(lambda n: replies[0], lambda n: 0 if n == 0 else 60) as up:
         port = _free_port()
@@ -433,7 +437,9 @@ def test_rollout_record_stops_on_ctrl_c_with_a_request_in_flight():
             while len(up.requests) < 2:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
-            proc.send_signal(signal.SIGINT)
+            for sig in signals:
+                proc.send_signal(sig)
+                time.sleep(0.2)
             out, err = proc.communicate(timeout=30)  # the upstream would take 60 s
         finally:
             if proc.poll() is None:
@@ -441,6 +447,7 @@ def test_rollout_record_stops_on_ctrl_c_with_a_request_in_flight():
     calls = [json.loads(line) for line in out.splitlines()]
     assert [c["status"] for c in calls] == ["ok"], err
     assert "Traceback" not in err
+    assert "rollout record: 1 calls" in err
 
 
 def _free_port() -> int:

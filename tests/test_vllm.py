@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -283,3 +284,33 @@ def test_the_launcher_stops_its_server_however_its_caller_stops(tmp_path, monkey
         time.sleep(0.2)
     caller.kill()
     caller.wait(timeout=10)
+
+
+def test_a_server_leaves_nothing_in_the_temp_folder(tmp_path, monkeypatch):
+    """vLLM puts its IPC sockets in the temp folder and leaves them there when it is stopped;
+    the launcher gives it a folder of its own and removes it, with the log it made itself."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    server = VLLMServer("smollm2-135m").start()
+    try:
+        made = sorted(p.name for p in tmp_path.iterdir())
+        assert any(name.startswith("tracewheel-vllm-") for name in made), made
+        assert any(name.startswith("vllm-") for name in made), made
+        assert list((tmp_path / next(n for n in made if n.startswith("tracewheel-"))).iterdir())
+    finally:
+        server.stop()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_server_that_dies_keeps_its_log(tmp_path, monkeypatch):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'ImportError: no module named vllm' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("TRACEWHEEL_VLLM_PYTHON", str(fake))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    server = VLLMServer("smollm2-135m")
+    with pytest.raises(TracewheelError, match=r"exited with status 3 while starting; log .*vllm-"):
+        server.start()
+    assert server.log_path.exists() and "no module named" in server.log_path.read_text()
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []

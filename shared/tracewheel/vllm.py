@@ -171,6 +171,11 @@ class VLLMServer:
         self.max_loras = max_loras
         self.process: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
+        # What start() makes and stop() removes: a log nobody asked for (kept where the server
+        # failed, since the error names it) and a folder for vLLM's IPC sockets, which vLLM
+        # leaves in the temp folder when it is stopped (about 7 a start).
+        self._temp_log = False
+        self._rpc_dir: str | None = None
 
     @property
     def url(self) -> str:
@@ -226,6 +231,8 @@ class VLLMServer:
         env.setdefault("DO_NOT_TRACK", "1")
         if self.lora_rank:
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+        if self._rpc_dir:
+            env["VLLM_RPC_BASE_PATH"] = self._rpc_dir
         if self.weight_updates:
             env["VLLM_SERVER_DEV_MODE"] = "1"
             # The worker extension (WORKER_EXTENSION) is a file of its own, importable there.
@@ -244,7 +251,10 @@ class VLLMServer:
             fd, name = tempfile.mkstemp(prefix="vllm-", suffix=".log")
             os.close(fd)
             self.log_path = Path(name)
+            self._temp_log = True
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if "VLLM_RPC_BASE_PATH" not in os.environ:
+            self._rpc_dir = tempfile.mkdtemp(prefix="tracewheel-vllm-")
         started = time.monotonic()
         with open(self.log_path, "ab") as log:
             # A new session makes the server the leader of a process group we can stop whole.
@@ -255,6 +265,7 @@ class VLLMServer:
         try:
             self._wait_ready()
         except BaseException:
+            self._temp_log = False  # the error names the log
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - started
@@ -294,6 +305,22 @@ class VLLMServer:
         """SIGTERM to the whole process group, SIGKILL after ``timeout`` seconds."""
         proc, self.process = self.process, None
         _LIVE.discard(self)
+        crashed = proc is not None and proc.poll() is not None  # its log tells why: kept
+        try:
+            self._stop_process(proc, timeout)
+        finally:
+            self._remove_temp_files(keep_log=crashed)
+
+    def _remove_temp_files(self, keep_log: bool) -> None:
+        if self._rpc_dir:
+            shutil.rmtree(self._rpc_dir, ignore_errors=True)
+            self._rpc_dir = None
+        if self._temp_log and not keep_log and self.log_path:
+            self.log_path.unlink(missing_ok=True)
+            self._temp_log = False
+
+    @staticmethod
+    def _stop_process(proc: subprocess.Popen | None, timeout: float) -> None:
         if proc is None or proc.poll() is not None:
             return
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
@@ -534,7 +561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("model", nargs="?", default="smollm2-135m")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=None)
-    parser.add_argument("--log-file", default=None)
+    parser.add_argument("--log-file", default=None,
+                        help="the server's log [default: a new file in the temp folder, kept]")
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--weight-updates", action="store_true",
                         help="serve vLLM's routes that take new weights without a restart "
@@ -571,6 +599,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 0
     _watch_the_caller()
+    if args.log_file is None:
+        # Named to the user below, so theirs to keep (the class removes logs it made itself).
+        fd, args.log_file = tempfile.mkstemp(prefix="vllm-", suffix=".log")
+        os.close(fd)
     try:
         with signals_as_exceptions(), VLLMServer(
                 args.model, host=args.host, port=args.port, log_file=args.log_file,
@@ -578,9 +610,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lora_rank=args.lora_rank) as server:
             print(f"vLLM ready at {server.base_url} in {server.startup_seconds:.1f} s; "
                   f"log {server.log_path}", file=sys.stderr, flush=True)
-            if args.weight_updates and args.version:
-                _call(server.url, "/update_weight_version", {"new_version": args.version}, 30,
-                      "setting the weight version")
             if args.weight_updates and args.version:
                 _call(server.url, "/update_weight_version", {"new_version": args.version}, 30,
                       "setting the weight version")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import sys
 import threading
 import time
@@ -33,6 +34,7 @@ import aiohttp
 from aiohttp import web
 
 from tracewheel.chat_template import server_tools, template_text
+from tracewheel.cli import Terminated
 from tracewheel.client import RETRY_STATUS, redact, retry_delay
 from tracewheel.errors import TracewheelError
 from tracewheel.ids import stable_id
@@ -228,16 +230,43 @@ class Recorder:
         self.continuation_off = why
 
     def serve_forever(self, ready: Callable[[], None] = lambda: None) -> None:
-        """Run in the calling thread until interrupted (``rollout record``); ``ready()`` once
-        it listens."""
-        self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._start())
+        """Run in the calling (main) thread until SIGINT, SIGTERM or SIGHUP (``rollout
+        record``), then raise KeyboardInterrupt or Terminated as the signal would have;
+        ``ready()`` once it listens."""
+        loop = self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        # The signal stops the loop between callbacks, where a KeyboardInterrupt raised at any
+        # point could leave aiohttp's shutdown waiting on a handler it broke (seen: a Ctrl-C
+        # under load that hung for minutes). A second signal while stopping changes nothing.
+        stopped_by: list[int] = []
+
+        def on_signal(signum: int) -> None:
+            if not stopped_by:
+                stopped_by.append(signum)
+                loop.stop()
+
+        loop.run_until_complete(self._start())
+        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, on_signal, signum)
         ready()
         try:
-            self._loop.run_forever()
+            loop.run_forever()
         finally:
-            self._loop.run_until_complete(self._stop())
+            stopped_by.append(0)  # from here on, signals are ignored until the stop is done
+            # Bounded: requests in flight get SHUTDOWN_GRACE, then the process goes on to exit.
+            stop = loop.create_task(self._stop())
+            loop.run_until_complete(asyncio.wait({stop}, timeout=SHUTDOWN_GRACE + 5))
+            for signum, handler in previous.items():
+                loop.remove_signal_handler(signum)
+                signal.signal(signum, handler)
+            if not stop.done():
+                print("rollout record: requests still in flight were left unfinished",
+                      file=sys.stderr)
+        if stopped_by[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        if stopped_by[0]:
+            raise Terminated(stopped_by[0])
 
     async def _stop(self) -> None:
         if self._runner is not None:
@@ -612,6 +641,7 @@ def _strip_reply(reply: dict, asked_ids: bool) -> None:
 
 
 SHUTDOWN_GRACE = 2.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _json_object(data: bytes) -> dict | None:
