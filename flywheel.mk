@@ -49,6 +49,9 @@ TRACEWHEEL_BIN := $(VENV)/bin
 # The workflow's and the reward's files, when they are files: editing them re-runs the rollouts.
 AGENT_FILES := $(wildcard $(firstword $(subst :, ,$(WORKFLOW))) $(firstword $(subst :, ,$(REWARD))))
 prev = $(shell echo $$(($1 - 1)))
+# The iterations' files, as static pattern rules: make chains an implicit (%) rule only once, so
+# iteration 2's rollouts could not be planned before iteration 1's exist (`make -n`).
+each = $(foreach i,$2,$(R)/iter-$i/$1.jsonl)
 model_of = $(if $(filter 0,$1),$(MODEL),$(R)/iter-$1/ckpt)
 warmup = $(and $(WARMUP),$(filter 1,$1))
 # Iterations that learn from rollouts (all but a warm-up).
@@ -136,15 +139,15 @@ $(R)/iter-1/samples.jsonl: $(R)/tasks.train.jsonl
 endif
 
 # With ASYNC=1 one model may sample two iterations' rollouts: each its own draws (SEED + N).
-$(R)/iter-%/rollouts.jsonl: $(R)/train.jsonl $(AGENT_FILES) $$(call trained,$$(call source,$$*))
+$(call each,rollouts,$(ROLLOUT_ITERS)): $(R)/iter-%/rollouts.jsonl: $(R)/train.jsonl $(AGENT_FILES) $$(call trained,$$(call source,$$*))
 	@mkdir -p $(@D)
 	$(call rollouts,$(SAMPLES),$(call source,$*),rollout-$*,$(if $(filter-out 0,$(LAG)),$(shell echo $$(($(SEED) + $*)))))
 
-$(R)/iter-%/samples.jsonl: $(R)/iter-%/rollouts.jsonl
+$(call each,samples,$(ROLLOUT_ITERS)): $(R)/iter-%/samples.jsonl: $(R)/iter-%/rollouts.jsonl
 	$(TRACEWHEEL_BIN)/ctx-merge $(MERGE_ARGS) $< -o $@ $(call log,merge-$*)
 
 ifeq ($(POLICIES),)
-$(R)/iter-%/metrics.jsonl: $(R)/iter-%/samples.jsonl
+$(call each,metrics,$(ITER_NUMS)): $(R)/iter-%/metrics.jsonl: $(R)/iter-%/samples.jsonl
 	rm -rf $(@D)/ckpt
 	$(TRACEWHEEL_BIN)/train --model $(call model_of,$(call prev,$*)) \
 	  $(if $(call warmup,$*),--algo $(WARMUP) $(WARMUP_ARGS),--algo $(ALGO) $(TRAIN_ARGS) \
@@ -152,7 +155,7 @@ $(R)/iter-%/metrics.jsonl: $(R)/iter-%/samples.jsonl
 	  --seed $(SEED) --out $(@D)/ckpt $< -o $@ $(call log,train-$*)
 else
 # Multi-agent: each policy's adapter goes on from the one before, on its own agents' samples.
-$(R)/iter-%/metrics.jsonl: $(R)/iter-%/samples.jsonl $$(call trained,$$(call prev,$$*))
+$(call each,metrics,$(ITER_NUMS)): $(R)/iter-%/metrics.jsonl: $(R)/iter-%/samples.jsonl $$(call trained,$$(call prev,$$*))
 	rm -rf $(@D)/adapters
 	$(TRACEWHEEL_BIN)/train --model $(MODEL) $(policy_args) --lora-r $(LORA_RANK) \
 	  --init-adapters $(R)/iter-$(call prev,$*)/adapters --algo $(ALGO) $(TRAIN_ARGS) \
@@ -164,7 +167,7 @@ $(R)/iter-0/adapters/policies.json:
 	  --out $(@D) /dev/null $(call log,train-0)
 endif
 
-$(R)/iter-%/eval.jsonl: $(R)/heldout.jsonl $(AGENT_FILES) $$(call trained,$$*)
+$(call each,eval,0 $(ITER_NUMS)): $(R)/iter-%/eval.jsonl: $(R)/heldout.jsonl $(AGENT_FILES) $$(call trained,$$*)
 	@mkdir -p $(@D)
 	$(call rollouts,$(EVAL_SAMPLES),$*,eval-$*)
 
@@ -174,7 +177,7 @@ $(R)/eval-tasks.jsonl: $(EVAL) $(R)/train.jsonl
 	  $(call log,evalset)
 
 # Model N on the EVAL set.
-$(R)/iter-%/eval-set.jsonl: $(R)/eval-tasks.jsonl $(AGENT_FILES) $$(call trained,$$*)
+$(call each,eval-set,0 $(ITER_NUMS)): $(R)/iter-%/eval-set.jsonl: $(R)/eval-tasks.jsonl $(AGENT_FILES) $$(call trained,$$*)
 	@mkdir -p $(@D)
 	$(call rollouts,$(EVAL_SET_SAMPLES),$*,eval-set-$*)
 

@@ -146,6 +146,20 @@ def test_make_n_prints_the_loop_and_starts_nothing(tmp_path):
     assert "--weight-updates" in out and "--load-into" in out  # one server: weights loaded
 
 
+@pytest.mark.parametrize("settings", [[], ["ASYNC=1"], ["SERVE=phase"]],
+                         ids=["once", "async", "phase"])
+def test_make_n_plans_every_iteration(tmp_path, settings):
+    """Before: iteration 2's rollouts needed iteration 1's model, which make could not plan
+    through the same % rule a second time ("No rule to make target")."""
+    result = make("-n", "flywheel-loop", "ITERS=3", *settings, runs=tmp_path / "runs")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for i in (1, 2, 3):
+        assert f"--out {tmp_path}/runs/small/iter-{i}/ckpt" in result.stdout
+    for i in (2, 3):
+        assert f"-o {tmp_path}/runs/small/iter-{i}/rollouts.jsonl" in result.stdout
+    assert not (tmp_path / "runs").exists()
+
+
 def test_policies_print_one_server_with_an_adapter_per_policy(tmp_path):
     """Multi-agent (POLICIES): one vLLM with LoRA; each model's adapters loaded by policy
     name; rollouts route each agent to its policy; train writes an adapter per policy."""
