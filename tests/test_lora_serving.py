@@ -119,6 +119,12 @@ def test_an_adapter_vllm_refuses_leaves_the_policy_on_its_previous_one(server, a
     with pytest.raises(TracewheelError, match="adapter_model.safetensors: cut short"):
         load_adapter(server.url, "critic", broken)
     assert greedy(server, "critic")[1] == before
+    # The loop loads each adapter with the launcher, and stops where it fails: status 1.
+    loaded = subprocess.run(
+        [sys.executable, "-m", "tracewheel.vllm", str(broken), "--load-into", server.base_url,
+         "--adapter", "critic"], capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 1 and "cut short" in loaded.stderr, loaded.stderr
+    assert greedy(server, "critic")[1] == before
 
 
 def test_two_agents_train_and_serve_each_on_its_own_adapter(server, adapters, tmp_path):
@@ -140,11 +146,12 @@ def test_two_agents_train_and_serve_each_on_its_own_adapter(server, adapters, tm
     workflow = f"{ROOT / 'tests' / 'fixtures' / 'rollout' / 'workflows.py'}:two_agents"
     policy = ["--policy", "Solver=solver,Checker=checker"]
 
-    def roll(out):
+    def roll(out, policy=policy, said=""):
         result = CliRunner().invoke(rollout, [
             "-w", workflow, "-n", "2", "--temperature", "0", "--base-url", server.base_url,
             "--model", "base", *policy, "-o", str(out)], input=tasks)
         assert result.exit_code == 0, result.output
+        assert said in result.output
         return [json.loads(line) for line in out.read_text().splitlines()]
 
     first = roll(tmp_path / "rollouts.jsonl")
@@ -177,7 +184,10 @@ def test_two_agents_train_and_serve_each_on_its_own_adapter(server, adapters, tm
                                                    solver_after), atol=0.05)
     assert greedy(server, "checker")[1] == checker_before
 
-    again = roll(tmp_path / "rollouts-2.jsonl")
+    # A map entry for an agent the workflow does not have (a misspelt name) is said, once.
+    again = roll(tmp_path / "rollouts-2.jsonl",
+                 ["--policy", "Solver=solver,Checker=checker,Critc=checker"],
+                 "WARNING: the policy map names agents that made no call: Critc")
     versions = {(c["agent"], c["policy_version"]) for r in again for c in r["calls"]}
     assert versions == {("Solver", str((out / "solver").resolve())),
                         ("Checker", str(adapters["b"].resolve()))}
