@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -314,3 +316,27 @@ def test_a_server_that_dies_keeps_its_log(tmp_path, monkeypatch):
         server.start()
     assert server.log_path.exists() and "no module named" in server.log_path.read_text()
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []
+
+
+def test_a_signal_while_the_server_starts_stops_it(tmp_path):
+    """SIGTERM to a program whose vLLM is still starting (a minute on a CPU): the server, in its
+    own session, must not outlive it, nor its folder of sockets."""
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\necho $$ > '{tmp_path}/server.pid'\nexec sleep 300\n")
+    fake.chmod(0o755)
+    script = ("from tracewheel.vllm import VLLMServer\n"
+              "VLLMServer('smollm2-135m', log_file='v.log').start()\n")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = {**os.environ, "TRACEWHEEL_VLLM_PYTHON": str(fake), "TMPDIR": str(temp)}
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env)
+    pid_file = tmp_path / "server.pid"
+    deadline = time.monotonic() + 60
+    while not pid_file.exists():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) != 0
+    pid = int(pid_file.read_text())
+    assert not Path(f"/proc/{pid}").exists() or group_members(pid) == []
+    assert list(temp.iterdir()) == []

@@ -231,8 +231,6 @@ class VLLMServer:
         env.setdefault("DO_NOT_TRACK", "1")
         if self.lora_rank:
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
-        if self._rpc_dir:
-            env["VLLM_RPC_BASE_PATH"] = self._rpc_dir
         if self.weight_updates:
             env["VLLM_SERVER_DEV_MODE"] = "1"
             # The worker extension (WORKER_EXTENSION) is a file of its own, importable there.
@@ -247,30 +245,32 @@ class VLLMServer:
             # Else the readiness check would find whatever already answers there.
             raise TracewheelError(f"port {self.port} on {self.host} is already in use")
         self.port = self.port or free_port(self.host)
+        command, env = self.command(), self._env()  # errors here leave nothing behind
         if self.log_path is None:
             fd, name = tempfile.mkstemp(prefix="vllm-", suffix=".log")
             os.close(fd)
             self.log_path = Path(name)
             self._temp_log = True
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        if "VLLM_RPC_BASE_PATH" not in os.environ:
-            self._rpc_dir = tempfile.mkdtemp(prefix="tracewheel-vllm-")
+        if "VLLM_RPC_BASE_PATH" not in env:
+            self._rpc_dir = env["VLLM_RPC_BASE_PATH"] = tempfile.mkdtemp(prefix="tracewheel-vllm-")
+        # Stopped at exit and on SIGTERM from here on: a signal while vLLM starts (a minute on
+        # a CPU) would otherwise leave it running, in its own session, with nobody to stop it.
+        _watch_exit()
+        _LIVE.add(self)
         started = time.monotonic()
-        with open(self.log_path, "ab") as log:
-            # A new session makes the server the leader of a process group we can stop whole.
-            self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self._env(), start_new_session=True,
-            )
         try:
+            with open(self.log_path, "ab") as log:
+                # A new session: the server leads a process group we can stop whole.
+                self.process = subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env=env, start_new_session=True)
             self._wait_ready()
         except BaseException:
-            self._temp_log = False  # the error names the log
+            self._temp_log = self._temp_log and self.process is None  # else the error names it
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - started
-        _watch_exit()
-        _LIVE.add(self)
         return self
 
     def _wait_ready(self) -> None:
