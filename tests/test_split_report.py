@@ -142,12 +142,17 @@ def test_report_shows_each_policy_of_a_multi_agent_run(tmp_path):
     write(run / "iter-0" / "eval-set.jsonl", [two_agent(f"t{i}", 0.0, 0.0) for i in range(4)])
     write(run / "iter-1" / "eval-set.jsonl",
           [two_agent(f"t{i}", 1.0, 1.0 if i < 2 else 0.0) for i in range(4)])
+    write(run / "iter-2" / "eval-set.jsonl",
+          [two_agent(f"t{i}", 1.0, 1.0 if i < 3 else 0.0) for i in range(4)])
     assert report_main([str(run)]) == 0
     text = (run / "report.md").read_text()
     assert "## Policies (evaluation set)" in text
     assert "| start | checker | 4 | 0.000 [0.000, 0.000] (n=4) |  |" in text
     assert "| after iteration 1 | solver | 4 | 1.000 [1.000, 1.000] (n=4) | +1.000" in text
     assert "| after iteration 1 | checker | 4 | 0.500 [0.000, 1.000] (n=4) | +0.500" in text
+    # iteration 2 against iteration 1, then against the start
+    assert "| after iteration 2 | checker | 4 | 0.750 [0.250, 1.000] (n=4) | +0.250 [+0.000, " \
+           "+0.750] | +0.750 [+0.250, +1.000] |" in text
 
 
 def test_report_refuses_a_missing_folder(tmp_path, capsys):

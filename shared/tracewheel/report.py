@@ -272,7 +272,7 @@ def policies_section(run: Path) -> list[str]:
                  None)
     if which is None:
         return []
-    rows, before = [], {}
+    rows, before, first = [], {}, {}
     for i in iterations(run):
         rollouts = read(run / f"iter-{i}" / which.file)
         found = policy_rewards(rollouts)
@@ -280,17 +280,20 @@ def policies_section(run: Path) -> list[str]:
         for policy, (calls, rewards) in sorted(found.items()):
             name = "start" if i == 0 else f"after iteration {i}"
             change = paired(rewards, before[policy]) if policy in before else ""
+            since = paired(rewards, first[policy]) if policy in first and before.get(
+                policy) is not first[policy] else ""
             rows.append(f"| {name} | {policy} | {calls} | {estimate(list(rewards.values()))} "
-                        f"| {change} | {estimate(list(right.values())) or ''} |")
+                        f"| {change} | {since} | {estimate(list(right.values())) or ''} |")
             before[policy] = rewards
+            first.setdefault(policy, rewards)
     if not rows:
         return []
     return [f"## Policies ({which.title.lower()})", "",
             "Each policy (a LoRA adapter) of the multi-agent run: *reward* is its agents' own "
             "where the workflow rewards each agent, else the rollout's; the change is paired by "
             "task. *Right*: the answers of the rollouts it took part in.", "",
-            "| model | policy | calls | reward | change from the model before | right |",
-            "|---|---|---|---|---|---|", *rows, ""]
+            "| model | policy | calls | reward | change from the model before | change from the "
+            "start | right |", "|---|---|---|---|---|---|---|", *rows, ""]
 
 
 def sampled_by(samples: list[dict], trained_from: int) -> str:
