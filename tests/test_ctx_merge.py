@@ -450,6 +450,26 @@ def test_samples_carry_rollout_fields_and_stable_ids():
     assert cut["id"] != sample["id"]
 
 
+def test_run_takes_a_config_as_the_command_does(tmp_path, capsys):
+    """run() over MergeConfig is what the command calls: the config's fields are its options."""
+    import io
+
+    from tracewheel_ctx_merge.config import MergeConfig
+    from tracewheel_ctx_merge.run import run
+
+    calls = build_timeline([(-1, "A", "x", "ab", [], False)] * 3)
+    failed = {**rollout_of(calls), "id": "task-2/0", "status": "error", "error": "boom"}
+    data = io.BytesIO((json.dumps(rollout_of(calls)) + "\n" + json.dumps(failed) + "\n").encode())
+    out = tmp_path / "trl.jsonl"
+    run(MergeConfig(format="trl"), data, str(out), quiet=False)
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(row) == ["assistant_masks", "id", "input_ids"]
+    assert "2 read, 3 calls, 1 samples, 1 failed (1 error, skipped)" in capsys.readouterr().err
+    data.seek(0)
+    run(MergeConfig(keep_failed=True), data, str(out), quiet=True)
+    assert len(out.read_text().splitlines()) == 2
+
+
 def test_calls_without_token_ids_are_counted_not_merged():
     calls = build_timeline([(-1, "A", "x", "ab", [], False)] * 2)
     calls[1] = {**calls[1], "prompt_ids": [], "completion_ids": [], "logprobs": []}
