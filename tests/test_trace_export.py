@@ -243,7 +243,7 @@ def test_studio_can_write_while_an_export_runs_and_the_export_is_one_snapshot(tm
     """Studio's database uses a rollback journal: a reader holding a transaction for the whole
     export would make Studio's writes fail. Between batches no lock is held; spans written
     after the export began wait for the next export."""
-    from tracewheel_trace_export.cli import export as export_records
+    from tracewheel_trace_export.run import export as export_records
 
     db = tmp_path / "live.sqlite"
     shutil.copy(LEGACY_DB, db)
@@ -513,7 +513,7 @@ def test_a_wal_database_in_use_is_read_through_its_wal(tmp_path):
 
 def test_an_idle_wal_database_written_during_the_read_is_an_error(tmp_path):
     from tracewheel.errors import TracewheelError
-    from tracewheel_trace_export.cli import export as export_tasks
+    from tracewheel_trace_export.run import export as export_tasks
 
     db = tmp_path / "studio.sqlite"
     shutil.copy(LEGACY_DB, db)
