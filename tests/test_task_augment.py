@@ -117,6 +117,26 @@ def test_expand_writes_new_tasks_with_provenance_and_stable_ids():
     assert sum(q in shown for _, q, _ in SEEDS) == 3  # the few shots are in the prompt
 
 
+def test_expand_as_a_function_of_its_configs(tmp_path):
+    """What the command runs is run.expand over two configs, which other code can build."""
+    import io
+
+    from tracewheel.client import Endpoint
+    from tracewheel_task_augment import run as augment
+    from tracewheel_task_augment.config import ExpandConfig, GenerationConfig
+
+    out = tmp_path / "more.jsonl"
+    with CannedServer(new_tasks()) as server:
+        gen = GenerationConfig(endpoint=Endpoint(server.base_url, "m"), use_cache=False,
+                               use_history=False, structured=False)
+        augment.expand(gen, ExpandConfig(count=2, per_request=2), io.BytesIO(
+            seeds_jsonl().encode()), str(out), quiet=True)
+        body = server.requests[0]["body"]
+    assert sorted(json.loads(line)["query"] for line in out.read_text().splitlines()) == \
+        sorted(NEW[:2])
+    assert "response_format" not in body and not (tmp_path / "cache.sqlite").exists()
+
+
 def test_expand_rejects_copies_light_edits_and_repeats():
     light_edit = SEEDS[0][1].replace("Tom", "Tim")
     with CannedServer(lambda n: reply(SEEDS[1][1].upper(), light_edit, NEW[0], NEW[0] + " ",

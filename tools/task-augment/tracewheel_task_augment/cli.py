@@ -3,71 +3,59 @@ rewordings that keep their references (paraphrase), questions grounded in docume
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import IO, Any
 
 import click
 
-from tracewheel.cache import Cache, default_cache_path
 from tracewheel.cli import (
     CONTEXT_SETTINGS,
-    Summary,
     ToolCommand,
     common_options,
-    input_name,
     input_options,
     output_option,
-    progress,
-    read_input,
     tool_group,
 )
-from tracewheel.client import Endpoint, LazyClient, describe_api_error, endpoint_options, retryable
-from tracewheel.errors import TracewheelError
-from tracewheel.jsonl import ReadStats, open_output
-from tracewheel.models import EMBEDDED_MODEL, cache_dir
+from tracewheel.client import Endpoint, endpoint_options
 
-from . import expand as expand_mod
 from . import questions as questions_mod
-from .documents import load_documents
-from .engine import Asker, EndpointFailure, Engine, Settings
-from .gate import Gate
-from .novelty import History, Novelty, load_corpus
-from .paraphrase import paraphrase as paraphrase_tasks
-from .tasks import Seed, seed_of
+from . import run
+from .config import DocsConfig, ExpandConfig, GenerationConfig, ParaphraseConfig
 
-TOOL = "task-augment"
+TOOL = run.TOOL
 F = Callable[..., Any]
-
-
-def default_history_path() -> str:
-    return str(cache_dir() / TOOL / "history.sqlite")
+G, E, P, D = GenerationConfig(), ExpandConfig(), ParaphraseConfig(), DocsConfig()  # defaults
 
 
 def generation_options(f: F) -> F:
     """The endpoint, sampling, parsing, dedup and cache options every subcommand shares."""
     options = [
-        click.option("--temperature", type=click.FloatRange(0), default=0.8, show_default=True,
+        click.option("--temperature", type=click.FloatRange(0), default=G.temperature,
+                     show_default=True,
                      help="Sampling temperature (retries of unparseable replies use at least "
                           "0.7)."),
-        click.option("--max-tokens", type=click.IntRange(16), default=1024, show_default=True,
+        click.option("--max-tokens", type=click.IntRange(16), default=G.max_tokens,
+                     show_default=True,
                      help="Response length of one request."),
-        click.option("--max-thread", type=click.IntRange(1), default=8, show_default=True,
+        click.option("--max-thread", type=click.IntRange(1), default=G.max_thread,
+                     show_default=True,
                      help="Requests in flight at once."),
-        click.option("--parse-retries", type=click.IntRange(0), default=2, show_default=True,
+        click.option("--parse-retries", type=click.IntRange(0), default=G.parse_retries,
+                     show_default=True,
                      help="Asks again when a reply is not the JSON asked for; then the attempt "
                           "counts as unparseable and nothing of it is written."),
         click.option("--no-structured", is_flag=True,
                      help="Do not ask for JSON-schema output (for endpoints without it); parse "
                           "strictly."),
-        click.option("--seed", type=int, default=0, show_default=True,
+        click.option("--seed", type=int, default=G.seed, show_default=True,
                      help="Seeds the choice of examples and the sampling: another seed gives "
                           "other tasks (the same seed gives the same ones, from the cache)."),
         click.option("--request-seeds", is_flag=True,
                      help="Send each request a sampling seed derived from --seed, so that runs "
                           "without the cache are reproducible too (vLLM's CPU build can fail "
                           "on seeded requests under load)."),
-        click.option("--similarity", type=click.FloatRange(0, 1, min_open=True), default=0.8,
+        click.option("--similarity", type=click.FloatRange(0, 1, min_open=True),
+                     default=G.similarity,
                      show_default=True,
                      help="Near-duplicate threshold (MinHash Jaccard of character 5-grams; 1: "
                           "exact duplicates only)."),
@@ -89,102 +77,24 @@ def generation_options(f: F) -> F:
     return endpoint_options(f)
 
 
-def _echo(msg: str) -> None:
-    click.echo(f"{TOOL}: {msg}", err=True)
-
-
-class Run:
-    """What one subcommand run sets up: summary, novelty index (inputs, corpus, history), the
-    reply cache, the lazily started client, the engine and the gate."""
-
-    def __init__(self, stack: contextlib.ExitStack, opts: dict[str, Any], summary: Summary):
-        self.summary = summary
-        self.verbose = opts["verbose"]
-        base_url, model = opts["base_url"], opts["model"]
-        if base_url and not model:
-            raise click.UsageError("--model is needed with --base-url (or TRACEWHEEL_MODEL)")
-        if opts["no_history"] and opts["history_path"]:
-            raise click.UsageError("--history and --no-history cannot be used together")
-        if opts["no_cache"] and opts["cache_path"]:
-            raise click.UsageError("--cache and --no-cache cannot be used together")
-        self.endpoint = Endpoint(base_url, model or EMBEDDED_MODEL, opts["api_key"],
-                                 opts["timeout"], opts["retries"])
-        self.client = stack.enter_context(
-            LazyClient(self.endpoint, serve=None if base_url else EMBEDDED_MODEL, echo=_echo))
-        self.settings = Settings(self.endpoint, temperature=opts["temperature"],
-                                 max_tokens=opts["max_tokens"],
-                                 parse_retries=opts["parse_retries"],
-                                 structured=not opts["no_structured"], seed=opts["seed"],
-                                 workers=opts["max_thread"],
-                                 request_seeds=opts["request_seeds"])
-        self.cache = None
-        if not opts["no_cache"]:
-            self.cache = stack.enter_context(Cache(opts["cache_path"]
-                                                   or default_cache_path(TOOL)))
-        history = None
-        if not opts["no_history"]:
-            history = stack.enter_context(History(opts["history_path"]
-                                                  or default_history_path()))
-        self.novelty = Novelty(threshold=opts["similarity"], history=history)
-        for path in opts["against"]:
-            n = load_corpus(self.novelty, path)
-            if self.verbose:
-                _echo(f"{n} tasks of {path} remembered for dedup")
-        self.engine = Engine(Asker(self.settings, self.client), self.cache, summary,
-                             echo=_echo, verbose=self.verbose)
-        self.gate = Gate(self.novelty, summary, echo=_echo, verbose=self.verbose)
-
-    def seeds(self, stream: IO[bytes], skip_invalid: bool) -> list[Seed]:
-        """The input tasks that can be examples or be reworded (each remembered for dedup);
-        the others are counted as skipped."""
-        stats = ReadStats()
-        found: list[Seed] = []
-        seen: set[str] = set()
-        try:
-            for record in read_input(stream, "task", skip_invalid=skip_invalid, stats=stats,
-                                     tool=TOOL, verbose=self.verbose):
-                self.summary.add("read")
-                self.novelty.remember("input", record)
-                seed = seed_of(record)
-                if seed is None:
-                    self.summary.add("skipped", reason="follow-up or empty request")
-                elif seed.id in seen:
-                    self.summary.add("skipped", reason="repeated id")
-                else:
-                    seen.add(seed.id)
-                    found.append(seed)
-        finally:
-            self.summary.absorb(stats)
-        return found
-
-    def write(self, tasks: Iterator[dict], output: str | None, quiet: bool,
-              total: int | None) -> None:
-        written = 0
-        try:
-            with open_output(output) as out:
-                for task in progress(tasks, total=total, desc=TOOL, quiet=quiet, unit="task"):
-                    out.write(task)
-                    written += 1
-        except EndpointFailure as failure:
-            err = failure.error
-            what = "did not answer" if isinstance(err, retryable()) else "refused the request"
-            if output in (None, "-"):
-                done = f"{written} tasks were written before it"
-            else:
-                done = f"the output file was not written ({written} tasks were ready)"
-            resume = ("run again to resume (replies so far are cached)" if self.cache is not None
-                      else "with --no-cache a new run asks again from the start")
-            raise TracewheelError(
-                f"the endpoint {what} ({describe_api_error(err, self.client.endpoint)}); "
-                f"{done}; {resume}") from None
-
-    def finish(self, quiet: bool) -> None:
-        self.summary.print(quiet)
-
-
-def _summary() -> Summary:
-    return Summary(TOOL, "read", "produced", "unparseable", "duplicate", "off-spec",
-                   "requests", "cached", "invalid")
+def _generation(opts: dict[str, Any]) -> GenerationConfig:
+    """The shared options as a GenerationConfig, after the checks that span options."""
+    if opts["base_url"] and not opts["model"]:
+        raise click.UsageError("--model is needed with --base-url (or TRACEWHEEL_MODEL)")
+    if opts["no_history"] and opts["history_path"]:
+        raise click.UsageError("--history and --no-history cannot be used together")
+    if opts["no_cache"] and opts["cache_path"]:
+        raise click.UsageError("--cache and --no-cache cannot be used together")
+    return GenerationConfig(
+        endpoint=Endpoint(opts["base_url"], opts["model"], opts["api_key"], opts["timeout"],
+                          opts["retries"]),
+        temperature=opts["temperature"], max_tokens=opts["max_tokens"],
+        max_thread=opts["max_thread"], parse_retries=opts["parse_retries"],
+        structured=not opts["no_structured"], seed=opts["seed"],
+        request_seeds=opts["request_seeds"], similarity=opts["similarity"],
+        against=tuple(opts["against"]), history=opts["history_path"],
+        use_history=not opts["no_history"], cache=opts["cache_path"],
+        use_cache=not opts["no_cache"])
 
 
 @tool_group(TOOL, default="expand")
@@ -197,11 +107,12 @@ def main() -> None:
 @common_options
 @input_options
 @output_option
-@click.option("-n", "--count", type=click.IntRange(1), default=10, show_default=True,
+@click.option("-n", "--count", type=click.IntRange(1), default=E.count, show_default=True,
               help="New tasks to write.")
-@click.option("--per-request", type=click.IntRange(1, 20), default=5, show_default=True,
+@click.option("--per-request", type=click.IntRange(1, 20), default=E.per_request,
+              show_default=True,
               help="New tasks asked for in one request.")
-@click.option("--shots", type=click.IntRange(1, 20), default=3, show_default=True,
+@click.option("--shots", type=click.IntRange(1, 20), default=E.shots, show_default=True,
               help="Example tasks shown in one request.")
 @click.option("--max-attempts", type=click.IntRange(1),
               help="Requests (before parse retries) at most; then the run stops short of -n "
@@ -228,32 +139,18 @@ def expand(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool
       task-augment expand -n 1000 --base-url http://gpu:8000/v1 --model Qwen3-8B \\
           --max-thread 64 tasks.jsonl -o more.jsonl
     """
-    summary = _summary()
-    with contextlib.ExitStack() as stack:
-        run = Run(stack, {**opts, "verbose": verbose}, summary)
-        try:
-            seeds = run.seeds(input, skip_invalid)
-            if not seeds:
-                if not quiet:
-                    _echo(f"no example tasks in {input_name(input)}: nothing to expand")
-                with open_output(output):
-                    pass
-                return
-            tasks = expand_mod.expand(seeds, count=count, engine=run.engine, gate=run.gate,
-                                      per_request=per_request, shots=shots,
-                                      max_attempts=max_attempts, seed=opts["seed"])
-            run.write(tasks, output, quiet, total=count)
-        finally:
-            run.finish(quiet)
+    run.expand(_generation(opts), ExpandConfig(count, per_request, shots, max_attempts), input,
+               output, skip_invalid=skip_invalid, quiet=quiet, verbose=verbose)
 
 
 @main.command("paraphrase", cls=ToolCommand, context_settings=CONTEXT_SETTINGS)
 @common_options
 @input_options
 @output_option
-@click.option("-n", "--count", type=click.IntRange(1), default=1, show_default=True,
+@click.option("-n", "--count", type=click.IntRange(1), default=P.count, show_default=True,
               help="Rewordings to write per input task.")
-@click.option("--max-attempts", type=click.IntRange(1), default=3, show_default=True,
+@click.option("--max-attempts", type=click.IntRange(1), default=P.max_attempts,
+              show_default=True,
               help="Requests (before parse retries) per input task at most.")
 @generation_options
 def paraphrase(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool,
@@ -269,16 +166,8 @@ def paraphrase(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: 
       task-augment paraphrase -n 2 < tasks.jsonl > reworded.jsonl
       cat tasks.jsonl reworded.jsonl | rollout -w examples/math_agent.py:run > r.jsonl
     """
-    summary = _summary()
-    with contextlib.ExitStack() as stack:
-        run = Run(stack, {**opts, "verbose": verbose}, summary)
-        try:
-            seeds = run.seeds(input, skip_invalid)
-            tasks = paraphrase_tasks(seeds, per_task=count, engine=run.engine, gate=run.gate,
-                                     max_attempts=max_attempts)
-            run.write(tasks, output, quiet, total=count * len(seeds))
-        finally:
-            run.finish(quiet)
+    run.paraphrase(_generation(opts), ParaphraseConfig(count, max_attempts), input, output,
+                   skip_invalid=skip_invalid, quiet=quiet, verbose=verbose)
 
 
 @main.command("docs", cls=ToolCommand, context_settings=CONTEXT_SETTINGS)
@@ -287,14 +176,16 @@ def paraphrase(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: 
 @output_option
 @click.option("-n", "--count", type=click.IntRange(1),
               help=f"Questions to write [default: {questions_mod.PER_CHUNK} per chunk].")
-@click.option("--chunk-size", type=click.IntRange(200), default=2000, show_default=True,
+@click.option("--chunk-size", type=click.IntRange(200), default=D.chunk_size,
+              show_default=True,
               help="Characters of one excerpt at most (headings above it not counted).")
-@click.option("--per-request", type=click.IntRange(1, 20), default=3, show_default=True,
+@click.option("--per-request", type=click.IntRange(1, 20), default=D.per_request,
+              show_default=True,
               help="Questions asked for in one request (about one excerpt).")
 @click.option("--examples", type=click.File("rb", lazy=False),
               help="Task JSONL whose requests show the style of the questions (their topics "
                    "are not used); they are remembered for dedup too.")
-@click.option("--shots", type=click.IntRange(1, 20), default=3, show_default=True,
+@click.option("--shots", type=click.IntRange(1, 20), default=D.shots, show_default=True,
               help="With --examples: examples shown in one request.")
 @click.option("--skip-invalid", is_flag=True,
               help="Skip bad lines of --examples (counted in the summary) instead of stopping.")
@@ -317,23 +208,6 @@ def docs(documents: tuple[str, ...], output: str | None, quiet: bool, verbose: i
       task-augment docs manual.md -n 100 > doc-tasks.jsonl
       task-augment docs docs/ --examples tasks.jsonl --chunk-size 1500 -o doc-tasks.jsonl
     """
-    summary = Summary(TOOL, "documents", "chunks", "produced", "with reference", "unparseable",
-                      "duplicate", "off-spec", "requests", "cached")
-    with contextlib.ExitStack() as stack:
-        run = Run(stack, {**opts, "verbose": verbose}, summary)
-        try:
-            style = run.seeds(examples, skip_invalid) if examples is not None else []
-            loaded = load_documents(list(documents), chunk_size)
-            chunks = sum(len(d.chunks) for d in loaded)
-            summary.add("documents", len(loaded))
-            summary.add("chunks", chunks)
-            if not chunks and not quiet:
-                _echo("no text in the documents: nothing to ask about")
-            total = count if count is not None else questions_mod.PER_CHUNK * chunks
-            tasks = questions_mod.questions(loaded, count=total, engine=run.engine,
-                                            gate=run.gate, per_request=per_request,
-                                            max_attempts=max_attempts, seed=opts["seed"],
-                                            style=style, shots=shots)
-            run.write(tasks, output, quiet, total=total)
-        finally:
-            run.finish(quiet)
+    run.docs(_generation(opts), DocsConfig(count, chunk_size, per_request, shots, max_attempts),
+             documents, output, examples, skip_invalid=skip_invalid, quiet=quiet,
+             verbose=verbose)
