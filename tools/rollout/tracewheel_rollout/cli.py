@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from typing import IO, Any
 
 import click
 
 from tracewheel.cli import (
     CONTEXT_SETTINGS,
-    Summary,
     ToolCommand,
     common_options,
     input_name,
@@ -20,15 +18,18 @@ from tracewheel.cli import (
 from tracewheel.client import endpoint_options
 from tracewheel.errors import TracewheelError
 from tracewheel.extras import require
-from tracewheel.jsonl import open_output, read_jsonl, records_stdout
+from tracewheel.jsonl import read_jsonl
 from tracewheel.models import EMBEDDED_MODEL
 from tracewheel.policies import parse_policy_map
 from tracewheel.workflow import load_workflow
 
+from .config import RecordOptions, RunOptions
 from .continuation import CONTINUATION
-from .run import RunOptions, run_rollouts
+from .run import record as record_calls
+from .run import run_rollouts
 
-R = RunOptions(workflow="")  # the defaults, stated once (run.py)
+R = RunOptions(workflow="")  # the defaults, stated once (config.py)
+RC = RecordOptions()  # rollout record's
 
 
 def continuation_options(fn: Any) -> Any:
@@ -152,15 +153,15 @@ def run(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, v
 @output_option
 @click.option("--upstream", envvar="OPENAI_BASE_URL", show_envvar=True, required=True,
               help="The vLLM to record, e.g. http://127.0.0.1:8000/v1.")
-@click.option("--host", default="127.0.0.1", show_default=True,
+@click.option("--host", default=RC.host, show_default=True,
               help="Address to bind (0.0.0.0: every interface; mind who can reach it).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8100, show_default=True,
+@click.option("--port", type=click.IntRange(0, 65535), default=RC.port, show_default=True,
               help="Port to listen on (0: a free one).")
 @click.option("--api-key", envvar="OPENAI_API_KEY", show_envvar=True,
               help="Key sent upstream instead of the client's (never logged).")
-@click.option("--retries", type=click.IntRange(0), default=3, show_default=True,
+@click.option("--retries", type=click.IntRange(0), default=RC.retries, show_default=True,
               help="Retries of upstream 429, 5xx and connection failures.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=RC.timeout,
               show_default=True, help="Seconds to wait for upstream data.")
 @continuation_options
 def record(output: str | None, quiet: bool, verbose: int, upstream: str, host: str,
@@ -180,32 +181,8 @@ def record(output: str | None, quiet: bool, verbose: int, upstream: str, host: s
       rollout record --upstream http://gpu:8000/v1 --host 0.0.0.0 -o calls.jsonl
     """
     require("rollout", "aiohttp")
-    summary = Summary("rollout record", "calls", "failed")
-    lock = threading.Lock()
-    with records_stdout() as stdout, open_output(output, stdout=stdout) as out:
-        def on_call(call: dict) -> None:
-            with lock:
-                out.write(call)
-                summary.add("calls" if call.get("status") == "ok" else "failed")
-
-        from .recorder import Recorder  # aiohttp: the [rollout] extra
-
-        recorder = Recorder(upstream, on_call=on_call, host=host, port=port, api_key=api_key,
-                            retries=retries, timeout=timeout, continuation=continuation,
-                            chat_template=chat_template)
-        def ready() -> None:
-            click.echo(f"rollout record: recording at {recorder.base_url()} (upstream "
-                       f"{recorder.upstream}); Ctrl-C stops", err=True)
-            if recorder.continuation_off:
-                click.echo(f"rollout record: prompts are rendered by the upstream, not "
-                           f"continued as token ids: {recorder.continuation_off}", err=True)
-
-        try:  # SIGTERM and SIGHUP end it like Ctrl-C (the shared command class)
-            recorder.serve_forever(ready=ready)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            summary.print(quiet)
+    record_calls(RecordOptions(upstream, host, port, api_key, retries, timeout, continuation,
+                               chat_template), output, quiet=quiet)
 
 
 @main.command("check-template", cls=ToolCommand, context_settings=CONTEXT_SETTINGS)

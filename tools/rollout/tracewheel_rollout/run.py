@@ -1,6 +1,7 @@
 """A rollout run, as `rollout run` carries it out: bring up the engine (vLLM, unless given, and
 the recorder) when the first task arrives, run the workflow N times per task, write a record
-per rollout, and sum them up. Plain functions over ``RunOptions``."""
+per rollout, and sum them up; and `rollout record`, the recorder on its own. Plain functions
+over ``RunOptions`` and ``RecordOptions`` (config.py)."""
 
 from __future__ import annotations
 
@@ -9,62 +10,21 @@ import contextlib
 import statistics
 import threading
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import IO, Any
 
 import click
 
 from tracewheel.cli import Summary, progress, read_input
-from tracewheel.client import RETRIES, TIMEOUT, make_client
 from tracewheel.client import Endpoint as ClientEndpoint
+from tracewheel.client import make_client
 from tracewheel.errors import TracewheelError
 from tracewheel.jsonl import ReadStats, open_output, records_stdout
 from tracewheel.models import EMBEDDED_MODEL
 from tracewheel.workflow import absolute_spec
 
 from . import rewards
+from .config import RecordOptions, RunOptions
 from .engine import Endpoint, Runner, Sessions, Settings
-
-
-@dataclass
-class RunOptions:
-    """What `rollout run` is asked to do; its options, named as on the command line."""
-
-    workflow: str
-    samples: int = 1                   # rollouts per task (a GRPO group)
-    jobs: int = 8                      # rollouts in flight at once
-    rollout_timeout: float = 600.0
-    base_url: str | None = None        # a running vLLM; else one is served for the run
-    model: str | None = None
-    api_key: str | None = None
-    timeout: float = TIMEOUT
-    retries: int = RETRIES
-    serve: str | None = None           # the model to serve (default: the embedded model)
-    max_model_len: int = 4096
-    temperature: float = 1.0
-    top_p: float | None = None
-    max_tokens: int = 512
-    seed: int | None = None
-    reward_kind: str | None = None     # boxed, judge, or FILE.py:FN
-    rubrics: str | None = None
-    judge_base_url: str | None = None
-    judge_model: str | None = None
-    judge_api_key: str | None = None
-    ray_address: str | None = None
-    ray_cpus: float = 0.25
-    record_host: str = "127.0.0.1"
-    record_port: int = 0
-    continuation: str = "auto"         # see the recorder
-    chat_template: str | None = None
-    unordered: bool = False
-    policy: tuple[str, ...] = ()       # AGENT=POLICY entries: each agent's served model
-    default_policy: str | None = None  # the policy of agents outside the map
-
-    def sampling(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens}
-        if self.top_p is not None:
-            out["top_p"] = self.top_p
-        return out
 
 
 def run_rollouts(o: RunOptions, input: IO[bytes], output: str | None, *, skip_invalid: bool,
@@ -302,3 +262,35 @@ def _reward(kind: str | None, rubrics: str | None, judge_base_url: str | None,
 
     score = rewards.judge_reward(lambda record: judge()(record))
     return score
+
+
+def record(o: RecordOptions, output: str | None, *, quiet: bool = False) -> None:
+    """Record the calls through a proxy in front of ``o.upstream`` until SIGINT, SIGTERM or
+    SIGHUP, each call a line of ``output`` (stdout when None), then print the summary."""
+    from .recorder import Recorder  # aiohttp: the [rollout] extra
+
+    summary = Summary("rollout record", "calls", "failed")
+    lock = threading.Lock()
+    with records_stdout() as stdout, open_output(output, stdout=stdout) as out:
+        def on_call(call: dict) -> None:
+            with lock:
+                out.write(call)
+                summary.add("calls" if call.get("status") == "ok" else "failed")
+
+        recorder = Recorder(o.upstream, on_call=on_call, host=o.host, port=o.port,
+                            api_key=o.api_key, retries=o.retries, timeout=o.timeout,
+                            continuation=o.continuation, chat_template=o.chat_template)
+
+        def ready() -> None:
+            click.echo(f"rollout record: recording at {recorder.base_url()} (upstream "
+                       f"{recorder.upstream}); Ctrl-C stops", err=True)
+            if recorder.continuation_off:
+                click.echo(f"rollout record: prompts are rendered by the upstream, not "
+                           f"continued as token ids: {recorder.continuation_off}", err=True)
+
+        try:
+            recorder.serve_forever(ready=ready)
+        except KeyboardInterrupt:  # and Terminated: the way it is meant to stop
+            pass
+        finally:
+            summary.print(quiet)

@@ -20,8 +20,8 @@ from tracewheel.client import (
     endpoint_options,
 )
 
-from . import learn
-from .run import FilterOptions, LearnOptions, filter_tasks, learn_from_examples
+from .config import FilterOptions, LearnOptions
+from .run import filter_tasks, learn_from_examples
 
 
 def _regex(value: str | None) -> str | None:
@@ -34,6 +34,9 @@ def _regex(value: str | None) -> str | None:
     return value
 
 
+F, L = FilterOptions(), LearnOptions()  # the defaults, stated once (config.py)
+
+
 @tool_group("trace-filter", default="filter")
 def main() -> None:
     """Keep the good tasks, drop the bad ones; learn rubrics from labelled examples."""
@@ -43,9 +46,11 @@ def ask_options(f):
     """How the judge is asked, the same in both commands: concurrency, parse retries,
     structured output, and the cache of its replies."""
     for option in reversed([
-        click.option("--max-thread", type=click.IntRange(1), default=8, show_default=True,
+        click.option("--max-thread", type=click.IntRange(1), default=F.max_thread,
+                     show_default=True,
                      help="Judge requests in flight at once."),
-        click.option("--parse-retries", type=click.IntRange(0), default=2, show_default=True,
+        click.option("--parse-retries", type=click.IntRange(0), default=F.parse_retries,
+                     show_default=True,
                      help="Asks again when a reply does not parse; then a verdict counts as "
                           "error."),
         click.option("--no-structured", is_flag=True,
@@ -67,11 +72,12 @@ def ask_options(f):
 @endpoint_options
 @click.option("--rubrics", help="Your rubrics: a file, or the text itself. Added to the judge's "
                                 "built-in base criteria as their own section.")
-@click.option("--judge/--no-judge", "use_judge", default=True, show_default=True,
+@click.option("--judge/--no-judge", "use_judge", default=F.use_judge, show_default=True,
               help="Ask the LLM judge (after the rule filters); --no-judge: rules only.")
-@click.option("--temperature", type=float, default=0.0, show_default=True,
+@click.option("--temperature", type=float, default=F.temperature, show_default=True,
               help="Judge sampling temperature (retries of unparseable replies use at least 0.7).")
-@click.option("--max-tokens", type=click.IntRange(16), default=512, show_default=True,
+@click.option("--max-tokens", type=click.IntRange(16), default=F.max_tokens,
+              show_default=True,
               help="Judge response length.")
 @click.option("--print-reason", is_flag=True, help="Print each verdict and its reason to stderr.")
 @click.option("--require-boxed", is_flag=True, help="Drop answers without \\boxed{...}.")
@@ -93,7 +99,7 @@ def ask_options(f):
 @click.option("--dedup", is_flag=True,
               help="Drop tasks whose conversation repeats an earlier one (exact after "
                    "normalising, or near: MinHash similarity at least --similarity).")
-@click.option("--similarity", type=click.FloatRange(0, 1, min_open=True), default=0.8,
+@click.option("--similarity", type=click.FloatRange(0, 1, min_open=True), default=F.similarity,
               show_default=True, help="Near-duplicate threshold for --dedup (1: exact only).")
 @click.option("--against", type=click.Path(exists=True, dir_okay=False),
               help="With --dedup: also drop tasks already in this task JSONL corpus.")
@@ -138,19 +144,19 @@ def filter_command(input: IO[bytes], output: str | None, skip_invalid: bool, qui
 @endpoint_options
 @click.option("--rubrics", help="Rubrics to start from (a file, or the text): the first "
                                 "candidate, revised like the others.")
-@click.option("--candidates", type=click.IntRange(1), default=learn.LearnSettings.candidates,
+@click.option("--candidates", type=click.IntRange(1), default=L.candidates,
               show_default=True, help="Rubric texts proposed from the examples, each shown "
                                       "them in its own order.")
-@click.option("--rounds", type=click.IntRange(0), default=learn.LearnSettings.rounds,
+@click.option("--rounds", type=click.IntRange(0), default=L.rounds,
               show_default=True, help="Revisions of the best text from the examples it gets "
                                       "wrong.")
-@click.option("--shots", type=click.IntRange(1), default=learn.LearnSettings.shots,
+@click.option("--shots", type=click.IntRange(1), default=L.shots,
               show_default=True, help="Examples shown in one prompt.")
-@click.option("--seed", type=int, default=learn.LearnSettings.seed, show_default=True,
+@click.option("--seed", type=int, default=L.seed, show_default=True,
               help="Which examples each prompt shows, and in what order.")
-@click.option("--temperature", type=click.FloatRange(0), default=learn.LearnSettings.temperature,
+@click.option("--temperature", type=click.FloatRange(0), default=L.temperature,
               show_default=True, help="Sampling temperature of the proposals and the judge.")
-@click.option("--max-tokens", type=click.IntRange(16), default=learn.LearnSettings.max_tokens,
+@click.option("--max-tokens", type=click.IntRange(16), default=L.max_tokens,
               show_default=True, help="Length of a proposal and of a verdict.")
 @click.option("--scores", type=click.Path(dir_okay=False),
               help="Write every candidate (text, agreement, confusion counts) as JSONL to FILE.")

@@ -1,12 +1,11 @@
 """A filter run, as `trace-filter filter` carries it out: rules, then dedup, then the judge
 (asked concurrently, its verdicts cached), each record written or dropped in input order.
-Plain functions over ``FilterOptions``."""
+Plain functions over ``FilterOptions`` and ``LearnOptions`` (config.py)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import IO, Any
 
 import click
@@ -15,8 +14,6 @@ from tracewheel.ask import JsonAsker
 from tracewheel.cache import Cache, default_cache_path
 from tracewheel.cli import Summary, progress, read_input
 from tracewheel.client import (
-    RETRIES,
-    TIMEOUT,
     Endpoint,
     LazyClient,
     api_errors,
@@ -30,42 +27,8 @@ from tracewheel.judge import Judge, JudgeSettings, VerdictError, rubrics_text
 from tracewheel.models import EMBEDDED_MODEL
 
 from . import learn, rules
+from .config import FilterOptions, LearnOptions
 from .learn import LearnSettings
-
-
-@dataclass
-class FilterOptions:
-    """What `trace-filter filter` is asked to do; its options, named as on the command line."""
-
-    base_url: str | None = None
-    model: str | None = None
-    api_key: str | None = None
-    timeout: float = TIMEOUT
-    retries: int = RETRIES
-    rubrics: str | None = None
-    use_judge: bool = True
-    temperature: float = 0.0
-    max_tokens: int = 512
-    max_thread: int = 8
-    parse_retries: int = 2
-    no_structured: bool = False
-    print_reason: bool = False
-    require_boxed: bool = False
-    require_regex: str | None = None
-    min_len: int | None = None
-    max_len: int | None = None
-    drop_errors: bool = False
-    require_reference: bool = False
-    check_reference: bool = False
-    undecided: str | None = None       # keep or drop what the reference check cannot decide
-    dedup: bool = False
-    similarity: float = 0.8
-    against: str | None = None
-    annotate: bool = False
-    invert: bool = False
-    unordered: bool = False
-    cache_path: str | None = None
-    no_cache: bool = False
 
 
 def filter_tasks(o: FilterOptions, input: IO[bytes], output: str | None, *,
@@ -141,8 +104,6 @@ def filter_tasks(o: FilterOptions, input: IO[bytes], output: str | None, *,
             if cache is not None:
                 summary.extra.append(f"{cache.hits} cached")
             summary.print(quiet)
-
-
 
 
 def _load_corpus(deduper: Any, path: str) -> int:
@@ -235,32 +196,6 @@ def decide(records: Iterator[dict], rule_list, deduper: Any, judge: Judge | None
                 summary.add("judged")
                 result = {**result, "by": "judge", **labels}
             yield record, result
-
-
-
-
-@dataclass
-class LearnOptions:
-    """What `trace-filter learn-rubrics` is asked to do; its options, as on the command line."""
-
-    base_url: str | None = None
-    model: str | None = None
-    api_key: str | None = None
-    timeout: float = TIMEOUT
-    retries: int = RETRIES
-    rubrics: str | None = None         # the text to start from
-    candidates: int = LearnSettings.candidates
-    rounds: int = LearnSettings.rounds
-    shots: int = LearnSettings.shots
-    seed: int = LearnSettings.seed
-    temperature: float = LearnSettings.temperature
-    max_tokens: int = LearnSettings.max_tokens
-    max_thread: int = 8
-    parse_retries: int = LearnSettings.parse_retries
-    no_structured: bool = False
-    scores: str | None = None
-    cache_path: str | None = None
-    no_cache: bool = False
 
 
 def learn_from_examples(o: LearnOptions, input: IO[bytes], output: str | None, *,
