@@ -109,21 +109,32 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """``python -m tracewheel.models [NAME]``: resolve (and convert, once) a model; print its
     directory."""
     import sys
     import time
 
-    name = sys.argv[1] if len(sys.argv) > 1 else EMBEDDED_MODEL
-    started = time.monotonic()
-    try:
-        path = resolve_model(name)
-    except TracewheelError as err:
-        print(f"Error: {err.message}", file=sys.stderr)
-        raise SystemExit(1) from None
-    print(path)
-    print(f"{name}: ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    import click
+
+    from .cli import tool_command  # the command's conventions; not needed by the library
+
+    @tool_command("tracewheel.models")
+    @click.argument("name", default=EMBEDDED_MODEL)
+    def command(name: str) -> None:
+        """Print the directory of model NAME (a Hugging Face model directory, or the embedded
+        model's name: converted once from its GGUF file into the cache).
+
+        \b
+        Examples:
+          python -m tracewheel.models
+          python -m tracewheel.models /models/Qwen3-8B
+        """
+        started = time.monotonic()
+        click.echo(resolve_model(name))
+        print(f"{name}: ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
+
+    command.main(args=argv, prog_name="python -m tracewheel.models")
 
 
 if __name__ == "__main__":

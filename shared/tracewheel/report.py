@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import click
+
+from .cli import tool_command
+from .errors import TracewheelError
 from .jsonl import atomic_path, loads
 
 # The drift (mean per-token KL estimate from the sampling policy) above which an iteration's
@@ -423,24 +427,38 @@ def plot(run: Path, curves: list[tuple[str, dict[int, dict[str, float]]]]
     return drawn
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) not in (1, 3) or (len(args) == 3 and args[1] != "--against"):
-        print("usage: python -m tracewheel.report RUN_DIR [--against OTHER_RUN_DIR]",
-              file=sys.stderr)
-        return 2
-    for folder in args[::2]:
-        if not Path(folder).is_dir():
-            print(f"Error: {folder}: no such run folder", file=sys.stderr)
-            return 1
-    run = Path(args[0])
-    if len(args) == 3:  # a comparison: printed, not written
-        print(compare(run, Path(args[2])))
-        return 0
+@tool_command("tracewheel.report")
+@click.argument("run", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--against", metavar="OTHER_RUN", type=click.Path(file_okay=False, path_type=Path),
+              help="Compare RUN with another run of the same loop, model by model, paired by "
+                   "task (printed, not written).")
+def command(run: Path, against: Path | None) -> None:
+    """Write RUN/report.md, the report of a `make flywheel` run (every model on the held-out
+    tasks and the evaluation set, paired changes, training, policies), and print it.
+
+    \b
+    Examples:
+      python -m tracewheel.report runs/demo
+      python -m tracewheel.report runs/async --against runs/demo
+    """
+    for folder in (run, against):
+        if folder is not None and not folder.is_dir():
+            raise TracewheelError(f"{folder}: no such run folder")
+    if against is not None:
+        click.echo(compare(run, against))
+        return
     text = report(run)
     with atomic_path(run / "report.md") as tmp:
         Path(tmp).write_text(text + "\n")
-    print(text)
+    click.echo(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command's exit status (0, 1 for an error, 2 for a usage error) instead of an exit."""
+    try:
+        command.main(args=argv, prog_name="python -m tracewheel.report")
+    except SystemExit as end:
+        return end.code if isinstance(end.code, int) else 0
     return 0
 
 
