@@ -591,3 +591,14 @@ def test_with_no_cache_a_failed_run_does_not_promise_a_cache():
     assert result.exit_code == 1
     assert "cached" not in result.output and "with --no-cache a new run asks again" \
         in result.output
+
+
+@pytest.mark.parametrize("command", [[], ["learn-rubrics"]])
+def test_cache_and_no_cache_together_are_refused(tmp_path, command):
+    """The asking options are declared once, for every tool that asks a model: so is the check
+    (task-augment refused the pair; trace-filter took both)."""
+    result, _ = run([*command, "--cache", tmp_path / "c.sqlite", "--no-cache", "--no-judge"
+                     if not command else "--no-structured"], input_text="")
+    assert result.exit_code == 2
+    assert "--cache and --no-cache cannot be used together" in result.output
+    assert not (tmp_path / "c.sqlite").exists()

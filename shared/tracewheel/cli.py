@@ -211,6 +211,42 @@ def input_options(f: F) -> F:
     return f
 
 
+MAX_THREAD = 8      # requests to a model in flight at once
+PARSE_RETRIES = 2   # asks again when a reply is not the JSON asked for
+
+
+def ask_options(tool: str, *, requests: str = "Requests",
+                unparsed: str = "the attempt counts as unparseable") -> Callable[[F], F]:
+    """How a tool asks a model for JSON, the same in every tool that does (trace-filter's judge
+    and rubric learning, task-augment): concurrency, parse retries, structured output, and the
+    reply cache with its switch. ``check_cache_options`` refuses --cache with --no-cache."""
+    def decorate(f: F) -> F:
+        for option in reversed([
+            click.option("--max-thread", type=click.IntRange(1), default=MAX_THREAD,
+                         show_default=True, help=f"{requests} in flight at once."),
+            click.option("--parse-retries", type=click.IntRange(0), default=PARSE_RETRIES,
+                         show_default=True,
+                         help=f"Asks again when a reply is not the JSON asked for; then "
+                              f"{unparsed}."),
+            click.option("--no-structured", is_flag=True,
+                         help="Do not ask for JSON-schema output (for endpoints without it); "
+                              "parse strictly."),
+            click.option("--cache", "cache_path", type=click.Path(dir_okay=False),
+                         help=f"Reply cache file [default: $TRACEWHEEL_CACHE/{tool}/"
+                              f"cache.sqlite]."),
+            click.option("--no-cache", is_flag=True,
+                         help="Neither read nor write the reply cache."),
+        ]):
+            f = option(f)
+        return f
+    return decorate
+
+
+def check_cache_options(cache_path: str | None, no_cache: bool) -> None:
+    if cache_path and no_cache:
+        raise click.UsageError("--cache and --no-cache cannot be used together")
+
+
 def output_option(f: F) -> F:
     """``-o FILE``: written atomically; stdout when absent."""
     return click.option(

@@ -11,6 +11,8 @@ import click
 from tracewheel.cli import (
     CONTEXT_SETTINGS,
     ToolCommand,
+    ask_options,
+    check_cache_options,
     common_options,
     input_options,
     output_option,
@@ -37,16 +39,6 @@ def generation_options(f: F) -> F:
         click.option("--max-tokens", type=click.IntRange(16), default=G.max_tokens,
                      show_default=True,
                      help="Response length of one request."),
-        click.option("--max-thread", type=click.IntRange(1), default=G.max_thread,
-                     show_default=True,
-                     help="Requests in flight at once."),
-        click.option("--parse-retries", type=click.IntRange(0), default=G.parse_retries,
-                     show_default=True,
-                     help="Asks again when a reply is not the JSON asked for; then the attempt "
-                          "counts as unparseable and nothing of it is written."),
-        click.option("--no-structured", is_flag=True,
-                     help="Do not ask for JSON-schema output (for endpoints without it); parse "
-                          "strictly."),
         click.option("--seed", type=int, default=G.seed, show_default=True,
                      help="Seeds the choice of examples and the sampling: another seed gives "
                           "other tasks (the same seed gives the same ones, from the cache)."),
@@ -67,13 +59,11 @@ def generation_options(f: F) -> F:
                           "[default: $TRACEWHEEL_CACHE/task-augment/history.sqlite]."),
         click.option("--no-history", is_flag=True,
                      help="Neither read nor add to the history of generated tasks."),
-        click.option("--cache", "cache_path", type=click.Path(dir_okay=False),
-                     help="Reply cache file [default: $TRACEWHEEL_CACHE/task-augment/"
-                          "cache.sqlite]."),
-        click.option("--no-cache", is_flag=True, help="Neither read nor write the reply cache."),
     ]
     for option in reversed(options):
         f = option(f)
+    f = ask_options(TOOL, unparsed="the attempt counts as unparseable and nothing of it is "
+                                   "written")(f)
     return endpoint_options(f)
 
 
@@ -83,8 +73,7 @@ def _generation(opts: dict[str, Any]) -> GenerationConfig:
         raise click.UsageError("--model is needed with --base-url (or TRACEWHEEL_MODEL)")
     if opts["no_history"] and opts["history_path"]:
         raise click.UsageError("--history and --no-history cannot be used together")
-    if opts["no_cache"] and opts["cache_path"]:
-        raise click.UsageError("--cache and --no-cache cannot be used together")
+    check_cache_options(opts["cache_path"], opts["no_cache"])
     return GenerationConfig(
         endpoint=Endpoint(opts["base_url"], opts["model"], opts["api_key"], opts["timeout"],
                           opts["retries"]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tracewheel.cli import MAX_THREAD, PARSE_RETRIES
 from tracewheel.client import Endpoint
 
 
@@ -15,8 +16,8 @@ class GenerationConfig:
     endpoint: Endpoint = field(default_factory=lambda: Endpoint(None, None))
     temperature: float = 0.8           # retries of unparseable replies use at least 0.7
     max_tokens: int = 1024             # response length of one request
-    max_thread: int = 8                # requests in flight at once
-    parse_retries: int = 2             # asks again when a reply is not the JSON asked for
+    max_thread: int = MAX_THREAD       # requests in flight at once
+    parse_retries: int = PARSE_RETRIES  # asks again when a reply is not the JSON asked for
     structured: bool = True            # ask for JSON-schema output
     seed: int = 0                      # the choice of examples and the sampling
     request_seeds: bool = False        # send each request a seed derived from `seed`

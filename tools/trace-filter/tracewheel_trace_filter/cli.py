@@ -11,14 +11,14 @@ import click
 from tracewheel.cli import (
     CONTEXT_SETTINGS,
     ToolCommand,
+    ask_options,
+    check_cache_options,
     common_options,
     input_options,
     output_option,
     tool_group,
 )
-from tracewheel.client import (
-    endpoint_options,
-)
+from tracewheel.client import endpoint_options
 
 from .config import FilterOptions, LearnOptions
 from .run import filter_tasks, learn_from_examples
@@ -40,29 +40,6 @@ F, L = FilterOptions(), LearnOptions()  # the defaults, stated once (config.py)
 @tool_group("trace-filter", default="filter")
 def main() -> None:
     """Keep the good tasks, drop the bad ones; learn rubrics from labelled examples."""
-
-
-def ask_options(f):
-    """How the judge is asked, the same in both commands: concurrency, parse retries,
-    structured output, and the cache of its replies."""
-    for option in reversed([
-        click.option("--max-thread", type=click.IntRange(1), default=F.max_thread,
-                     show_default=True,
-                     help="Judge requests in flight at once."),
-        click.option("--parse-retries", type=click.IntRange(0), default=F.parse_retries,
-                     show_default=True,
-                     help="Asks again when a reply does not parse; then a verdict counts as "
-                          "error."),
-        click.option("--no-structured", is_flag=True,
-                     help="Do not ask for JSON-schema output (for endpoints without it); parse "
-                          "strictly."),
-        click.option("--cache", "cache_path", type=click.Path(dir_okay=False),
-                     help="Reply cache file [default: $TRACEWHEEL_CACHE/trace-filter/"
-                          "cache.sqlite]."),
-        click.option("--no-cache", is_flag=True, help="Neither read nor write the cache."),
-    ]):
-        f = option(f)
-    return f
 
 
 @main.command("filter", cls=ToolCommand, context_settings=CONTEXT_SETTINGS)
@@ -107,7 +84,8 @@ def ask_options(f):
               help="Write every record, each with its `judge` field (keep, drop or error).")
 @click.option("--invert", is_flag=True, help="Write the dropped records instead of the kept.")
 @click.option("--unordered", is_flag=True, help="Write records as they are judged, not in order.")
-@ask_options
+@ask_options("trace-filter", requests="Judge requests",
+             unparsed="a verdict counts as error")
 def filter_command(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool,
                    verbose: int, **options: Any) -> None:
     """Keep the good tasks, drop the bad ones: rule filters, dedup, then an LLM judge with your
@@ -127,6 +105,7 @@ def filter_command(input: IO[bytes], output: str | None, skip_invalid: bool, qui
           --rubrics "Drop the task if the answer is wrong." --annotate < t.jsonl > judged.jsonl
     """
     o = FilterOptions(**options)
+    check_cache_options(o.cache_path, o.no_cache)
     if o.annotate and o.invert:
         raise click.UsageError("--annotate and --invert cannot be used together "
                                "(--annotate already writes every record)")
@@ -160,7 +139,8 @@ def filter_command(input: IO[bytes], output: str | None, skip_invalid: bool, qui
               show_default=True, help="Length of a proposal and of a verdict.")
 @click.option("--scores", type=click.Path(dir_okay=False),
               help="Write every candidate (text, agreement, confusion counts) as JSONL to FILE.")
-@ask_options
+@ask_options("trace-filter", requests="Requests (proposals and judge)",
+             unparsed="that verdict or proposal counts as error")
 def learn_rubrics_command(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool,
                           verbose: int, **options: Any) -> None:
     """Learn rubrics from labelled examples: the judge model proposes rubric texts from them,
@@ -179,5 +159,7 @@ def learn_rubrics_command(input: IO[bytes], output: str | None, skip_invalid: bo
       trace-filter learn-rubrics examples.jsonl -o rubrics.txt
       trace-filter --rubrics rubrics.txt < tasks.jsonl > kept.jsonl
     """
-    learn_from_examples(LearnOptions(**options), input, output, skip_invalid=skip_invalid,
+    o = LearnOptions(**options)
+    check_cache_options(o.cache_path, o.no_cache)
+    learn_from_examples(o, input, output, skip_invalid=skip_invalid,
                         quiet=quiet, verbose=verbose)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tracewheel.cli import MAX_THREAD, PARSE_RETRIES
 from tracewheel.client import RETRIES, TIMEOUT
 
 from .learn import LearnSettings
@@ -24,8 +25,8 @@ class FilterOptions:
     use_judge: bool = True
     temperature: float = 0.0
     max_tokens: int = 512
-    max_thread: int = 8
-    parse_retries: int = 2
+    max_thread: int = MAX_THREAD
+    parse_retries: int = PARSE_RETRIES
     no_structured: bool = False
     print_reason: bool = False
     require_boxed: bool = False
@@ -62,7 +63,7 @@ class LearnOptions:
     seed: int = LearnSettings.seed
     temperature: float = LearnSettings.temperature
     max_tokens: int = LearnSettings.max_tokens
-    max_thread: int = 8
+    max_thread: int = MAX_THREAD
     parse_retries: int = LearnSettings.parse_retries
     no_structured: bool = False
     scores: str | None = None
