@@ -3,6 +3,7 @@ malformed input named by line with a non-zero exit, empty input, a closed stdout
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -233,3 +234,35 @@ def test_the_leftover_of_a_killed_run_is_removed_by_the_next(tmp_path):
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert not leftover.exists() and [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+def _tasks(n: int) -> str:
+    return "".join(json.dumps({"id": f"t{i}", "query": f"What is {i} + 2?", "answer": str(i + 2),
+                               "messages": [{"role": "user", "content": f"What is {i} + 2?"},
+                                            {"role": "assistant", "content": str(i + 2)}]})
+                   + "\n" for i in range(n))
+
+
+STOPPING = {"trace-filter": ["--no-judge"], "ctx-merge": ["--tokenizer", "smollm2-135m"]}
+
+
+@pytest.mark.parametrize("name", sorted(STOPPING))
+def test_a_summary_says_where_a_run_stopped(name, tmp_path):
+    """Counts of a run cut short must not read as a whole run's: a bad line, or a reader that
+    went away (`| head -1`), is said in the summary."""
+    exe = str(Path(sys.executable).parent / name)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(_tasks(3) + '{"bad\n' + _tasks(2))
+    proc = subprocess.run([exe, *STOPPING[name], str(bad)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1
+    summary, error = proc.stderr.strip().splitlines()[-2:]
+    assert summary.startswith(f"{name}: ") and "stopped at line 4" in summary, proc.stderr
+    assert error.startswith("Error: ") and "bad.jsonl:4" in error
+
+    many = tmp_path / "many.jsonl"
+    many.write_text(_tasks(3000))  # more than a pipe holds
+    args = " ".join(f"'{a}'" for a in STOPPING[name])
+    proc = subprocess.run(f"'{exe}' {args} '{many}' | head -1", shell=True, capture_output=True,
+                          text=True, timeout=120, executable="/bin/bash")
+    assert "output closed" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -17,7 +17,7 @@ from typing import IO, Any, TypeVar
 import click
 
 from .config import load_config_defaults
-from .errors import TracewheelError
+from .errors import DataError, TracewheelError
 from .extras import missing_extra
 from .jsonl import ReadStats, read_jsonl
 
@@ -335,8 +335,30 @@ class Summary:
         return f"{self.tool}: " + ", ".join(parts) + f" in {time.monotonic() - self.started:.1f} s"
 
     def print(self, quiet: bool = False) -> None:
-        if not quiet:
+        """Print the line; called in a ``finally``, it also says how the run ended early, so
+        that counts of a run cut short do not read as a whole run's."""
+        if quiet:
+            return
+        ended = stopped_by(sys.exc_info()[1])
+        if ended:
+            self.extra.append(ended)
+        with contextlib.suppress(OSError):  # stderr closed too: nothing to tell
             click.echo(self.line(), err=True)
+
+
+def stopped_by(err: BaseException | None) -> str | None:
+    """How a run that raised ``err`` ended, for the summary: "stopped at line N" (bad input),
+    "output closed" (a reader such as ``head`` went away), "interrupted", "stopped by an
+    error" (the error follows on its own line); None for a run that ended well."""
+    if err is None or isinstance(err, (SystemExit, GeneratorExit)):
+        return None
+    if isinstance(err, DataError):
+        return f"stopped at line {err.line}" if err.line is not None else "stopped by bad input"
+    if isinstance(err, BrokenPipeError):
+        return "output closed"
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted"
+    return "stopped by an error"
 
 
 PROGRESS_SECONDS = 30.0  # how often a log gets a progress line ($TRACEWHEEL_PROGRESS_SECONDS)
