@@ -101,6 +101,17 @@ class ToolCommand(_Ends, click.Command):
       after the same cleanup
     """
 
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The default subcommand's help (what ``tool --help`` shows) lists the subcommands."""
+        super().format_epilog(ctx, formatter)
+        group = ctx.parent.command if ctx.parent is not None else None
+        if isinstance(group, ToolGroup) and ctx.command.name == group.default:
+            rows = [(f"{name} (default)" if name == group.default else name,
+                     command.get_short_help_str(limit=300))
+                    for name, command in group.commands.items()]
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -152,7 +163,7 @@ def version_option(f: F) -> F:
 class ToolGroup(_Ends, click.Group):
     """A tool with subcommands whose first one is the default: ``rollout [OPTIONS] INPUT``
     means ``rollout run [OPTIONS] INPUT``; ``rollout record ...`` names another. ``--help``
-    shows the default command's help, which points at the others."""
+    shows the default command's help, which lists the others."""
 
     def __init__(self, *args: Any, default: str, **kwargs: Any):
         super().__init__(*args, **kwargs)

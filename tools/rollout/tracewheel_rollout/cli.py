@@ -53,7 +53,8 @@ def main() -> None:
     """Run agent workflows against a recording vLLM endpoint."""
 
 
-@main.command("run", cls=ToolCommand, context_settings=CONTEXT_SETTINGS)
+@main.command("run", cls=ToolCommand, context_settings=CONTEXT_SETTINGS,
+              short_help="Run a workflow on each task N times; one rollout record per run.")
 @common_options
 @input_options
 @output_option
@@ -148,7 +149,8 @@ def run(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, v
     run_rollouts(opts, input, output, skip_invalid=skip_invalid, quiet=quiet, verbose=verbose)
 
 
-@main.command("record", cls=ToolCommand, context_settings=CONTEXT_SETTINGS)
+@main.command("record", cls=ToolCommand, context_settings=CONTEXT_SETTINGS,
+              short_help="A recording proxy in front of a vLLM: every call as a JSON line.")
 @common_options
 @output_option
 @click.option("--upstream", envvar="OPENAI_BASE_URL", show_envvar=True, required=True,
@@ -185,7 +187,8 @@ def record(output: str | None, quiet: bool, verbose: int, upstream: str, host: s
                                chat_template), output, quiet=quiet)
 
 
-@main.command("check-template", cls=ToolCommand, context_settings=CONTEXT_SETTINGS)
+@main.command("check-template", cls=ToolCommand, context_settings=CONTEXT_SETTINGS,
+              short_help="Check that a chat template renders conversations append-only.")
 @common_options
 @click.argument("conversations", type=click.File("rb"), required=False)
 @click.option("--model", default=EMBEDDED_MODEL, show_default=True,

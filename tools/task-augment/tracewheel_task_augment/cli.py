@@ -92,7 +92,8 @@ def main() -> None:
     documents."""
 
 
-@main.command("expand", cls=ToolCommand, context_settings=CONTEXT_SETTINGS)
+@main.command("expand", cls=ToolCommand, context_settings=CONTEXT_SETTINGS,
+              short_help="New tasks in the style of the example tasks.")
 @common_options
 @input_options
 @output_option
@@ -132,7 +133,8 @@ def expand(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool
                output, skip_invalid=skip_invalid, quiet=quiet, verbose=verbose)
 
 
-@main.command("paraphrase", cls=ToolCommand, context_settings=CONTEXT_SETTINGS)
+@main.command("paraphrase", cls=ToolCommand, context_settings=CONTEXT_SETTINGS,
+              short_help="Rewordings of each task that keep its reference.")
 @common_options
 @input_options
 @output_option
@@ -159,7 +161,8 @@ def paraphrase(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: 
                    skip_invalid=skip_invalid, quiet=quiet, verbose=verbose)
 
 
-@main.command("docs", cls=ToolCommand, context_settings=CONTEXT_SETTINGS)
+@main.command("docs", cls=ToolCommand, context_settings=CONTEXT_SETTINGS,
+              short_help="Questions grounded in documents.")
 @common_options
 @click.argument("documents", nargs=-1, required=True, type=click.Path(exists=True))
 @output_option

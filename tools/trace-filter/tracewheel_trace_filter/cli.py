@@ -42,7 +42,8 @@ def main() -> None:
     """Keep the good tasks, drop the bad ones; learn rubrics from labelled examples."""
 
 
-@main.command("filter", cls=ToolCommand, context_settings=CONTEXT_SETTINGS)
+@main.command("filter", cls=ToolCommand, context_settings=CONTEXT_SETTINGS,
+              short_help="Keep the good tasks: rules, dedup, then an LLM judge.")
 @common_options
 @input_options
 @output_option
@@ -116,7 +117,8 @@ def filter_command(input: IO[bytes], output: str | None, skip_invalid: bool, qui
     filter_tasks(o, input, output, skip_invalid=skip_invalid, quiet=quiet, verbose=verbose)
 
 
-@main.command("learn-rubrics", cls=ToolCommand, context_settings=CONTEXT_SETTINGS)
+@main.command("learn-rubrics", cls=ToolCommand, context_settings=CONTEXT_SETTINGS,
+              short_help="Rubrics learned from examples a person labelled.")
 @common_options
 @input_options
 @output_option
