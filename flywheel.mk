@@ -203,7 +203,7 @@ pending = ! $(MAKE) -s -q $$goals >/dev/null 2>&1
 vllm = $(TRACEWHEEL_BIN)/python -m tracewheel.vllm
 FROM ?= 0
 # How the loop's server takes new models: LoRA adapters (POLICIES), else whole weights, numbered.
-server_updates = $(if $(POLICIES),--lora-rank $(LORA_RANK),--weight-updates --version $$k)
+server_updates = $(if $(POLICIES),--lora-rank $(LORA_RANK),--weight-updates --weight-version $$k)
 # Shell: model $$k's adapters into the server at ENDPOINT, one per policy, each under its name.
 load_adapters = $(MAKE) --no-print-directory $(call trained,0) && \
   for p in $(POLICY_NAMES); do \
@@ -248,8 +248,8 @@ flywheel-phases:
 	      if [ $$served -ne $$k ] && [ -n "$(POLICIES)" ]; then \
 	        $(load_adapters); served=$$k; \
 	      elif [ $$served -ne $$k ]; then \
-	        if [ -n "$(DRY_RUN)" ]; then echo "$(vllm) $$model --load-into $(ENDPOINT) --version $$k"; \
-	        else $(vllm) "$$model" --load-into "$(ENDPOINT)" --version $$k \
+	        if [ -n "$(DRY_RUN)" ]; then echo "$(vllm) $$model --load-into $(ENDPOINT) --weight-version $$k"; \
+	        else $(vllm) "$$model" --load-into "$(ENDPOINT)" --weight-version $$k \
 	          2> >(tee -a $(R)/logs/load-$$k.log >&2) || exit 1; fi; \
 	        served=$$k; \
 	      fi; \

@@ -70,7 +70,7 @@ def test_loaded_weights_answer_and_the_old_ones_come_back(server, changed_model,
     # Back to the first weights, by the command line: the first answer again (no stale cache).
     done = subprocess.run(
         [sys.executable, "-m", "tracewheel.vllm", str(embedded_model_dir), "--load-into",
-         server.url, "--version", "v1"], capture_output=True, text=True, timeout=300)
+         server.url, "--weight-version", "v1"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "weights of" in done.stderr and "loaded in" in done.stderr
     assert greedy(server)[1] == before

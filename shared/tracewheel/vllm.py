@@ -29,7 +29,9 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli import Terminated, signals_as_exceptions
+import click
+
+from .cli import CONTEXT_SETTINGS, ToolCommand
 from .errors import TracewheelError
 from .models import resolve_model
 
@@ -550,95 +552,128 @@ def _watch_the_caller() -> None:
     threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """python -m tracewheel.vllm [MODEL]: serve MODEL (default: the embedded model) on 127.0.0.1
-    until Ctrl-C, printing its base URL on stdout; with --check, ask one question and stop;
-    with --exec CMD..., run CMD with OPENAI_BASE_URL and TRACEWHEEL_MODEL pointing at the server,
-    then stop it (so several steps share one server, and none outlives them)."""
-    import argparse
+def _load(model: str, url: str, adapter: str | None, weight_version: str | None) -> None:
+    """--load-into: new weights, or an adapter, into the running server at ``url``."""
+    if adapter:
+        seconds = load_adapter(url, adapter, model)
+    else:
+        seconds = load_weights(url, model, weight_version)
+    what = f"adapter {adapter!r}" if adapter else "weights"
+    click.echo(f"vLLM at {url}: {what} of {model} loaded in {seconds:.1f} s", err=True)
 
-    parser = argparse.ArgumentParser(prog="python -m tracewheel.vllm", description=main.__doc__)
-    parser.add_argument("model", nargs="?", default="smollm2-135m")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=None)
-    parser.add_argument("--log-file", default=None,
-                        help="the server's log [default: a new file in the temp folder, kept]")
-    parser.add_argument("--max-model-len", type=int, default=4096)
-    parser.add_argument("--weight-updates", action="store_true",
-                        help="serve vLLM's routes that take new weights without a restart "
-                             "(--load-into)")
-    parser.add_argument("--load-into", metavar="URL", default=None,
-                        help="start nothing: load MODEL's weights into the running server at "
-                             "URL (started with --weight-updates), then exit")
-    parser.add_argument("--version", default=None,
-                        help="the weights' version the server answers (/weight_info), with "
-                             "--load-into or --weight-updates [default: MODEL's path; at "
-                             "start, vLLM's 'default']")
-    parser.add_argument("--lora-rank", type=int, default=0,
-                        help="serve LoRA adapters up to this rank, loaded while it runs "
-                             "(--load-into URL --adapter NAME)")
-    parser.add_argument("--adapter", metavar="NAME", default=None,
-                        help="with --load-into: MODEL is a LoRA adapter, served as NAME")
-    parser.add_argument("--check", action="store_true",
-                        help="start, check one completion carries token ids and logprobs, stop")
-    parser.add_argument("--exec", dest="command", nargs=argparse.REMAINDER,
-                        help="run this command (and its arguments) against the server, then "
-                             "stop it; its exit status is this one's")
-    args = parser.parse_args(argv)
-    if args.load_into:
+
+def _run_against(server: VLLMServer, command: list[str]) -> int:
+    """``command`` with OPENAI_BASE_URL and TRACEWHEEL_MODEL pointing at ``server``; its exit
+    status. Stopped (a signal), the command goes first, then the server."""
+    env = {**os.environ, "OPENAI_BASE_URL": server.base_url,
+           "TRACEWHEEL_MODEL": server.model_name}
+    with subprocess.Popen(command, env=env) as child:
         try:
-            if args.adapter:
-                seconds = load_adapter(args.load_into, args.adapter, args.model)
-            else:
-                seconds = load_weights(args.load_into, args.model, args.version)
-        except TracewheelError as err:
-            print(f"Error: {err.message}", file=sys.stderr)
-            return 1
-        what = f"adapter {args.adapter!r}" if args.adapter else "weights"
-        print(f"vLLM at {args.load_into}: {what} of {args.model} loaded in {seconds:.1f} s",
-              file=sys.stderr)
+            return child.wait()
+        except BaseException:
+            child.terminate()
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+            raise
+
+
+def _serve(server: VLLMServer, weight_version: str | None, check_only: bool,
+           command: list[str]) -> int:
+    """What the launcher does with a server that is up: check it, run a command against it,
+    or serve until stopped; the exit status."""
+    click.echo(f"vLLM ready at {server.base_url} in {server.startup_seconds:.1f} s; "
+               f"log {server.log_path}", err=True)
+    if weight_version and server.weight_updates:
+        _call(server.url, "/update_weight_version", {"new_version": weight_version}, 30,
+              "setting the weight version")
+    if check_only:
+        click.echo(json.dumps(check(server), ensure_ascii=False))
         return 0
+    if command:
+        return _run_against(server, command)
+    click.echo(server.base_url)
+    while server.process and server.process.poll() is None:
+        time.sleep(1)
+    click.echo(f"vLLM exited; log {server.log_path}", err=True)
+    return 1
+
+
+@click.command(name="tracewheel.vllm", cls=ToolCommand, context_settings=CONTEXT_SETTINGS)
+@click.argument("model", default="smollm2-135m")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port [default: a free one].")
+@click.option("--log-file", type=click.Path(dir_okay=False),
+              help="The server's log [default: a new file in the temp folder, kept].")
+@click.option("--max-model-len", type=click.IntRange(256), default=4096, show_default=True,
+              help="Longest prompt and completion together, in tokens.")
+@click.option("--weight-updates", is_flag=True,
+              help="Serve vLLM's routes that take new weights without a restart (--load-into).")
+@click.option("--load-into", metavar="URL",
+              help="Start nothing: load MODEL's weights into the running server at URL (started "
+                   "with --weight-updates), then exit.")
+@click.option("--weight-version", metavar="V",
+              help="The weights' version the server answers (/weight_info), with --load-into or "
+                   "--weight-updates [default: MODEL's path; at start, vLLM's 'default'].")
+@click.option("--lora-rank", type=click.IntRange(0), default=0,
+              help="Serve LoRA adapters up to this rank, loaded while it runs (--load-into URL "
+                   "--adapter NAME).")
+@click.option("--adapter", metavar="NAME",
+              help="With --load-into: MODEL is a LoRA adapter, served as NAME.")
+@click.option("--check", "check_only", is_flag=True,
+              help="Start, check one completion carries token ids and logprobs, stop.")
+@click.option("--exec", "exec_", is_flag=True,
+              help="Run the command that follows (all the rest of the line) against the server, "
+                   "then stop it; its exit status is this one's.")
+@click.version_option(package_name="tracewheel", message="%(prog)s %(version)s")
+@click.pass_obj
+def _command(command: list[str], model: str, host: str, port: int | None,
+             log_file: str | None, max_model_len: int, weight_updates: bool,
+             load_into: str | None, weight_version: str | None, lora_rank: int,
+             adapter: str | None, check_only: bool, exec_: bool) -> None:
+    """Serve MODEL (default: the embedded model) with vLLM on 127.0.0.1 until Ctrl-C, printing
+    its base URL on stdout; with --check, ask one question and stop; with --exec CMD...,
+    run CMD with OPENAI_BASE_URL and TRACEWHEEL_MODEL pointing at the server, then stop it (so
+    several steps share one server, and none outlives them).
+
+    \b
+    Examples:
+      python -m tracewheel.vllm --check
+      python -m tracewheel.vllm runs/demo/iter-1/ckpt --weight-updates --exec make evals
+      python -m tracewheel.vllm runs/demo/iter-2/ckpt --load-into http://127.0.0.1:8000 \\
+          --weight-version 2
+    """
+    if load_into:
+        _load(model, load_into, adapter, weight_version)
+        return
     _watch_the_caller()
-    if args.log_file is None:
-        # Named to the user below, so theirs to keep (the class removes logs it made itself).
-        fd, args.log_file = tempfile.mkstemp(prefix="vllm-", suffix=".log")
+    if log_file is None:
+        # Named to the user, so theirs to keep (the class removes logs it made itself).
+        fd, log_file = tempfile.mkstemp(prefix="vllm-", suffix=".log")
         os.close(fd)
+    with VLLMServer(model, host=host, port=port, log_file=log_file,
+                    max_model_len=max_model_len, weight_updates=weight_updates,
+                    lora_rank=lora_rank) as server:
+        raise SystemExit(_serve(server, weight_version, check_only, command))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """python -m tracewheel.vllm: the exit status. What follows --exec is the command to run,
+    options and all, so it is split off before the options are read."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--exec" in args:
+        at = args.index("--exec")
+        args, command = args[:at + 1], args[at + 1:]
+        if not command:
+            click.echo("Error: --exec needs a command", err=True)
+            return 2
     try:
-        with signals_as_exceptions(), VLLMServer(
-                args.model, host=args.host, port=args.port, log_file=args.log_file,
-                max_model_len=args.max_model_len, weight_updates=args.weight_updates,
-                lora_rank=args.lora_rank) as server:
-            print(f"vLLM ready at {server.base_url} in {server.startup_seconds:.1f} s; "
-                  f"log {server.log_path}", file=sys.stderr, flush=True)
-            if args.weight_updates and args.version:
-                _call(server.url, "/update_weight_version", {"new_version": args.version}, 30,
-                      "setting the weight version")
-            if args.check:
-                print(json.dumps(check(server), ensure_ascii=False), flush=True)
-                return 0
-            if args.command:
-                env = {**os.environ, "OPENAI_BASE_URL": server.base_url,
-                       "TRACEWHEEL_MODEL": server.model_name}
-                with subprocess.Popen(args.command, env=env) as child:
-                    try:
-                        return child.wait()
-                    except BaseException:  # stopped: the command goes first, then the server
-                        child.terminate()
-                        try:
-                            child.wait(timeout=10)
-                        except subprocess.TimeoutExpired:
-                            child.kill()
-                        raise
-            print(server.base_url, flush=True)
-            while server.process and server.process.poll() is None:
-                time.sleep(1)
-            print(f"vLLM exited; log {server.log_path}", file=sys.stderr)
-            return 1
-    except KeyboardInterrupt as err:
-        return 128 + err.signum if isinstance(err, Terminated) else 130
-    except TracewheelError as err:
-        print(f"Error: {err.message}", file=sys.stderr)
-        return 1
+        _command.main(args=args, prog_name="python -m tracewheel.vllm", obj=command)
+    except SystemExit as end:
+        return end.code if isinstance(end.code, int) else (0 if end.code is None else 1)
+    return 0
 
 
 if __name__ == "__main__":
