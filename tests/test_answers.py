@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from tracewheel.answers import answers_match, boxed_reward, boxed_values, check_answer, normalize
+from tracewheel.answers import (
+    answers_match,
+    boxed_reward,
+    boxed_values,
+    check_answer,
+    normalize_answer,
+)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "studio"
 
@@ -23,7 +29,7 @@ def test_boxed_values_handle_nesting_and_several_boxes():
     (r"50\%", "50"), ("42.", "42"), ("Paris", "paris"),
 ])
 def test_spellings_of_the_same_answer_match(a, b):
-    assert normalize(a) == normalize(b)
+    assert normalize_answer(a) == normalize_answer(b)
 
 
 def test_different_answers_do_not_match():

@@ -22,7 +22,7 @@ from tracewheel_rollout.continuation import (
     SAMPLE_CONVERSATION,
     SAMPLE_TOOLS,
     Continuation,
-    Turn,
+    FinishedCall,
     parse_tool_calls,
     tools_key,
 )
@@ -45,7 +45,7 @@ def _turn(tokenizer, template, messages, output_text, cut=False):
     prompt = encode(tokenizer, render(tokenizer, messages, server_tools(SAMPLE_TOOLS), template,
                                       True))
     completion = encode(tokenizer, output_text + ("" if cut else "<|im_end|>"))
-    return Turn("call-1", messages, tools_key(server_tools(SAMPLE_TOOLS)),
+    return FinishedCall("call-1", messages, tools_key(server_tools(SAMPLE_TOOLS)),
                 {"role": "assistant", "content": output_text}, prompt, completion)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from tracewheel.dedup import normalize
+from tracewheel.dedup import normalize_text
 from tracewheel.evalset import main as evalset
 from tracewheel.report import main as report_main
 
@@ -36,7 +36,7 @@ def test_the_committed_set_is_what_the_generator_writes_with_its_seed():
     assert tasks == _generator().generate(len(tasks), 0)
     assert len(tasks) >= 100
     assert len({t["id"] for t in tasks}) == len(tasks)
-    assert len({normalize(t["query"]) for t in tasks}) == len(tasks)
+    assert len({normalize_text(t["query"]) for t in tasks}) == len(tasks)
     assert all(t["reference"].isdigit() for t in tasks)
 
 
@@ -71,8 +71,8 @@ def test_no_task_of_the_demo_database_is_in_the_set():
     assert len(train) > 40
     evaluation = _read(EVAL)
     assert not {t["id"] for t in train} & {t["id"] for t in evaluation}
-    assert not ({normalize(t["query"]) for t in train}
-                & {normalize(t["query"]) for t in evaluation})
+    assert not ({normalize_text(t["query"]) for t in train}
+                & {normalize_text(t["query"]) for t in evaluation})
 
 
 def _check(tmp_path, train, tasks, *args):

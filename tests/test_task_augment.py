@@ -11,10 +11,11 @@ import pytest
 from canned import CannedServer, chat_completion
 from click.testing import CliRunner
 
+from tracewheel.ask import ReplyError
 from tracewheel.config import tool_dir
 from tracewheel_task_augment.cli import main as task_augment
 from tracewheel_task_augment.documents import chunk_blocks, markdown_blocks
-from tracewheel_task_augment.replies import ReplyError, parse_reply
+from tracewheel_task_augment.replies import parse_reply
 
 ROOT = Path(__file__).resolve().parent.parent
 README = tool_dir("task-augment") / "README.md"

@@ -53,7 +53,7 @@ def boxed_values(text: str) -> list[str]:
     return values
 
 
-def normalize(value: str) -> Fraction | str:
+def normalize_answer(value: str) -> Fraction | str:
     """A number as an exact Fraction where the text is one, else the text, normalised."""
     text = _TEXT.sub(r" \1", value).replace("−", "-")
     text = _FRAC.sub(r"(\1)/(\2)", text)
@@ -177,13 +177,13 @@ def compare_values(predicted: list[str], reference: str,
         return "undecided", "no final value", "no final value in the answer"
     wanted_text = split_reference(reference)
     if len(wanted_text) == 1:
-        return _compare_one(normalize(predicted[-1]), predicted[-1],
-                            normalize(wanted_text[0]), wanted_text[0])
+        return _compare_one(normalize_answer(predicted[-1]), predicted[-1],
+                            normalize_answer(wanted_text[0]), wanted_text[0])
     values = [part for value in predicted for part in split_reference(value)]
     if source == "final number":  # a sentence's numbers include the working: the last k count
         values = values[-len(wanted_text):]
-    got = [normalize(v) for v in values]
-    want = [normalize(v) for v in wanted_text]
+    got = [normalize_answer(v) for v in values]
+    want = [normalize_answer(v) for v in wanted_text]
     key = lambda v: (isinstance(v, str), str(v))  # noqa: E731 - Fractions and text sort apart
     shown = f"{', '.join(map(_show, got))}, the reference is {', '.join(map(_show, want))}"
     if Counter(map(key, got)) == Counter(map(key, want)):
@@ -207,8 +207,8 @@ def check_answer(answer: str | None, reference: str | int | float | None) -> Che
     if source == "final number" and outcome == "contradict":
         # Without a box the last number is a reading, not a statement: it decides only when
         # the reference's value is nowhere else in that sentence.
-        want = normalize(str(reference))
-        earlier = [normalize(v) for v in predicted[:-1] if not v.endswith("%")]
+        want = normalize_answer(str(reference))
+        earlier = [normalize_answer(v) for v in predicted[:-1] if not v.endswith("%")]
         if want in earlier:
             return Check("undecided", "not the final number", (
                 f"the reference's value is in the answer's last sentence, but its final "

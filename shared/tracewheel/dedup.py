@@ -14,14 +14,14 @@ if TYPE_CHECKING:  # datasketch imports scipy: 0.5 s of every tool's start-up, -
 _PUNCT = re.compile(r"[\W_]+", re.UNICODE)
 
 
-def normalize(text: str) -> str:
+def normalize_text(text: str) -> str:
     """Case, width, accents of form, punctuation and spacing do not make a task new."""
     text = unicodedata.normalize("NFKC", text).casefold()
     return _PUNCT.sub(" ", text).strip()
 
 
 def shingles(text: str, k: int = 5) -> set[bytes]:
-    compact = normalize(text).replace(" ", "")
+    compact = normalize_text(text).replace(" ", "")
     if len(compact) <= k:
         return {compact.encode("utf-8")}
     return {compact[i:i + k].encode("utf-8") for i in range(len(compact) - k + 1)}
@@ -55,7 +55,7 @@ class Deduper:
     def check(self, key: str, text: str) -> tuple[str, str] | None:
         """``(kind, earlier key)`` if ``text`` duplicates an earlier one, else None (and then
         ``text`` is remembered under ``key``)."""
-        digest = hashlib.sha256(normalize(text).encode("utf-8")).hexdigest()
+        digest = hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()
         if digest in self._exact:
             return "exact", self._exact[digest]
         mh = None

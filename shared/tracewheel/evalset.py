@@ -4,7 +4,7 @@ The held-out split of a few dozen production tasks is too small to tell a real g
 so the loop also scores every model on a labelled evaluation set (``EVAL=``; the demo's is
 ``examples/math-eval.jsonl``). That set is only worth its numbers if nothing of it reaches
 training: this step copies it through, and refuses it, naming the file and line, where a task
-has no known answer, or shares its id or its normalised query (``tracewheel.dedup.normalize``:
+has no known answer, or shares its id or its normalised query (``tracewheel.dedup.normalize_text``:
 case, width, punctuation and spacing aside) with a training task, a paraphrase, or the task a
 paraphrase was made from.
 """
@@ -17,7 +17,7 @@ from typing import IO
 import click
 
 from .cli import Summary, common_options, input_options, output_option, read_input, tool_command
-from .dedup import normalize
+from .dedup import normalize_text
 from .errors import RecordError
 from .jsonl import ReadStats, open_output, read_jsonl
 from .split import parents
@@ -39,7 +39,7 @@ class Training:
                     self.ids.setdefault(parent, f"the origin of paraphrase {task_id} in {path}")
                 query = task.get("query")
                 if isinstance(query, str) and query.strip():
-                    self.queries.setdefault(normalize(query), task_id)
+                    self.queries.setdefault(normalize_text(query), task_id)
 
     def check(self, task: dict) -> None:
         """Raise RecordError where ``task`` cannot be an evaluation task."""
@@ -50,7 +50,7 @@ class Training:
         if task_id in self.ids:
             raise RecordError(f"task {task_id} has the id of {self.ids[task_id]}")
         query = task.get("query")
-        same = self.queries.get(normalize(query)) if isinstance(query, str) else None
+        same = self.queries.get(normalize_text(query)) if isinstance(query, str) else None
         if same is not None:
             raise RecordError(f"task {task_id} asks what training task {same} asks")
 

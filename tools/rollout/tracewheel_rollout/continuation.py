@@ -51,7 +51,7 @@ TOOL_CALL_START = "<tool_call>"
 
 
 @dataclass
-class Turn:
+class FinishedCall:
     """A finished call a later request may continue."""
 
     call_id: str
@@ -95,14 +95,14 @@ class Continuation:
         self.tokenizer = tokenizer
         self.template = template
         self.max_model_len = max_model_len
-        self.timelines: OrderedDict[tuple[str, str | None], list[Turn]] = OrderedDict()
+        self.timelines: OrderedDict[tuple[str, str | None], list[FinishedCall]] = OrderedDict()
         specials = [t for t in tokenizer.all_special_tokens if t]
         self._specials = sorted(set(specials), key=len, reverse=True)
         self.template_disagrees = False  # set once a rendered prompt differs from the server's
 
     # --- timelines ---------------------------------------------------------------------------
 
-    def add(self, session: str, agent: str | None, turn: Turn) -> None:
+    def add(self, session: str, agent: str | None, turn: FinishedCall) -> None:
         key = (session, agent)
         self.timelines.setdefault(key, []).append(turn)
         self.timelines.move_to_end(key)
@@ -114,7 +114,7 @@ class Continuation:
             del self.timelines[key]
 
     def previous(self, session: str, agent: str | None, messages: list,
-                 tools: list | None) -> Turn | None:
+                 tools: list | None) -> FinishedCall | None:
         """The latest call of the timeline whose messages and output ``messages`` repeat, the
         longest conversation first."""
         turns = self.timelines.get((session, agent))
@@ -159,7 +159,7 @@ class Continuation:
         except Exception as err:  # a template that cannot render these messages: the server
             return Plan(reason=f"the chat template cannot render the messages ({err})")
 
-    def _continue(self, turn: Turn, messages: list, tools: list | None) -> Plan:
+    def _continue(self, turn: FinishedCall, messages: list, tools: list | None) -> Plan:
         # The earlier turns as that call had them: only where its rendering ends matters here.
         n = len(turn.messages)
         head = [*turn.messages, {"role": "assistant", **turn.output}]

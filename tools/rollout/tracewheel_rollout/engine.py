@@ -71,8 +71,9 @@ class Settings:
 
 
 @dataclass
-class Endpoint:
-    """The recording endpoint the workflows talk to; ``start()`` brings it up on first use."""
+class RecordingEndpoint:
+    """The recording endpoint the workflows talk to (not a ``tracewheel.client.Endpoint``, which
+    says where to send chat completions); ``start()`` brings it up on first use."""
 
     start: Callable[[], tuple[str, str]]   # -> (recorder root URL, model name)
     sessions: Sessions
@@ -99,7 +100,7 @@ def sampling_seed(seed: int | None, task_id: str, sample: int) -> int | None:
 
 
 class Runner:
-    def __init__(self, settings: Settings, endpoint: Endpoint,
+    def __init__(self, settings: Settings, endpoint: RecordingEndpoint,
                  submit: Callable[[str, dict, Handle], Any] | None = None):
         self.settings = settings
         self.endpoint = endpoint

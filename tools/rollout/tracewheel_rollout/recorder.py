@@ -48,7 +48,7 @@ from .completions import (
     finish,
     token_logprobs,
 )
-from .continuation import CONTINUATION, Continuation, Plan, Turn, parses_tools, tools_key
+from .continuation import CONTINUATION, Continuation, FinishedCall, Plan, parses_tools, tools_key
 
 # What return_token_ids fills in; vLLM sends these keys as null when not asked.
 _ADDED = ("prompt_token_ids", "prompt_text")
@@ -401,7 +401,7 @@ class Recorder:
                     print("recorder: the upstream renders chat prompts differently from the "
                           "recorder's chat template (--chat-template); calls that follow "
                           "such a call are rendered, not continued", file=sys.stderr)
-            self.continuation.add(call["session"], call["agent"], Turn(
+            self.continuation.add(call["session"], call["agent"], FinishedCall(
                 call["id"], call["messages"], tools_key(server_tools(call["tools"])),
                 call["output"], array("l", call["prompt_ids"]),
                 array("l", call["completion_ids"]), continuable))

@@ -15,8 +15,7 @@ from typing import IO, Any
 import click
 
 from tracewheel.cli import Summary, progress, read_input
-from tracewheel.client import Endpoint as ClientEndpoint
-from tracewheel.client import make_client
+from tracewheel.client import Endpoint, make_client
 from tracewheel.errors import TracewheelError
 from tracewheel.jsonl import ReadStats, open_output, records_stdout
 from tracewheel.models import EMBEDDED_MODEL
@@ -24,7 +23,7 @@ from tracewheel.workflow import absolute_spec
 
 from . import rewards
 from .config import RecordOptions, RunOptions
-from .engine import Endpoint, Runner, Sessions, Settings
+from .engine import RecordingEndpoint, Runner, Sessions, Settings
 
 
 def run_rollouts(o: RunOptions, input: IO[bytes], output: str | None, *, skip_invalid: bool,
@@ -39,7 +38,7 @@ def run_rollouts(o: RunOptions, input: IO[bytes], output: str | None, *, skip_in
         sessions = Sessions()
         engine: dict[str, Any] = {}
         runner = Runner(_settings(o, engine),
-                        Endpoint(start=lambda: _start(o, stack, sessions, engine, echo),
+                        RecordingEndpoint(start=lambda: _start(o, stack, sessions, engine, echo),
                                  sessions=sessions),
                         submit=_submitter(o))
         stats = ReadStats()
@@ -108,7 +107,7 @@ def _policies(o: RunOptions, upstream: str) -> tuple[dict[str, str] | None, dict
     policies = parse_policy_map(o.policy) if o.policy else None
     if policies is None:  # (--default-policy without --policy: refused by the command)
         return None, {}
-    client = make_client(ClientEndpoint(upstream, None, o.api_key, o.timeout, 0))
+    client = make_client(Endpoint(upstream, None, o.api_key, o.timeout, 0))
     try:
         served = {m.id: (m.model_extra or {}).get("root") for m in client.models.list().data}
     except Exception as err:
@@ -223,7 +222,7 @@ def _group_figures(summary: Summary, groups: dict[str, list], samples: int) -> N
 
 def _served_model(base_url: str, api_key: str | None, timeout: float) -> str:
     """The first model an endpoint serves (when --model is not given)."""
-    client = make_client(ClientEndpoint(base_url, None, api_key, timeout, 0))
+    client = make_client(Endpoint(base_url, None, api_key, timeout, 0))
     try:
         models = [m.id for m in client.models.list().data]
     except Exception as err:
@@ -253,7 +252,7 @@ def _reward(kind: str | None, rubrics: str | None, judge_base_url: str | None,
         # Built on first use: by then the engine is up, and its URL and model are known.
         with lock:
             if not built:
-                endpoint = ClientEndpoint(judge_base_url or engine["upstream"],
+                endpoint = Endpoint(judge_base_url or engine["upstream"],
                                           judge_model or engine["model"], judge_api_key,
                                           timeout, retries)
                 client = make_client(endpoint)

@@ -8,11 +8,11 @@ import re
 import unicodedata
 from collections import Counter
 
-from tracewheel.dedup import normalize
+from tracewheel.dedup import normalize_text
 
 from .prompts import MARKERS, PLACEHOLDERS
 
-_PLACEHOLDERS = {normalize(p) for p in PLACEHOLDERS}
+_PLACEHOLDERS = {normalize_text(p) for p in PLACEHOLDERS}
 _NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
 _POINTS_AT_EXCERPT = re.compile(r"\b(?:the|this|that|above|given)\s+(?:excerpt|passage)\b", re.I)
 
@@ -38,7 +38,7 @@ def script_of(text: str) -> str | None:
 
 def empty_or_echo(query: str) -> str | None:
     """Nothing there, or the prompt's own words where a task should be."""
-    text = normalize(query)
+    text = normalize_text(query)
     if not text:
         return "empty"
     if text in _PLACEHOLDERS or any(m in query.lower() for m in MARKERS):

@@ -15,7 +15,7 @@ import unicodedata
 from collections import defaultdict
 from collections.abc import Iterator
 
-from tracewheel.dedup import normalize
+from tracewheel.dedup import normalize_text
 
 from .checks import empty_or_echo, first_problem, points_at_excerpt, wrong_language
 from .documents import Chunk, Document
@@ -33,7 +33,7 @@ def default_max_attempts(count: int, per_request: int) -> int:
 
 
 def _normalized_with_map(text: str) -> tuple[str, list[int]]:
-    """``normalize``-like text (casefolded, width-folded, punctuation runs as one space) and,
+    """``normalize_text``-like text (casefolded, width-folded, punctuation runs as one space) and,
     for each of its characters, the index in ``text`` it came from."""
     out: list[str] = []
     where: list[int] = []
@@ -67,7 +67,7 @@ def find_quote(quote: str | None, text: str) -> str | None:
 
 def supports(answer: str, quote: str) -> bool:
     """Does ``quote`` hold ``answer``: as a run of text, or every word of it?"""
-    a, q = normalize(answer), normalize(quote)
+    a, q = normalize_text(answer), normalize_text(quote)
     if not a:
         return False
     if a.replace(" ", "") in q.replace(" ", ""):
@@ -81,7 +81,7 @@ def reference_and_excerpt(item: dict, chunk: Chunk) -> tuple[str | None, str, st
     answer = item.get("answer")
     if isinstance(answer, str):
         answer = answer.strip()
-        if not answer or normalize(answer) in {normalize(p) for p in PLACEHOLDERS}:
+        if not answer or normalize_text(answer) in {normalize_text(p) for p in PLACEHOLDERS}:
             answer = None
     if quote is None:
         return None, chunk.text, "chunk"

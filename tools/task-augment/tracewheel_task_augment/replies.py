@@ -10,19 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from tracewheel.ask import ReplyError as JsonReplyError
-from tracewheel.ask import parse_json_object
+from tracewheel.ask import ReplyError, parse_json_object
 
 from .prompts import FIELDS
 
 _TYPES = {"string": str, "null": type(None)}
 
 
-class ReplyError(JsonReplyError):
-    """The shared ReplyError, made from a reason label and its detail."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail if detail.startswith(reason) else f"{reason}: {detail}", reason)
+def bad_reply(reason: str, detail: str) -> ReplyError:
+    """The shared ReplyError (message, then reason label), its message led by the reason."""
+    return ReplyError(detail if detail.startswith(reason) else f"{reason}: {detail}", reason)
 
 
 def _snippet(text: str) -> str:
@@ -36,16 +33,16 @@ def _type_ok(value: Any, kind: str | list[str]) -> bool:
 
 def _item(value: Any, method: str, index: int) -> dict:
     if not isinstance(value, dict):
-        raise ReplyError("wrong shape", f"tasks[{index}] is not an object")
+        raise bad_reply("wrong shape", f"tasks[{index}] is not an object")
     item = {}
     for name, kind in FIELDS[method].items():
         if name not in value:
             if name == "query":
-                raise ReplyError("wrong shape", f"tasks[{index}] has no query")
+                raise bad_reply("wrong shape", f"tasks[{index}] has no query")
             item[name] = None  # an optional field left out: as if null
             continue
         if not _type_ok(value[name], kind):
-            raise ReplyError("wrong shape", f"tasks[{index}].{name} is "
+            raise bad_reply("wrong shape", f"tasks[{index}].{name} is "
                                             f"{type(value[name]).__name__}, not {kind}")
         item[name] = value[name]
     return item
@@ -55,12 +52,12 @@ def parse_reply(text: str | None, method: str, finish_reason: str | None = None)
     """The items of a reply to ``method``'s prompt, each with exactly the method's fields."""
     try:
         data = parse_json_object(text)  # the one strict read of a JSON reply (tracewheel.ask)
-    except JsonReplyError as err:
+    except ReplyError as err:
         if err.reason == "not JSON" and finish_reason == "length":
-            raise ReplyError("truncated", f"cut off at --max-tokens: "
+            raise bad_reply("truncated", f"cut off at --max-tokens: "
                                           f"{_snippet(text.strip())}") from None
-        raise ReplyError(err.reason, str(err)) from None
+        raise bad_reply(err.reason, str(err)) from None
     tasks = data.get("tasks")
     if not isinstance(tasks, list) or not tasks:
-        raise ReplyError("wrong shape", f"no list of tasks: {_snippet(text.strip())}")
+        raise bad_reply("wrong shape", f"no list of tasks: {_snippet(text.strip())}")
     return [_item(value, method, i) for i, value in enumerate(tasks)]
