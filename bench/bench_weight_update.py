@@ -79,8 +79,8 @@ def main() -> None:
     what = f"adapter {args.adapter} on {args.checkpoint}" if args.adapter else args.checkpoint
     print(f"bench_weight_update: {what}, {args.rounds} rounds, median seconds")
     hot = "hot-load (load_adapter)" if args.adapter else "hot-load (pause, reload, resume)"
-    print(f"{hot:36}{load:8.1f}")
-    print(f"{'restart (stop, start, ready)':36}{start:8.1f}{start / load:8.1f}x slower")
+    print(f"{hot:36}{load:8.2f}")
+    print(f"{'restart (stop, start, ready)':36}{start:8.2f}{start / load:8.0f}x slower")
     for how, text in answers.items():
         print(f"{how:10} first answer: {text[:60]!r}")
     if answers["hot-load"] != answers["restart"]:

@@ -202,7 +202,7 @@ def report(run: Path) -> str:
               "| calls -> samples | tokens separate -> merged | steps | last loss | tokens/s "
               "| kl_old | clip frac |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    warnings = []
+    warnings, logs = [], []
     for i in iterations(run):
         if i == 0:
             continue
@@ -236,11 +236,13 @@ def report(run: Path) -> str:
             lines.append(f"| {i} | {len(rollouts)} ({ok}) | {sampled_by(samples, i - 1)} "
                          f"| {mean:.3f} | {flat} of {len(groups)} "
                          f"| {calls} -> {n_samples} | {separate} -> {merged}{saving} {tail}")
-        for step in ("rollout", "merge", "train"):
-            line = log_line(run, f"{step}-{i}")
-            if line:
-                lines.append(f"\n`{line}`\n")
+        # The steps' summaries go after the table: a line between rows would end it.
+        said = [f"- `{line}`" for step in ("rollout", "merge", "train")
+                if (line := log_line(run, f"{step}-{i}"))]
+        if said:
+            logs += [f"Iteration {i}:", "", *said, ""]
     lines += ["", *warnings, ""] if warnings else [""]
+    lines += logs
     for name, title in plot(run, curves):
         lines += [f"![{title}]({name})", ""]
     return "\n".join(lines)
