@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import getpass
 import json
 import os
 import re
@@ -118,6 +119,25 @@ def group_members(pgid: int) -> list[int]:
             if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
                 members.append(int(entry))
     return members
+
+
+def _rpc_folder() -> str:
+    """A new folder for vLLM's IPC sockets, short enough for their paths: a socket path holds at
+    most 107 bytes, and vLLM names each socket by a 36-character uuid. A long temp folder (a
+    test's, a cluster's) gives way to /tmp."""
+    base = tempfile.gettempdir()
+    if len(base) > 107 - 36 - 2 - len("tracewheel-vllm-12345678") and os.path.isdir("/tmp"):
+        base = "/tmp"
+    return tempfile.mkdtemp(prefix="tracewheel-vllm-", dir=base)
+
+
+def _inductor_cache() -> str:
+    """Where torch keeps its compile cache by default (the temp folder's torchinductor_USER)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "cache"
+    return os.path.join(tempfile.gettempdir(), f"torchinductor_{user}")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -255,7 +275,11 @@ class VLLMServer:
             self._temp_log = True
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if "VLLM_RPC_BASE_PATH" not in env:
-            self._rpc_dir = env["VLLM_RPC_BASE_PATH"] = tempfile.mkdtemp(prefix="tracewheel-vllm-")
+            self._rpc_dir = env["VLLM_RPC_BASE_PATH"] = _rpc_folder()
+            # vLLM's other temp files (torch.distributed's rendezvous file, vllm_dist_*, one a
+            # start) go there too; torch's compile cache stays where it is reused.
+            env.setdefault("TORCHINDUCTOR_CACHE_DIR", _inductor_cache())
+            env["TMPDIR"] = self._rpc_dir
         # Stopped at exit and on SIGTERM from here on: a signal while vLLM starts (a minute on
         # a CPU) would otherwise leave it running, in its own session, with nobody to stop it.
         _watch_exit()
