@@ -155,6 +155,19 @@ def tool_command(name: str) -> Callable[[F], click.Command]:
     return decorate
 
 
+def exit_status(command: click.Command, args: list[str] | None, prog_name: str,
+                obj: Any = None) -> int:
+    """Run ``command`` as a program would, but return its exit status instead of exiting: 0,
+    1 for an error, 2 for a usage error (``python -m`` entry points that tests call)."""
+    try:
+        command.main(args=args, prog_name=prog_name, obj=obj)
+    except SystemExit as end:
+        if end.code is None or isinstance(end.code, int):
+            return end.code or 0
+        return 1  # a message as the code: an error
+    return 0
+
+
 def version_option(f: F) -> F:
     """``--version``: the tool's name and the toolkit's version (every tool has it)."""
     return click.version_option(package_name="tracewheel", message="%(prog)s %(version)s")(f)

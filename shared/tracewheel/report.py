@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import click
 
-from .cli import tool_command
+from .cli import exit_status, tool_command
 from .errors import TracewheelError
 from .jsonl import atomic_path, loads
 
@@ -457,11 +457,7 @@ def command(run: Path, against: Path | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The command's exit status (0, 1 for an error, 2 for a usage error) instead of an exit."""
-    try:
-        command.main(args=argv, prog_name="python -m tracewheel.report")
-    except SystemExit as end:
-        return end.code if isinstance(end.code, int) else 0
-    return 0
+    return exit_status(command, argv, "python -m tracewheel.report")
 
 
 if __name__ == "__main__":

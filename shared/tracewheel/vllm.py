@@ -32,7 +32,7 @@ from pathlib import Path
 
 import click
 
-from .cli import CONTEXT_SETTINGS, ToolCommand
+from .cli import exit_status, tool_command
 from .errors import TracewheelError
 from .models import resolve_model
 
@@ -624,7 +624,7 @@ def _serve(server: VLLMServer, weight_version: str | None, check_only: bool,
     return 1
 
 
-@click.command(name="tracewheel.vllm", cls=ToolCommand, context_settings=CONTEXT_SETTINGS)
+@tool_command("tracewheel.vllm")
 @click.argument("model", default="smollm2-135m")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port [default: a free one].")
@@ -650,7 +650,6 @@ def _serve(server: VLLMServer, weight_version: str | None, check_only: bool,
 @click.option("--exec", "exec_", is_flag=True,
               help="Run the command that follows (all the rest of the line) against the server, "
                    "then stop it; its exit status is this one's.")
-@click.version_option(package_name="tracewheel", message="%(prog)s %(version)s")
 @click.pass_obj
 def _command(command: list[str], model: str, host: str, port: int | None,
              log_file: str | None, max_model_len: int, weight_updates: bool,
@@ -693,11 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not command:
             click.echo("Error: --exec needs a command", err=True)
             return 2
-    try:
-        _command.main(args=args, prog_name="python -m tracewheel.vllm", obj=command)
-    except SystemExit as end:
-        return end.code if isinstance(end.code, int) else (0 if end.code is None else 1)
-    return 0
+    return exit_status(_command, args, "python -m tracewheel.vllm", obj=command)
 
 
 if __name__ == "__main__":

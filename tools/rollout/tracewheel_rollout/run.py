@@ -39,7 +39,7 @@ def run_rollouts(o: RunOptions, input: IO[bytes], output: str | None, *, skip_in
         engine: dict[str, Any] = {}
         runner = Runner(_settings(o, engine),
                         RecordingEndpoint(start=lambda: _start(o, stack, sessions, engine, echo),
-                                 sessions=sessions),
+                                          sessions=sessions),
                         submit=_submitter(o))
         stats = ReadStats()
         tasks = read_input(input, "task", skip_invalid=skip_invalid, stats=stats,
