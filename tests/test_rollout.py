@@ -571,6 +571,22 @@ def test_the_judge_reward_shows_the_judge_the_tasks_reference():
     assert "## Known-good reference answer\n42" in user
 
 
+def test_reward_judge_scores_each_rollout_by_the_judges_verdict_under_the_rubrics():
+    verdicts = iter(['{"verdict": "keep", "reason": "right"}',
+                     '{"verdict": "drop", "reason": "wrong"}'])
+    with canned("\\boxed{4}") as up, CannedServer(
+            lambda n: (200, {}, chat_completion(next(verdicts)))) as judge:
+        result, records = run(["-w", wf("one_call"), "--reward", "judge", "--rubrics",
+                               "Only exact sums pass.", "--judge-base-url", judge.base_url,
+                               "--judge-model", "judge-m", "-j", "1", *base(up)], tasks(2))
+        asked = [r["body"] for r in judge.requests]
+    assert [r["reward"] for r in records] == [1.0, 0.0]
+    assert [r["reward_info"]["verdict"] for r in records] == ["keep", "drop"]
+    assert {b["model"] for b in asked} == {"judge-m"}
+    assert all("Only exact sums pass." in b["messages"][0]["content"] for b in asked)
+    assert "reward mean 0.500" in result.stderr
+
+
 def test_call_ids_differ_for_other_calls_across_proxy_runs_and_repeat_for_the_same():
     def first_call_id(question: str, answer: str) -> str:
         calls = []

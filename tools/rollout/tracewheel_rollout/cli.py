@@ -25,6 +25,7 @@ from tracewheel.workflow import load_workflow
 
 from .config import RecordOptions, RunOptions
 from .continuation import CONTINUATION
+from .rewards import BUILT_IN
 from .run import record as record_calls
 from .run import run_rollouts
 
@@ -82,10 +83,10 @@ def main() -> None:
               help="Tokens one LLM call may generate.")
 @click.option("--seed", type=int, default=None,
               help="Seed the sampling: the same seed gives each rollout the same seed again.")
-@click.option("--reward", "reward_kind", metavar="boxed|judge|FILE.py:FN|MODULE:FN",
-              help="How to score a rollout: boxed (its \\boxed{} answer against the task's "
-                   "reference), judge (the trace-filter judge with --rubrics: keep 1, drop 0), "
-                   "or a function (task, rollout). Default: the workflow's own reward, if any.")
+@click.option("--reward", "reward_kind", metavar="|".join([*BUILT_IN, "FILE.py:FN", "MODULE:FN"]),
+              help="How to score a rollout: " + "; ".join(
+                  f"{name}: {r.help}" for name, r in BUILT_IN.items()) +
+                   "; or a function (task, rollout). Default: the workflow's own reward, if any.")
 @click.option("--rubrics", help="With --reward judge: the rubrics, a file or the text.")
 @click.option("--judge-base-url", help="With --reward judge: the judge's endpoint "
                                        "[default: the engine, unrecorded].")

@@ -1,21 +1,31 @@
-r"""Rewards for finished rollouts: ``boxed`` (the ``\boxed{}`` value against the task's
-reference), ``judge`` (the trace-filter judge's verdict as 1.0 or 0.0), or a user's function.
+r"""Rewards for finished rollouts: the built-ins in ``BUILT_IN`` (``boxed``: the ``\boxed{}``
+value against the task's reference; ``judge``: the trace-filter judge's verdict as 1.0 or 0.0),
+or a user's function.
 
 A reward function is ``fn(task, rollout) -> float | (float, dict) | {"reward": ..., ...}``, plain
 or async; ``rollout`` is the rollout record so far (``final``, ``calls``, ``status``, ...).
+
+A built-in is one entry of ``BUILT_IN``: its name (what ``--reward`` takes), one line of help,
+and a factory ``(options, engine) -> RewardFn`` called once per run; ``engine`` holds the
+served endpoint's ``upstream`` URL and ``model`` once the engine is up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from tracewheel.answers import boxed_reward
 from tracewheel.errors import TracewheelError
 from tracewheel.messages import content_text
 from tracewheel.workflow import load_callable
+
+if TYPE_CHECKING:
+    from .config import RunOptions
 
 RewardFn = Callable[[dict, dict], Awaitable[tuple[float | None, dict]]]
 
@@ -77,3 +87,50 @@ def function_reward(spec: str) -> RewardFn:
         return (None if value is None else float(value)), info
 
     return score
+
+
+def _judge_from_options(o: RunOptions, engine: dict) -> RewardFn:
+    """``--reward judge``: the judge of ``--rubrics``, asked at ``--judge-base-url`` (default:
+    the served engine, with its model)."""
+    from tracewheel.client import Endpoint, make_client
+    from tracewheel.judge import Judge, JudgeSettings, rubrics_text
+
+    text = rubrics_text(o.rubrics)
+    built: list = []
+    lock = threading.Lock()
+
+    def judge() -> Any:
+        # Built on first use: by then the engine is up, and its URL and model are known.
+        with lock:
+            if not built:
+                endpoint = Endpoint(o.judge_base_url or engine["upstream"],
+                                    o.judge_model or engine["model"], o.judge_api_key,
+                                    o.timeout, o.retries)
+                client = make_client(endpoint)
+                built.append(Judge(JudgeSettings(endpoint, text), lambda: client))
+            return built[0]
+
+    return judge_reward(lambda record: judge()(record))
+
+
+@dataclass(frozen=True)
+class BuiltIn:
+    help: str
+    make: Callable[[RunOptions, dict], RewardFn]
+
+
+BUILT_IN: dict[str, BuiltIn] = {
+    "boxed": BuiltIn("1.0 when the final answer's \\boxed{} value equals the task's reference",
+                     lambda o, engine: boxed),
+    "judge": BuiltIn("the judge's verdict on the rollout under --rubrics: 1.0 for keep, "
+                     "0.0 for drop", _judge_from_options),
+}
+
+
+def reward_for(o: RunOptions, engine: dict) -> RewardFn | None:
+    """The reward ``--reward`` names: a built-in, or a user's ``FILE.py:FN`` or ``MODULE:FN``;
+    None without ``--reward`` (the workflow's own reward, if any, stands)."""
+    if o.reward_kind is None:
+        return None
+    built_in = BUILT_IN.get(o.reward_kind)
+    return built_in.make(o, engine) if built_in else function_reward(o.reward_kind)

@@ -23,7 +23,7 @@ from tracewheel.workflow import absolute_spec
 
 from . import rewards
 from .config import RecordOptions, RunOptions
-from .engine import RecordingEndpoint, Runner, Sessions, Settings
+from .runner import RecordingEndpoint, Runner, Sessions, Settings
 
 
 def run_rollouts(o: RunOptions, input: IO[bytes], output: str | None, *, skip_invalid: bool,
@@ -158,8 +158,7 @@ def _check_version(engine: dict, summary: Summary) -> None:
 
 
 def _settings(o: RunOptions, engine: dict) -> Settings:
-    reward_fn = _reward(o.reward_kind, o.rubrics, o.judge_base_url, o.judge_model,
-                        o.judge_api_key, o.timeout, o.retries, engine)
+    reward_fn = rewards.reward_for(o, engine)
     return Settings(workflow=absolute_spec(o.workflow), samples=o.samples, jobs=o.jobs,
                     timeout=o.rollout_timeout, sampling=o.sampling(), seed=o.seed,
                     reward=reward_fn, ordered=not o.unordered)
@@ -231,36 +230,6 @@ def _served_model(base_url: str, api_key: str | None, timeout: float) -> str:
     if not models:
         raise TracewheelError(f"{base_url} serves no model")
     return models[0]
-
-
-def _reward(kind: str | None, rubrics: str | None, judge_base_url: str | None,
-            judge_model: str | None, judge_api_key: str | None, timeout: float, retries: int,
-            engine: dict) -> rewards.RewardFn | None:
-    if kind is None:
-        return None
-    if kind == "boxed":
-        return rewards.boxed
-    if kind != "judge":
-        return rewards.function_reward(kind)
-    from tracewheel.judge import Judge, JudgeSettings, rubrics_text
-
-    text = rubrics_text(rubrics)
-    built: list = []
-    lock = threading.Lock()
-
-    def judge() -> Any:
-        # Built on first use: by then the engine is up, and its URL and model are known.
-        with lock:
-            if not built:
-                endpoint = Endpoint(judge_base_url or engine["upstream"],
-                                          judge_model or engine["model"], judge_api_key,
-                                          timeout, retries)
-                client = make_client(endpoint)
-                built.append(Judge(JudgeSettings(endpoint, text), lambda: client))
-            return built[0]
-
-    score = rewards.judge_reward(lambda record: judge()(record))
-    return score
 
 
 def record(o: RecordOptions, output: str | None, *, quiet: bool = False) -> None:

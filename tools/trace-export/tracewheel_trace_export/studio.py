@@ -20,16 +20,40 @@ from tracewheel.jsonl import loads
 from .spans import CorruptAttributes, Span, legacy_span, otel_span
 from .turns import Run
 
-LEGACY, OTEL = "1.0.5", "1.0.9"
+
+@dataclass(frozen=True)
+class Layout:
+    """One layout of Studio's span_table, an entry of ``LAYOUTS``: a new Studio schema is its
+    span function (spans.py) and one entry."""
+
+    version: str                 # the Studio version whose schema this is
+    marks: frozenset[str]        # span_table columns that tell it from the others
+    run_column: str              # the span column naming the run
+    order_column: str            # the span column to order by time
+    span: Callable[[dict], Span]  # a row (column -> value) as a Span
+    # A run with no row in run_table: how to name it (default: its id alone).
+    run_of: Callable[[sqlite3.Connection, str], Run] | None = None
 
 
 @dataclass
 class Schema:
-    version: str           # Studio schema: 1.0.5 (legacy spans) or 1.0.9 (OpenTelemetry)
-    run_column: str        # the span column naming the run
-    order_column: str      # the span column to order by time
+    """What an export found in a database: its layout, and what that database has of it."""
+
+    layout: Layout
     has_run_table: bool
     columns: list[str]     # the span columns read (events, links, ... are not)
+
+    @property
+    def version(self) -> str:
+        return self.layout.version
+
+    @property
+    def run_column(self) -> str:
+        return self.layout.run_column
+
+    @property
+    def order_column(self) -> str:
+        return self.layout.order_column
 
 
 _WANTED = ["id", "spanId", "traceId", "parentSpanId", "name", "spanKind", "operationName",
@@ -106,10 +130,9 @@ def detect_schema(conn: sqlite3.Connection, path: str) -> Schema:
     columns = {r[1] for r in conn.execute("PRAGMA table_info(span_table)")}
     has_runs = "run_table" in tables
     read = [c for c in _WANTED if c in columns]
-    if {"spanKind", "run_id", "startTime"} <= columns:
-        return Schema(LEGACY, "run_id", "startTime", has_runs, read)
-    if {"conversationId", "spanId", "startTimeUnixNano"} <= columns:
-        return Schema(OTEL, "conversationId", "startTimeUnixNano", has_runs, read)
+    for layout in LAYOUTS:
+        if layout.marks <= columns:
+            return Schema(layout, has_runs, read)
     raise TracewheelError(f"{path}: span_table has an unknown layout "
                         f"(columns: {', '.join(sorted(columns))})")
 
@@ -148,7 +171,6 @@ def iter_runs(
     corrupt JSON is reported through ``on_corrupt(span_id, problem)`` and left out; spans with
     no run id are counted through ``on_orphans``.
     """
-    make = legacy_span if schema.version == LEGACY else otel_span
     run_col = schema.run_column
     with read_transaction(conn):
         runs = load_runs(conn, schema)
@@ -171,14 +193,14 @@ def iter_runs(
             ids_sql = "SELECT DISTINCT run FROM spans WHERE run > ? ORDER BY run LIMIT ?"
             rows_where = "rowid IN (SELECT r FROM spans WHERE run IN ({marks})) AND rowid <= ?"
         yield from _batches(reader, conn, schema, runs, bound, batch, ids_sql, rows_where,
-                            make, on_corrupt)
+                            on_corrupt)
 
 
 def _batches(reader: sqlite3.Connection, conn: sqlite3.Connection, schema: Schema,
              runs: dict[str, Run], bound: int, batch: int, ids_sql: str, rows_where: str,
-             make: Callable[[dict], Span], on_corrupt: Callable[[str, str], None],
-             ) -> Iterator[tuple[Run, list[Span]]]:
-    run_col, columns = schema.run_column, schema.columns
+             on_corrupt: Callable[[str, str], None]) -> Iterator[tuple[Run, list[Span]]]:
+    run_col, columns, make = schema.run_column, schema.columns, schema.layout.span
+    run_of = schema.layout.run_of or (lambda conn, run_id: Run(run_id, None, None))
     table = "span_table" if reader is conn else "studio.span_table"
     cursor = reader.cursor()
     cursor.row_factory = None  # plain tuples: cheaper than sqlite3.Row for millions of rows
@@ -194,7 +216,7 @@ def _batches(reader: sqlite3.Connection, conn: sqlite3.Connection, schema: Schem
                 f"SELECT {', '.join(columns)} FROM {table} WHERE {where} "
                 f"ORDER BY {run_col}, {schema.order_column}", (*ids, bound)).fetchall()
         with read_transaction(conn):
-            found = {run_id: runs.get(run_id) or _run_from_resource(conn, schema, run_id)
+            found = {run_id: runs.get(run_id) or run_of(conn, run_id)
                      for run_id in dict.fromkeys(r[run_index] for r in rows)}
         after = ids[-1]
         for run_id, group in itertools.groupby(rows, key=lambda r: r[run_index]):
@@ -239,12 +261,10 @@ def _run_index(conn: StudioConnection, run_col: str, bound: int
         index.close()
 
 
-def _run_from_resource(conn: sqlite3.Connection, schema: Schema, run_id: str) -> Run:
+def _run_from_resource(conn: sqlite3.Connection, run_id: str) -> Run:
     """AgentScope 2.x registers no run: the project is the service name, the run name the
     resource attribute deployment.environment. Read from one span of the run, not every row
     (the resource column is large and the same on every span)."""
-    if schema.version != OTEL:
-        return Run(run_id, None, None)
     row = conn.execute(
         "SELECT serviceName, resource FROM span_table WHERE conversationId = ? "
         "ORDER BY startTimeUnixNano LIMIT 1", (run_id,)).fetchone()
@@ -255,3 +275,12 @@ def _run_from_resource(conn: sqlite3.Connection, schema: Schema, run_id: str) ->
         attrs = {}
     project = service or (attrs.get("service") or {}).get("name")
     return Run(run_id, project, (attrs.get("deployment") or {}).get("environment"))
+
+
+# Tried in order; the first whose marks the span_table has is the database's layout.
+LAYOUTS = (
+    Layout("1.0.5", frozenset({"spanKind", "run_id", "startTime"}), "run_id", "startTime",
+           legacy_span),
+    Layout("1.0.9", frozenset({"conversationId", "spanId", "startTimeUnixNano"}),
+           "conversationId", "startTimeUnixNano", otel_span, run_of=_run_from_resource),
+)

@@ -13,11 +13,11 @@ from tracewheel.extras import require
 
 from .checkpoint import check_out_dir
 from .config import TrainConfig
+from .objectives import OBJECTIVES
 from .run import Job, train
 from .tracking import REPORT_TO, check_report_to
 
 D = TrainConfig()  # the defaults, stated once (config.py)
-GRPO_ONLY = ("adv_norm", "clip_low", "clip_high", "recompute_logprobs", "tis_cap", "kl_coef")
 LORA_ONLY = ("lora_alpha", "lora_dropout", "save_adapter")
 RAY_ONLY = ("ray_workers", "ray_gpu")
 
@@ -46,12 +46,10 @@ def check_options(ctx: click.Context, p: dict[str, Any]) -> None:
     def refuse(message: str) -> None:
         raise click.UsageError(message, ctx)
 
-    if p["algo"] == "sft":
-        for name in GRPO_ONLY:
+    for algo, objective in OBJECTIVES.items():
+        for name in objective.options if algo != p["algo"] else ():
             if _given(ctx, name):
-                refuse(f"{_flag(name)} applies to --algo grpo only (got --algo sft)")
-    elif p["min_reward"] is not None:
-        refuse("--min-reward applies to --algo sft only (GRPO weighs every reward)")
+                refuse(f"{_flag(name)} applies to --algo {algo} only (got --algo {p['algo']})")
     if not p["lora_r"]:
         for name in LORA_ONLY:
             if _given(ctx, name):
@@ -102,9 +100,8 @@ def check_options(ctx: click.Context, p: dict[str, Any]) -> None:
 @output_option
 @click.option("--model", default=D.model, show_default=True, metavar="NAME|DIR",
               help="Model to start from: the embedded model's name or a Hugging Face model dir.")
-@click.option("--algo", type=click.Choice(["sft", "grpo"]), default=D.algo, show_default=True,
-              help="sft: cross-entropy on loss_mask tokens; grpo: group-relative clipped policy "
-                   "gradient with the rollouts' rewards and logprobs.")
+@click.option("--algo", type=click.Choice(list(OBJECTIVES)), default=D.algo, show_default=True,
+              help="; ".join(f"{name}: {o.help}" for name, o in OBJECTIVES.items()) + ".")
 @click.option("--out", default=D.out, show_default=True, metavar="DIR",
               help="Final model directory (weights, config, tokenizer), written atomically.")
 @click.option("--max-tokens-per-batch", type=click.IntRange(16), metavar="N",

@@ -21,7 +21,7 @@ RESUME_KEYS = ("model", "algo", "max_tokens_per_batch", "grad_accum", "epochs", 
 class TrainConfig:
     # what to train, and where the result goes
     model: str = "smollm2-135m"        # the embedded model's name, or a Hugging Face model dir
-    algo: str = "sft"                  # "sft" (cross-entropy) or "grpo" (clipped policy gradient)
+    algo: str = "sft"                  # an objective of objectives.OBJECTIVES: sft or grpo
     out: str = "checkpoint"            # the final model directory (written atomically)
     checkpoint_dir: str | None = None  # step checkpoints; default "<out>.steps"
 

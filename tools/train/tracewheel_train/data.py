@@ -29,6 +29,7 @@ from tracewheel.jsonl import ReadStats, read_jsonl
 from tracewheel.records import validate_sample
 
 from .config import TrainConfig
+from .objectives import objective
 
 ADV_EPS = 1e-4  # as TRL's GRPOTrainer: (r - mean) / (std + 1e-4)
 PACK_WINDOW = 8  # micro-batches kept open while packing: fuller batches, order mostly kept
@@ -111,13 +112,13 @@ class _SampleCheck:
                               f"{cfg.max_tokens_per_batch} (raise it, or --truncate to cut such "
                               f"samples)")
         group = record.get("group") or record.get("task_id")
-        if cfg.algo == "grpo":
+        if objective(cfg).grouped:
             if group is None:
-                raise RecordError("no group (nor task_id): --algo grpo compares the rewards "
-                                  "of a group")
+                raise RecordError(f"no group (nor task_id): --algo {cfg.algo} compares the "
+                                  f"rewards of a group")
             if record.get("logprobs") is None and not cfg.recompute_logprobs:
-                raise RecordError("no logprobs: --algo grpo takes the sampler's logprobs as the "
-                                  "old log-probabilities (or use --recompute-logprobs)")
+                raise RecordError(f"no logprobs: --algo {cfg.algo} takes the sampler's logprobs "
+                                  f"as the old log-probabilities (or use --recompute-logprobs)")
         if cfg.max_lag is not None:
             record["_lag"] = sample_lag(record.get("weight_version"), cfg.policy_version)
         if cfg.policies is not None:
@@ -208,6 +209,7 @@ def read_samples(
     lines = _Lines(stream)
     check = _SampleCheck(cfg, vocab_size, lines)
     report = DataReport()
+    grouped = objective(cfg).grouped
     samples: list[TrainSample] = []
     for record in read_jsonl(lines, name, validate=check, skip_invalid=skip_invalid,
                              stats=stats, warn=warn):
@@ -232,7 +234,7 @@ def read_samples(
             # Rejection sampling: the agent's own rollouts that fell short are not imitated.
             report.skipped["reward below --min-reward"] += 1
             continue
-        if cfg.algo == "grpo" and sample.reward is None:
+        if grouped and sample.reward is None:
             # An ungraded rollout (a task without a reference, a failed judge): nothing to
             # compare within its group. Counted, not an error: the flywheel meets them.
             report.skipped["no reward"] += 1
@@ -240,7 +242,7 @@ def read_samples(
         samples.append(sample)
         if lag is not None:
             report.lags[lag] += 1
-    if cfg.algo == "grpo":
+    if grouped:
         samples = assign_advantages(samples, cfg.adv_norm, report)
     report.kept = len(samples)
     report.tokens = sum(len(s) for s in samples)

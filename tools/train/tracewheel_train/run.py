@@ -18,6 +18,7 @@ from tracewheel.jsonl import ReadStats, open_output
 from tracewheel.models import resolve_model
 
 from .config import TrainConfig
+from .objectives import objective
 from .tracking import Trackers
 
 
@@ -179,7 +180,7 @@ def _read(cfg: TrainConfig, job: Job, summary: Summary) -> tuple[list, Any]:
     if report.lags:
         summary.extra.append("versions behind: " + ", ".join(
             f"{lag}: {n}" for lag, n in sorted(report.lags.items())))
-    if cfg.algo == "grpo":
+    if objective(cfg).grouped:
         summary.extra.append(f"{report.groups} groups ({report.groups_skipped} with equal "
                              f"rewards skipped)")
     return samples, report

@@ -44,7 +44,8 @@ from .checkpoint import (
 )
 from .config import RESUME_KEYS, TrainConfig
 from .data import Batch, Step, TrainSample, collate, pack, plan_steps, reward_stats
-from .losses import LossParts, grpo_loss, sft_loss, token_logprobs
+from .losses import LossParts, token_logprobs
+from .objectives import objective
 
 # The metrics of a step, in the order they are written (None where they do not apply).
 METRIC_KEYS = ("step", "epoch", "loss", "lr", "grad_norm", "tokens", "trained_tokens",
@@ -223,14 +224,7 @@ class Trainer:
     def _loss_step(self, batch: Batch) -> LossParts:
         cfg = self.cfg
         logp = self._logprobs(self.model, batch)
-        if cfg.algo == "sft":
-            return sft_loss(logp, batch.weights, batch.sampler_logprobs)
-        ref = self._reference_logprobs(batch) if cfg.kl_coef > 0 else None
-        old = batch.old_logprobs if cfg.recompute_logprobs else batch.sampler_logprobs
-        return grpo_loss(logp, batch.weights, batch.advantages, old, batch.sampler_logprobs,
-                         recomputed=cfg.recompute_logprobs, clip_low=cfg.clip_low,
-                         clip_high=cfg.clip_high, tis_cap=cfg.tis_cap, ref=ref,
-                         kl_coef=cfg.kl_coef)
+        return objective(cfg).loss(logp, batch, cfg, lambda: self._reference_logprobs(batch))
 
     @torch.no_grad()
     def _recompute_old_logprobs(self) -> list[np.ndarray]:
@@ -312,10 +306,10 @@ class Trainer:
     def _metrics(self, n: int, step: Step, lr: float, grad_norm: float, totals: list[float],
                  seconds: float) -> dict[str, Any]:
         loss, tokens, trained, padding, clipped, truncated, kl_ref, kl_old = totals
-        grpo = self.cfg.algo == "grpo"
+        grouped = objective(self.cfg).grouped
         # Drift is measured against the sampler: GRPO always has its logprobs, SFT on rollouts
         # has them (SFT on production traces does not).
-        drift = grpo or all(s.logprobs is not None for s in self.samples)
+        drift = grouped or all(s.logprobs is not None for s in self.samples)
         reward_mean, reward_std = reward_stats(step.rewards)
         values = {
             "step": n + 1, "epoch": step.epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
@@ -323,10 +317,10 @@ class Trainer:
             "samples": len(step.samples()), "tokens_per_s": tokens / seconds,
             "padding_frac": padding / (tokens + padding) if tokens else 0.0,
             "reward_mean": reward_mean, "reward_std": reward_std,
-            "kl": kl_ref / trained if grpo and self.cfg.kl_coef > 0 else None,
+            "kl": kl_ref / trained if grouped and self.cfg.kl_coef > 0 else None,
             "kl_old": kl_old / trained if drift else None,
-            "clip_frac": clipped / trained if grpo else None,
-            "trunc_frac": truncated / trained if grpo else None,
+            "clip_frac": clipped / trained if grouped else None,
+            "trunc_frac": truncated / trained if grouped else None,
             "step_s": seconds,
         }
         return {k: values[k] for k in METRIC_KEYS}
