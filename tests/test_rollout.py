@@ -546,7 +546,7 @@ def test_ray_runs_the_workflows_as_tasks_recorded_through_the_same_endpoint(vllm
 
 def test_a_config_file_section_sets_rollout_options(tmp_path):
     config = tmp_path / "flywheel.yaml"
-    config.write_text("rollout:\n  samples: 3\n  temperature: 0.5\n")
+    config.write_text("rollout:\n  per-task: 3\n  temperature: 0.5\n")
     with canned() as up:
         _, records = run(["--config", config, "-w", wf("one_call"), *base(up)], tasks(1))
         assert {r["body"]["temperature"] for r in up.requests} == {0.5}

@@ -61,7 +61,7 @@ def main() -> None:
 @output_option
 @click.option("--workflow", "-w", required=True, metavar="FILE.py:FN|MODULE:FN",
               help="The workflow: a function (task, handle), plain or async.")
-@click.option("-n", "--samples", type=click.IntRange(1), default=R.samples, show_default=True,
+@click.option("-n", "--per-task", type=click.IntRange(1), default=R.per_task, show_default=True,
               help="Rollouts per task (a GRPO group).")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=R.jobs, show_default=True,
               help="Rollouts in flight at once.")

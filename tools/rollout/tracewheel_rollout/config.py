@@ -15,7 +15,7 @@ class RunOptions:
     """What `rollout run` is asked to do; its options, named as on the command line."""
 
     workflow: str
-    samples: int = 1                   # rollouts per task (a GRPO group)
+    per_task: int = 1                  # rollouts per task (a GRPO group)
     jobs: int = 8                      # rollouts in flight at once
     rollout_timeout: float = 600.0
     base_url: str | None = None        # a running vLLM; else one is served for the run

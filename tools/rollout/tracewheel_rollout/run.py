@@ -58,7 +58,7 @@ def run_rollouts(o: RunOptions, input: IO[bytes], output: str | None, *, skip_in
         finally:
             summary.add("read", stats.records)
             summary.absorb(stats)
-            _group_figures(summary, groups, o.samples)
+            _group_figures(summary, groups, o.per_task)
             if sessions.stray:
                 summary.add("stray calls", sessions.stray)
             _check_version(engine, summary)
@@ -159,7 +159,7 @@ def _check_version(engine: dict, summary: Summary) -> None:
 
 def _settings(o: RunOptions, engine: dict) -> Settings:
     reward_fn = rewards.reward_for(o, engine)
-    return Settings(workflow=absolute_spec(o.workflow), samples=o.samples, jobs=o.jobs,
+    return Settings(workflow=absolute_spec(o.workflow), per_task=o.per_task, jobs=o.jobs,
                     timeout=o.rollout_timeout, sampling=o.sampling(), seed=o.seed,
                     reward=reward_fn, ordered=not o.unordered)
 
@@ -205,7 +205,7 @@ def _iterate(agen) -> Any:
         loop.close()
 
 
-def _group_figures(summary: Summary, groups: dict[str, list], samples: int) -> None:
+def _group_figures(summary: Summary, groups: dict[str, list], per_task: int) -> None:
     rewards_ = [r for group in groups.values() for r in group if r is not None]
     if rewards_:
         summary.extra.append(f"reward mean {statistics.fmean(rewards_):.3f}")
@@ -213,7 +213,7 @@ def _group_figures(summary: Summary, groups: dict[str, list], samples: int) -> N
     if unscored:
         summary.extra.append(f"{unscored} without a reward")
     scored = [g for g in groups.values() if len(g) > 1 and None not in g]
-    if samples > 1 and scored:
+    if per_task > 1 and scored:
         flat = sum(1 for g in scored if len(set(g)) == 1)
         summary.extra.append(f"{flat} of {len(scored)} groups with equal rewards "
                              f"(no GRPO signal)")

@@ -61,7 +61,7 @@ class Sessions:
 @dataclass
 class Settings:
     workflow: str
-    samples: int = 1
+    per_task: int = 1
     jobs: int = 8
     timeout: float = 600.0
     sampling: dict = field(default_factory=dict)
@@ -163,7 +163,7 @@ class Runner:
         settings say otherwise. A finished rollout that waits for an earlier one to be written
         does not hold a slot: one slow rollout costs one slot, not the run. Tasks are read as
         they are needed, and at most REORDER_WINDOW x jobs records wait (memory stays bounded)."""
-        work = ((task, sample) for task in tasks for sample in range(self.settings.samples))
+        work = ((task, sample) for task in tasks for sample in range(self.settings.per_task))
         pending: deque[asyncio.Task] = deque()  # started, not yet written, in input order
         window = REORDER_WINDOW * self.settings.jobs
         done_marker = object()
