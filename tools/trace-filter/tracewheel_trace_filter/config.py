@@ -13,21 +13,29 @@ from .learn import LearnSettings
 
 
 @dataclass
-class FilterOptions:
-    """What `trace-filter filter` is asked to do; its options, named as on the command line."""
+class AskOptions:
+    """The options of both commands: the judge's endpoint, and how it is asked."""
 
-    base_url: str | None = None
+    base_url: str | None = None        # default: the embedded model, served on first use
     model: str | None = None
     api_key: str | None = None
     timeout: float = TIMEOUT
     retries: int = RETRIES
+    max_thread: int = MAX_THREAD
+    parse_retries: int = PARSE_RETRIES
+    no_structured: bool = False
+    cache_path: str | None = None
+    no_cache: bool = False
+
+
+@dataclass
+class FilterOptions(AskOptions):
+    """What `trace-filter filter` is asked to do; its options, named as on the command line."""
+
     rubrics: str | None = None
     use_judge: bool = True
     temperature: float = 0.0
     max_tokens: int = 512
-    max_thread: int = MAX_THREAD
-    parse_retries: int = PARSE_RETRIES
-    no_structured: bool = False
     print_reason: bool = False
     require_boxed: bool = False
     require_regex: str | None = None
@@ -43,19 +51,12 @@ class FilterOptions:
     annotate: bool = False
     invert: bool = False
     unordered: bool = False
-    cache_path: str | None = None
-    no_cache: bool = False
 
 
 @dataclass
-class LearnOptions:
+class LearnOptions(AskOptions):
     """What `trace-filter learn-rubrics` is asked to do; its options, as on the command line."""
 
-    base_url: str | None = None
-    model: str | None = None
-    api_key: str | None = None
-    timeout: float = TIMEOUT
-    retries: int = RETRIES
     rubrics: str | None = None         # the text to start from
     candidates: int = LearnSettings.candidates
     rounds: int = LearnSettings.rounds
@@ -63,9 +64,5 @@ class LearnOptions:
     seed: int = LearnSettings.seed
     temperature: float = LearnSettings.temperature
     max_tokens: int = LearnSettings.max_tokens
-    max_thread: int = MAX_THREAD
     parse_retries: int = LearnSettings.parse_retries
-    no_structured: bool = False
     scores: str | None = None
-    cache_path: str | None = None
-    no_cache: bool = False

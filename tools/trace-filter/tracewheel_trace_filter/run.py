@@ -27,7 +27,7 @@ from tracewheel.judge import Judge, JudgeSettings, VerdictError, rubrics_text
 from tracewheel.models import EMBEDDED_MODEL
 
 from . import learn, rules
-from .config import FilterOptions, LearnOptions
+from .config import AskOptions, FilterOptions, LearnOptions
 from .learn import LearnSettings
 
 
@@ -57,8 +57,7 @@ def filter_tasks(o: FilterOptions, input: IO[bytes], output: str | None, *,
     with contextlib.ExitStack() as stack:
         judge = cache = settings = client = None
         if o.use_judge:
-            endpoint, client = judge_client(stack, o.base_url, o.model, o.api_key, o.timeout,
-                                            o.retries, echo)
+            endpoint, client = judge_client(stack, o, echo)
             settings = JudgeSettings(endpoint, rubrics_text(o.rubrics), o.temperature,
                                      o.max_tokens,
                                      o.parse_retries, structured=not o.no_structured)
@@ -128,16 +127,14 @@ def _drop(by: str, reason: str) -> dict:
     return {"verdict": "drop", "by": by, "reason": reason}
 
 
-def judge_client(stack: contextlib.ExitStack, base_url: str | None, model: str | None,
-                  api_key: str | None, timeout: float, retries: int,
-                  echo) -> tuple[Endpoint, LazyClient]:
+def judge_client(stack: contextlib.ExitStack, o: AskOptions, echo) -> tuple[Endpoint, LazyClient]:
     """The judge's endpoint, and its client: the embedded model, served on first use, when no
     --base-url is given."""
-    if base_url and not model:
+    if o.base_url and not o.model:
         raise click.UsageError("--model is needed with --base-url (or TRACEWHEEL_MODEL)")
-    endpoint = Endpoint(base_url, model or EMBEDDED_MODEL, api_key, timeout, retries)
+    endpoint = Endpoint(o.base_url, o.model or EMBEDDED_MODEL, o.api_key, o.timeout, o.retries)
     client = stack.enter_context(
-        LazyClient(endpoint, serve=None if base_url else EMBEDDED_MODEL, echo=echo))
+        LazyClient(endpoint, serve=None if o.base_url else EMBEDDED_MODEL, echo=echo))
     return endpoint, client
 
 
@@ -211,8 +208,7 @@ def learn_from_examples(o: LearnOptions, input: IO[bytes], output: str | None, *
     examples, labels = _examples(input, summary, echo, skip_invalid=skip_invalid,
                                  verbose=verbose)
     with contextlib.ExitStack() as stack:
-        endpoint, client = judge_client(stack, o.base_url, o.model, o.api_key, o.timeout,
-                                        o.retries, echo)
+        endpoint, client = judge_client(stack, o, echo)
         cache = None if o.no_cache else stack.enter_context(
             Cache(o.cache_path or default_cache_path("trace-filter")))
         on_retry = lambda n, err, d: summary.add("retries")  # noqa: E731
