@@ -121,6 +121,9 @@ def main() -> None:
                         help="conversations per round at concurrency 16")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--weight-updates", action="store_true",
+                        help="serve with weight updates on, as the loop's one vLLM is: the "
+                             "recorders then read the served version around every call")
     args = parser.parse_args()
 
     with contextlib.ExitStack() as stack:
@@ -128,7 +131,8 @@ def main() -> None:
         if upstream is None:
             from tracewheel.vllm import VLLMServer
 
-            server = stack.enter_context(VLLMServer(args.model))
+            server = stack.enter_context(VLLMServer(args.model,
+                                                    weight_updates=args.weight_updates))
             upstream = server.base_url
             print(f"vLLM ({args.model}) ready in {server.startup_seconds:.0f} s")
         folder = Path(tempfile.mkdtemp(prefix="bench-rollout-"))

@@ -39,10 +39,12 @@ def chat_completion(content: str = "ok", model: str = "m", *, token_ids: bool = 
 
 
 class CannedServer:
-    """``replies(n)`` gives the reply to the n-th request (0-based); ``delay(n)`` its delay."""
+    """``replies(n)`` gives the reply to the n-th POST (0-based); ``delay(n)`` its delay;
+    ``get(path)`` the reply to a GET (default: 404)."""
 
     def __init__(self, replies: Callable[[int], Reply],
-                 delay: Callable[[int], float] = lambda n: 0):
+                 delay: Callable[[int], float] = lambda n: 0,
+                 get: Callable[[str], Reply] = lambda path: (404, {}, {"error": "no route"})):
         self.requests: list[dict] = []
         self._lock = threading.Lock()
         outer = self
@@ -64,7 +66,12 @@ class CannedServer:
                     outer.requests.append({"path": self.path, "headers": dict(self.headers),
                                            "body": json.loads(body or b"{}")})
                 time.sleep(delay(n))
-                status, headers, payload = replies(n)
+                self._reply(*replies(n))
+
+            def do_GET(self):  # noqa: N802
+                self._reply(*get(self.path))
+
+            def _reply(self, status: int, headers: dict, payload: dict | str) -> None:
                 text = payload if isinstance(payload, str) else json.dumps(payload)
                 data = text.encode()
                 try:

@@ -667,6 +667,61 @@ def test_a_broken_upstream_stream_reaches_the_agent_as_an_error_and_is_recorded(
     assert "Traceback" not in err and err.count("broke") == 1
 
 
+class Weights:
+    """A canned upstream's numbered weights: /weight_info answers the version; ``during``
+    (POST number -> new version) loads new weights while that call is in flight."""
+
+    def __init__(self, during: dict[int, str]):
+        self.version, self.during = "1", during
+
+    def get(self, path: str):
+        if path == "/weight_info":
+            return 200, {}, {"weight_version": self.version}
+        return 404, {}, {}
+
+    def reply(self, n: int, payload, headers: dict | None = None):
+        self.version = self.during.get(n, self.version)
+        return 200, headers or {}, payload
+
+
+def test_each_call_is_marked_with_the_weights_that_answered_it_and_asked_again_across_an_update():
+    weights = Weights(during={1: "2"})  # new weights come in while the second call runs
+    calls = []
+    with CannedServer(lambda n: weights.reply(n, chat_completion(f"r{n}", token_ids=True)),
+                      get=weights.get) as up, \
+            Recorder(up.base_url, on_call=calls.append, weight_version="1") as rec:
+        client = openai.OpenAI(base_url=rec.base_url(), api_key="k", max_retries=0)
+        answers = [client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": q}]).choices[0].message.content
+            for q in ("a", "b", "c")]
+        posts = len(up.requests)
+    # the second call was answered across the update (old or new weights: no telling): it
+    # was asked again, and the agent saw only the answer of the new weights
+    assert answers == ["r0", "r2", "r3"] and posts == 4
+    assert [c["weight_version"] for c in calls] == ["1", "2", "2"]
+    assert [c.get("version_retries") for c in calls] == [None, 1, None]
+
+
+def test_a_stream_across_an_update_keeps_the_older_version_and_says_so():
+    choice = {"index": 0, "delta": {"content": "ok"}, "token_ids": [1],
+              "logprobs": {"content": [{"token": "ok", "logprob": -0.1}]},
+              "finish_reason": "stop"}
+    events = ("data: " + json.dumps({"choices": [choice], "prompt_token_ids": [5, 6]})
+              + "\n\ndata: [DONE]\n\n")
+    weights = Weights(during={0: "2"})
+    calls = []
+    with CannedServer(lambda n: weights.reply(n, events, {"content-type": "text/event-stream"}),
+                      get=weights.get) as up, \
+            Recorder(up.base_url, on_call=calls.append, weight_version="1") as rec:
+        client = openai.OpenAI(base_url=rec.base_url(), api_key="k", max_retries=0)
+        text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], stream=True))
+    assert text == "ok" and len(up.requests) == 1
+    (call,) = calls
+    assert call["status"] == "ok" and call["weight_version"] == "1"
+    assert call["version_span"] == ["1", "2"]
+
+
 @pytest.mark.parametrize("finished", [False, True])
 def test_a_stream_that_ends_before_done_is_a_failed_call_not_a_reply(finished):
     """The upstream's response ends cleanly but early: no [DONE] (and, the first time, no

@@ -77,6 +77,43 @@ def test_loaded_weights_answer_and_the_old_ones_come_back(server, changed_model,
     assert weight_version(server.url) == "v1"
 
 
+def test_calls_during_an_update_are_marked_with_the_weights_that_answered_them(
+        server, changed_model, embedded_model_dir):
+    """Calls through the recorder while new weights come in: each call is marked with the
+    version whose greedy answer it got (in flight, it finished on the old weights, or was
+    asked again on the new ones)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tracewheel_rollout.recorder import Recorder
+
+    start = weight_version(server.url)
+    old = served_greedy(server, "policy", MESSAGES, 16)[1]
+    calls: list[dict] = []
+    with Recorder(server.base_url, on_call=calls.append, weight_version=start,
+                  continuation="off") as rec:
+        client = openai.OpenAI(base_url=rec.base_url(), api_key="EMPTY", max_retries=0)
+
+        def ask(_: int = 0) -> None:
+            client.chat.completions.create(model="policy", messages=MESSAGES, max_tokens=16,
+                                           temperature=0.0)
+
+        ask()
+        with ThreadPoolExecutor(2) as pool:
+            asked = [pool.submit(ask, i) for i in range(6)]
+            server.load_weights(changed_model, version="v3")
+            for future in asked:
+                future.result()
+        ask()
+    new = served_greedy(server, "policy", MESSAGES, 16)[1]
+    server.load_weights(embedded_model_dir, version=start)  # as the other tests expect it
+    assert old[:4] != new[:4]
+    answers = {start: old[:4], "v3": new[:4]}
+    assert [c["status"] for c in calls] == ["ok"] * 8
+    assert calls[0]["weight_version"] == start and calls[-1]["weight_version"] == "v3"
+    for call in calls:
+        assert call["completion_ids"][:4] == answers[call["weight_version"]], call
+
+
 def test_other_shapes_are_refused_and_the_server_keeps_its_weights(server, tmp_path,
                                                                    embedded_model_dir):
     _, before, _ = greedy(server)

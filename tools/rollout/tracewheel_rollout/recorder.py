@@ -129,9 +129,11 @@ class Recorder:
         if self.upstream.endswith("/v1"):
             self.upstream = self.upstream[:-3]
         self.on_call = on_call
-        # The version of the weights serving the calls, where the upstream says (vLLM's
-        # /weight_info): every call is marked with it.
+        # The version of the weights serving the calls, where the upstream numbers them (vLLM's
+        # /weight_info): then each call is marked with the version that served it (see
+        # _post_versioned); else every call with this (None: unnumbered).
         self.weight_version = weight_version
+        self.versioned = weight_version is not None
         # Multi-agent: the served model (a LoRA adapter per policy) each agent's calls go to,
         # whatever model the agent named; an agent outside the map gets default_policy, or its
         # calls fail. policy_versions: each policy's version (its adapter's path).
@@ -370,6 +372,55 @@ class Recorder:
             await asyncio.sleep(retry_delay(attempt, retry_after))
         raise AssertionError("unreachable")
 
+    async def _served_version(self) -> str | None:
+        """The version the upstream serves now; where it cannot be read, the last one read."""
+        assert self._http is not None
+        try:
+            async with self._http.get(self.upstream + "/weight_info", headers=self._auth(),
+                                      timeout=aiohttp.ClientTimeout(total=VERSION_TIMEOUT)
+                                      ) as resp:
+                if resp.status == 200:
+                    version = (await resp.json(content_type=None)).get("weight_version")
+                    if version is not None:
+                        self.weight_version = str(version)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, AttributeError):
+            pass
+        return self.weight_version
+
+    async def _post_versioned(self, call: dict, body: dict, headers: dict, path: str
+                              ) -> tuple[aiohttp.ClientResponse, dict | None]:
+        """``_post``, marking ``call`` with the version of the weights that answered it.
+
+        New weights come in while the server is paused: calls in flight finish on the old
+        ones, calls that arrive meanwhile wait and run on the new ones. A call whose version
+        read before and after agree was answered by that version. One that an update came in
+        the middle of cannot be told apart, so it is asked again (at most VERSION_RETRIES
+        times; ``version_retries`` counts them). A stream is relayed as it comes and cannot
+        be asked again: it is checked when it ends (``_stream_version``)."""
+        for attempt in range(VERSION_RETRIES + 1):
+            before = await self._served_version() if self.versioned else self.weight_version
+            call["weight_version"] = before
+            resp, reply = await self._post(body, headers, path)
+            if not self.versioned or body.get("stream") or resp.status != 200:
+                return resp, reply
+            after = await self._served_version()
+            if after == before:
+                return resp, reply
+            if attempt == VERSION_RETRIES:
+                call["version_span"] = [before, after]
+                return resp, reply
+            resp.release()
+            call["version_retries"] = attempt + 1
+        raise AssertionError("unreachable")
+
+    async def _stream_version(self, call: dict) -> None:
+        """A stream that ended under another version than it began: it is marked with the
+        older one (a lag bound then errs on the safe side) and ``version_span``."""
+        if self.versioned:
+            after = await self._served_version()
+            if after != call["weight_version"]:
+                call["version_span"] = [call["weight_version"], after]
+
     def _start_call(self, session: str, agent: str | None, body: dict) -> dict:
         with self._lock:
             self._counter += 1
@@ -442,7 +493,7 @@ class Recorder:
         asked_ids = bool(body.get("return_token_ids"))
         headers = self._headers(request)
         try:
-            resp, reply = await self._post(upstream_body, headers, path)
+            resp, reply = await self._post_versioned(call, upstream_body, headers, path)
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:
             message = f"upstream {self.upstream} unreachable: {type(err).__name__}"
             self._finish(call, status="error", error=message)
@@ -587,6 +638,7 @@ class Recorder:
                 await out.write(b"data: " + dumps_bytes(error) + b"\n\ndata: [DONE]\n\n")
                 await out.write_eof()
             return out
+        await self._stream_version(call)
         for index, acc in sorted(choices.items()):
             self._record_choice(call, index, prompt_ids, acc.token_ids, acc.logprobs,
                                 _plain(acc.message()), acc.finish_reason, model, usage)
@@ -641,6 +693,9 @@ def _strip_reply(reply: dict, asked_ids: bool) -> None:
 
 
 SHUTDOWN_GRACE = 2.0
+# A call that a weight update came in the middle of is asked again at most this many times.
+VERSION_RETRIES = 2
+VERSION_TIMEOUT = 10.0  # seconds to read the upstream's weight version
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import statistics
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import IO, Any
 
 import click
@@ -45,6 +45,7 @@ def run_rollouts(o: RunOptions, input: IO[bytes], output: str | None, *, skip_in
         tasks = read_input(input, "task", skip_invalid=skip_invalid, stats=stats,
                            tool="rollout", verbose=verbose)
         groups: dict[str, list] = defaultdict(list)
+        versions: Counter = Counter()  # calls by the version of the weights that answered
         out = stack.enter_context(open_output(output, stdout=stack.enter_context(
             records_stdout())))
         try:
@@ -54,6 +55,7 @@ def run_rollouts(o: RunOptions, input: IO[bytes], output: str | None, *, skip_in
                 _count(summary, record, echo)
                 engine.setdefault("agents", set()).update(c.get("agent") for c in
                                                           record["calls"])
+                versions.update(c.get("weight_version") for c in record["calls"])
                 groups[record["group"]].append(record["reward"])
         finally:
             summary.add("read", stats.records)
@@ -61,7 +63,7 @@ def run_rollouts(o: RunOptions, input: IO[bytes], output: str | None, *, skip_in
             _group_figures(summary, groups, o.per_task)
             if sessions.stray:
                 summary.add("stray calls", sessions.stray)
-            _check_version(engine, summary)
+            _versions(engine, versions, summary)
             _unused_policies(engine, summary)
             summary.print(quiet)
 
@@ -145,16 +147,15 @@ def _unused_policies(engine: dict, summary: Summary) -> None:
                              f"{', '.join(idle)}")
 
 
-def _check_version(engine: dict, summary: Summary) -> None:
-    """The calls are marked with the version served when the run began: say so loudly where
-    the server's weights changed before it ended (someone loaded new ones meanwhile)."""
+def _versions(engine: dict, versions: Counter, summary: Summary) -> None:
+    """Where new weights came in during the run, how many calls each version answered (each
+    call is marked with its own)."""
     if engine.get("weight_version") is None:
         return
-    now = served_version(engine["upstream"])
-    if now != engine["weight_version"]:
-        summary.extra.append(f"WARNING: the server's weights changed during the run "
-                             f"({engine['weight_version']} -> {now}); calls are marked "
-                             f"{engine['weight_version']}")
+    answered = {v: n for v, n in versions.items() if v is not None}
+    if len(answered) > 1:
+        summary.extra.append("weights changed during the run; calls by version: " + ", ".join(
+            f"{v}: {n}" for v, n in answered.items()))
 
 
 def _settings(o: RunOptions, engine: dict) -> Settings:
@@ -247,7 +248,8 @@ def record(o: RecordOptions, output: str | None, *, quiet: bool = False) -> None
 
         recorder = Recorder(o.upstream, on_call=on_call, host=o.host, port=o.port,
                             api_key=o.api_key, retries=o.retries, timeout=o.timeout,
-                            continuation=o.continuation, chat_template=o.chat_template)
+                            continuation=o.continuation, chat_template=o.chat_template,
+                            weight_version=served_version(o.upstream))
 
         def ready() -> None:
             click.echo(f"rollout record: recording at {recorder.base_url()} (upstream "

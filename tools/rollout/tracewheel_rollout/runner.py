@@ -26,7 +26,8 @@ REORDER_WINDOW = 16
 CALL_FIELDS = ("id", "index", "agent", "messages", "tools", "params", "prompt_ids",
                "completion_ids", "logprobs", "output", "finish_reason", "model", "usage",
                "latency_ms", "time", "stream", "choice", "tokens", "continues", "drift",
-               "tokens_reason", "weight_version", "policy", "policy_version")
+               "tokens_reason", "weight_version", "version_retries", "version_span", "policy",
+               "policy_version")
 
 
 class Sessions:
