@@ -162,6 +162,7 @@ class VLLMServer:
         chat_template: str | os.PathLike | None = CHAT_TEMPLATE,
         extra_args: Sequence[str] = (),
         log_file: str | os.PathLike | None = None,
+        keep_log: bool = False,
         startup_timeout: float = 600.0,
         kv_cache_gib: int = 1,
         eager: bool | None = None,
@@ -179,6 +180,7 @@ class VLLMServer:
         self.chat_template = chat_template
         self.extra_args = list(extra_args)
         self.log_path = Path(log_file) if log_file else None
+        self.keep_log = keep_log  # without log_file: keep the temp log (its path was shown)
         self.startup_timeout = startup_timeout
         self.kv_cache_gib = kv_cache_gib
         # On a CPU, torch.compile's warm-up costs ~90 s at every start (its cache does not
@@ -272,7 +274,7 @@ class VLLMServer:
             fd, name = tempfile.mkstemp(prefix="vllm-", suffix=".log")
             os.close(fd)
             self.log_path = Path(name)
-            self._temp_log = True
+            self._temp_log = not self.keep_log
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if "VLLM_RPC_BASE_PATH" not in env:
             self._rpc_dir = env["VLLM_RPC_BASE_PATH"] = _rpc_folder()
@@ -671,11 +673,8 @@ def _command(command: list[str], model: str, host: str, port: int | None,
         _load(model, load_into, adapter, weight_version)
         return
     _watch_the_caller()
-    if log_file is None:
-        # Named to the user, so theirs to keep (the class removes logs it made itself).
-        fd, log_file = tempfile.mkstemp(prefix="vllm-", suffix=".log")
-        os.close(fd)
-    with VLLMServer(model, host=host, port=port, log_file=log_file,
+    # A log the launcher names to the user is theirs to keep.
+    with VLLMServer(model, host=host, port=port, log_file=log_file, keep_log=True,
                     max_model_len=max_model_len, weight_updates=weight_updates,
                     lora_rank=lora_rank) as server:
         raise SystemExit(_serve(server, weight_version, check_only, command))
