@@ -392,14 +392,15 @@ class Recorder:
         """``_post``, marking ``call`` with the version of the weights that answered it.
 
         New weights come in while the server is paused: calls in flight finish on the old
-        ones, calls that arrive meanwhile wait and run on the new ones. A call whose version
-        read before and after agree was answered by that version. One that an update came in
-        the middle of cannot be told apart, so it is asked again (at most VERSION_RETRIES
-        times; ``version_retries`` counts them). A stream is relayed as it comes and cannot
-        be asked again: it is checked when it ends (``_stream_version``)."""
+        ones, calls that arrive meanwhile wait and run on the new ones. A call is marked with
+        the last version read before it began (by any call), and the version is read again
+        when it ends: where they agree, no update came between, and that version answered
+        it. Where they differ, either weights may have answered, so it is asked again (at
+        most VERSION_RETRIES times; ``version_retries`` counts them): one read a call, and a
+        retry only for calls that an update overlapped. A stream is relayed as it comes and
+        cannot be asked again: it is checked when it ends (``_stream_version``)."""
         for attempt in range(VERSION_RETRIES + 1):
-            before = await self._served_version() if self.versioned else self.weight_version
-            call["weight_version"] = before
+            before = call["weight_version"] = self.weight_version
             resp, reply = await self._post(body, headers, path)
             if not self.versioned or body.get("stream") or resp.status != 200:
                 return resp, reply
