@@ -373,7 +373,9 @@ class Recorder:
         raise AssertionError("unreachable")
 
     async def _served_version(self) -> str | None:
-        """The version the upstream serves now; where it cannot be read, the last one read."""
+        """The version the upstream serves now; where it cannot be read, the last one read.
+        (tracewheel.vllm.weight_version asks the same, blocking, and raises: this one runs on
+        the recorder's loop, once a call.)"""
         assert self._http is not None
         try:
             async with self._http.get(self.upstream + "/weight_info", headers=self._auth(),

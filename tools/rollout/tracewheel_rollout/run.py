@@ -63,7 +63,7 @@ def run_rollouts(o: RunOptions, input: IO[bytes], output: str | None, *, skip_in
             _group_figures(summary, groups, o.per_task)
             if sessions.stray:
                 summary.add("stray calls", sessions.stray)
-            _versions(engine, versions, summary)
+            _versions(versions, summary)
             _unused_policies(engine, summary)
             summary.print(quiet)
 
@@ -91,7 +91,7 @@ def _start(o: RunOptions, stack: contextlib.ExitStack, sessions: Sessions, engin
         chat_template=o.chat_template, weight_version=version, policies=policies,
         default_policy=o.default_policy, policy_versions=policy_versions))
     sessions.on_close = recorder.forget
-    engine.update(upstream=upstream, model=name, weight_version=version, policies=policies)
+    engine.update(upstream=upstream, model=name, policies=policies)
     echo(f"recording at {recorder.base_url()} (upstream {upstream}, model {name}"
          + (f", weights {version}" if version is not None else "") + ")")
     if recorder.continuation_off:
@@ -147,11 +147,9 @@ def _unused_policies(engine: dict, summary: Summary) -> None:
                              f"{', '.join(idle)}")
 
 
-def _versions(engine: dict, versions: Counter, summary: Summary) -> None:
+def _versions(versions: Counter, summary: Summary) -> None:
     """Where new weights came in during the run, how many calls each version answered (each
-    call is marked with its own)."""
-    if engine.get("weight_version") is None:
-        return
+    call is marked with its own; unnumbered weights, None, say nothing)."""
     answered = {v: n for v, n in versions.items() if v is not None}
     if len(answered) > 1:
         summary.extra.append("weights changed during the run; calls by version: " + ", ".join(

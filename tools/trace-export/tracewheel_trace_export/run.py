@@ -75,7 +75,7 @@ def export(
     try:
         schema = detect_schema(conn, database)
         now_ns = datetime.now(timezone.utc).timestamp() * 1e9
-        extra = {"database": os.path.basename(database), "studio_schema": schema.version}
+        extra = {"database": os.path.basename(database), "studio_schema": schema.layout.version}
 
         def corrupt(span_id: str, problem: str) -> None:
             summary.add("corrupt spans")

@@ -43,18 +43,6 @@ class Schema:
     has_run_table: bool
     columns: list[str]     # the span columns read (events, links, ... are not)
 
-    @property
-    def version(self) -> str:
-        return self.layout.version
-
-    @property
-    def run_column(self) -> str:
-        return self.layout.run_column
-
-    @property
-    def order_column(self) -> str:
-        return self.layout.order_column
-
 
 _WANTED = ["id", "spanId", "traceId", "parentSpanId", "name", "spanKind", "operationName",
            "attributes", "startTime", "endTime", "startTimeUnixNano", "endTimeUnixNano",
@@ -171,7 +159,7 @@ def iter_runs(
     corrupt JSON is reported through ``on_corrupt(span_id, problem)`` and left out; spans with
     no run id are counted through ``on_orphans``.
     """
-    run_col = schema.run_column
+    run_col = schema.layout.run_column
     with read_transaction(conn):
         runs = load_runs(conn, schema)
         bound = conn.execute("SELECT max(rowid) FROM span_table").fetchone()[0] or 0
@@ -199,7 +187,7 @@ def iter_runs(
 def _batches(reader: sqlite3.Connection, conn: sqlite3.Connection, schema: Schema,
              runs: dict[str, Run], bound: int, batch: int, ids_sql: str, rows_where: str,
              on_corrupt: Callable[[str, str], None]) -> Iterator[tuple[Run, list[Span]]]:
-    run_col, columns, make = schema.run_column, schema.columns, schema.layout.span
+    run_col, columns, make = schema.layout.run_column, schema.columns, schema.layout.span
     run_of = schema.layout.run_of or (lambda conn, run_id: Run(run_id, None, None))
     table = "span_table" if reader is conn else "studio.span_table"
     cursor = reader.cursor()
@@ -214,7 +202,7 @@ def _batches(reader: sqlite3.Connection, conn: sqlite3.Connection, schema: Schem
             where = rows_where.format(marks=", ".join("?" * len(ids)))
             rows = cursor.execute(
                 f"SELECT {', '.join(columns)} FROM {table} WHERE {where} "
-                f"ORDER BY {run_col}, {schema.order_column}", (*ids, bound)).fetchall()
+                f"ORDER BY {run_col}, {schema.layout.order_column}", (*ids, bound)).fetchall()
         with read_transaction(conn):
             found = {run_id: runs.get(run_id) or run_of(conn, run_id)
                      for run_id in dict.fromkeys(r[run_index] for r in rows)}
