@@ -157,6 +157,25 @@ def test_recorder_retries_transient_upstream_failures():
                                                messages=[{"role": "user", "content": "x"}])
         assert len(up.requests) == 3
     assert reply.choices[0].message.content == "ok" and calls[0]["status"] == "ok"
+    assert calls[0]["upstream_retries"] == ["HTTP 503", "HTTP 429"]
+
+
+def test_a_request_the_upstream_never_answers_is_asked_again_and_says_so():
+    """The first request gets no reply (a request lost between the recorder and the engine):
+    after --timeout it is asked again, and the rollout's call says why it took that long,
+    the run warns, and its summary counts the retry by cause. Before, such a call was ok
+    with nothing but its latency to tell."""
+    up = CannedServer(lambda n: (200, {}, chat_completion("4", token_ids=True)),
+                      delay=lambda n: 2.0 if n == 0 else 0)
+    with up:
+        result, records = run(["-w", wf("one_call"), "--timeout", "0.5", *base(up)], tasks(1))
+        assert len(up.requests) == 2
+    call = records[0]["calls"][0]
+    assert records[0]["status"] == "ok" and call["upstream_retries"] == ["no reply in 0.5 s"]
+    assert call["latency_ms"] >= 500
+    assert f"upstream {up.base_url.removesuffix('/v1')} sent no reply in 0.5 s; asking again" \
+        in result.stderr
+    assert "1 upstream retries (1 no reply in 0.5 s)" in result.stderr
 
 
 def test_a_refused_request_reaches_the_agent_and_is_recorded_as_failed():
@@ -183,6 +202,7 @@ def test_an_upstream_200_that_is_not_a_json_object_is_retried_then_recorded_as_f
                                                messages=[{"role": "user", "content": "x"}])
         assert len(up.requests) == 3
     assert reply.choices[0].message.content == "ok" and calls[0]["status"] == "ok"
+    assert calls[0]["upstream_retries"] == ["HTTP 200 not a JSON object"] * 2
 
     calls.clear()
     with CannedServer(lambda n: html) as up, \

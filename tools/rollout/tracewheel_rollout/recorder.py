@@ -338,13 +338,16 @@ class Recorder:
         except aiohttp.ClientError as err:
             return _error(502, f"upstream {self.upstream} unreachable: {type(err).__name__}")
 
-    async def _post(self, body: dict, headers: dict, path: str = "/v1/chat/completions"
+    async def _post(self, call: dict, body: dict, headers: dict,
+                    path: str = "/v1/chat/completions"
                     ) -> tuple[aiohttp.ClientResponse, dict | None]:
         """POST upstream, retrying connection failures, 429 and 5xx with the clients' one
         policy (``tracewheel.client.retry_delay``); the caller closes the response. Unless the
         request streams, a 200 is read here: its JSON object comes back with it, and a 200 whose
         body is not one (an HTML page from a proxy, a list) is retried as a 5xx is, and comes
-        back as None when retries are spent."""
+        back as None when retries are spent. Each retry's cause goes in the call's
+        ``upstream_retries``: a call that waited out the read timeout and then was answered is
+        ok, and would otherwise show nothing but its latency."""
         assert self._http is not None
         data = dumps_bytes(body)
         for attempt in range(self.retries + 1):
@@ -354,21 +357,30 @@ class Recorder:
                 resp = await self._http.post(self.upstream + path, data=data,
                                              headers={**headers,
                                                       "Content-Type": "application/json"})
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
+            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as err:
                 if last:
                     raise
+                if isinstance(err, asyncio.TimeoutError):
+                    cause = f"no reply in {self.timeout:g} s"
+                    print(f"recorder: session {call['session']}: upstream {self.upstream} sent "
+                          f"{cause}; asking again", file=sys.stderr)
+                else:
+                    cause = type(err).__name__
             else:
                 if resp.status == 200 and not body.get("stream"):
                     reply = _json_object(await resp.read())
                     if reply is not None or last:
                         return resp, reply
                     resp.release()
+                    cause = "HTTP 200 not a JSON object"
                 elif resp.status not in RETRY_STATUS or last:
                     return resp, None
                 else:
                     retry_after = resp.headers.get("Retry-After")
                     await resp.read()
                     resp.release()
+                    cause = f"HTTP {resp.status}"
+            call.setdefault("upstream_retries", []).append(cause)
             await asyncio.sleep(retry_delay(attempt, retry_after))
         raise AssertionError("unreachable")
 
@@ -403,7 +415,7 @@ class Recorder:
         cannot be asked again: it is checked when it ends (``_stream_version``)."""
         for attempt in range(VERSION_RETRIES + 1):
             before = call["weight_version"] = self.weight_version
-            resp, reply = await self._post(body, headers, path)
+            resp, reply = await self._post(call, body, headers, path)
             if not self.versioned or body.get("stream") or resp.status != 200:
                 return resp, reply
             after = await self._served_version()

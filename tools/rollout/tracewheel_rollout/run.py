@@ -180,6 +180,15 @@ def _count(summary: Summary, record: dict, echo: Any) -> None:
     summary.add("continued calls", sum(c.get("tokens") == "continued" for c in record["calls"]))
     if record["failed_calls"]:
         summary.add("failed calls", len(record["failed_calls"]))
+    for call in record["calls"] + record["failed_calls"]:
+        _count_retries(summary, call)
+
+
+def _count_retries(summary: Summary, call: dict) -> None:
+    """Calls the recorder asked again upstream, by cause: "2 upstream retries (1 HTTP 503,
+    1 no reply in 600 s)"; none, nothing said."""
+    for cause in call.get("upstream_retries") or ():
+        summary.add("upstream retries", reason=cause)
 
 
 def _iterate(agen) -> Any:
@@ -243,6 +252,7 @@ def record(o: RecordOptions, output: str | None, *, quiet: bool = False) -> None
             with lock:
                 out.write(call)
                 summary.add("calls" if call.get("status") == "ok" else "failed")
+                _count_retries(summary, call)
 
         recorder = Recorder(o.upstream, on_call=on_call, host=o.host, port=o.port,
                             api_key=o.api_key, retries=o.retries, timeout=o.timeout,

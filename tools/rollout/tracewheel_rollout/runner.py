@@ -26,8 +26,8 @@ REORDER_WINDOW = 16
 CALL_FIELDS = ("id", "index", "agent", "messages", "tools", "params", "prompt_ids",
                "completion_ids", "logprobs", "output", "finish_reason", "model", "usage",
                "latency_ms", "time", "stream", "choice", "tokens", "continues", "drift",
-               "tokens_reason", "weight_version", "version_retries", "version_span", "policy",
-               "policy_version")
+               "tokens_reason", "weight_version", "version_retries", "version_span",
+               "upstream_retries", "policy", "policy_version")
 
 
 class Sessions:
@@ -137,7 +137,8 @@ class Runner:
             "sample": sample, "query": task.get("query"), "reference": task.get("reference"),
             "calls": [{k: c.get(k) for k in CALL_FIELDS}
                       for c in calls if c.get("status") == "ok"],
-            "failed_calls": [{k: c.get(k) for k in ("id", "index", "agent", "error", "time")}
+            "failed_calls": [{k: c.get(k) for k in ("id", "index", "agent", "error", "time",
+                                                     "upstream_retries")}
                              for c in calls if c.get("status") != "ok"],
             "final": result.answer, "reward": result.reward,
             "reward_info": result.reward_info, "metadata": result.metadata,
