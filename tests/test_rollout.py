@@ -335,6 +335,23 @@ def test_failures_and_timeouts_are_written_not_dropped():
     assert len(failed[0]["calls"]) == 1  # what it did before failing is kept
     assert "t0/0: error: ValueError" in result.stderr
     assert slow[0]["status"] == "timeout" and "0.5 s" in slow[0]["error"]
+    # ... and where the workflow was waiting, innermost first
+    assert re.search(r"waiting at \S*asyncio/tasks\.py:\d+ sleep < \S*workflows\.py:\d+ slow",
+                     slow[0]["error"]), slow[0]["error"]
+
+
+def test_a_rollout_that_times_out_in_a_model_call_says_it_waited_in_the_http_client():
+    """The agent's call gets no reply: the timeout's error names the HTTP client's frames, so
+    a hang tells where it is (the model call, not a tool or a lock) without a debugger."""
+    up = CannedServer(lambda n: (200, {}, chat_completion("4", token_ids=True)),
+                      delay=lambda n: 30.0)
+    with up:
+        _, records = run(["-w", wf("agentscope_call"), "--rollout-timeout", "3", *base(up)],
+                         tasks(1))
+    error = records[0]["error"]
+    assert records[0]["status"] == "timeout"
+    # e.g. "asyncio/locks.py:213 wait < anyio/...:1431 receive < httpcore/...:35 read < ..."
+    assert re.search(r"the workflow was waiting at [^<]+ < \S*(httpcore|anyio)/", error), error
 
 
 def test_concurrency_keeps_output_order_and_unordered_writes_everything():

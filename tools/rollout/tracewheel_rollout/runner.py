@@ -125,12 +125,26 @@ class Runner:
         sessions.open(session)
         started = time.monotonic()
         status, error, result = "ok", None, Result(answer=None)
+        work = asyncio.ensure_future(self._run(task, handle))
         try:
-            result = await asyncio.wait_for(self._run(task, handle), self.settings.timeout)
-        except asyncio.TimeoutError:
+            await asyncio.wait({work}, timeout=self.settings.timeout)
+        finally:
+            where = None
+            if not work.done():  # timed out, or this rollout was cancelled (a signal)
+                where = waiting_at(work)  # before the cancel unwinds the chain of awaits
+                work.cancel()
+                await asyncio.wait({work})
+                if not work.cancelled():
+                    work.exception()  # what it raised while unwinding: moot, and retrieved
+        if where is not None:
             status, error = "timeout", f"no answer within {self.settings.timeout:g} s"
-        except Exception as err:  # the workflow's failure is the rollout's, not the tool's
-            status, error = "error", _describe(err)
+            if where:
+                error += f"; the workflow was waiting at {where}"
+        else:
+            try:
+                result = work.result()
+            except Exception as err:  # the workflow's failure is the rollout's, not the tool's
+                status, error = "error", _describe(err)
         calls = sessions.close(session)
         record = {
             "id": f"{task_id}/{sample}", "task_id": task_id, "group": task_id,
@@ -203,6 +217,40 @@ class Runner:
             for fut in pending:
                 fut.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+def waiting_at(task: asyncio.Future, depth: int = 4) -> str:
+    """Where a suspended task waits: the innermost ``depth`` frames of its chain of awaits,
+    through the tasks and gathers it awaits, innermost first ("anyio/streams/...:123 receive <
+    httpcore/..."). A rollout that times out says it, so that a hang names its place (the
+    agent's HTTP client, a tool, a lock) without a debugger; "" where nothing is known (a
+    sync workflow's thread)."""
+    frames = []
+    obj: Any = task
+    for _ in range(500):  # a chain of awaits is finite; a bound in case it is not
+        if isinstance(obj, asyncio.Task):
+            obj = obj.get_coro()
+        elif isinstance(obj, asyncio.Future):  # a gather: the first child still running
+            children = [c for c in getattr(obj, "_children", ()) if not c.done()]
+            if not children:
+                break
+            obj = children[0]
+            continue
+        frame = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None)
+        if frame is None:
+            break
+        frames.append(frame)
+        obj = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None)
+        if obj is None:
+            break
+    return " < ".join(f"{_short(f.f_code.co_filename)}:{f.f_lineno} {f.f_code.co_name}"
+                      for f in reversed(frames[-depth:]))
+
+
+def _short(path: str) -> str:
+    """A library file's path from its package on (``site-packages/`` dropped)."""
+    head, sep, tail = path.rpartition("site-packages/")
+    return tail if sep else path
 
 
 def _describe(err: BaseException) -> str:
