@@ -135,7 +135,9 @@ def main() -> None:
                                                     weight_updates=args.weight_updates))
             upstream = server.base_url
             print(f"vLLM ({args.model}) ready in {server.startup_seconds:.0f} s")
-        folder = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
+        # The recorders' calls files; removed after the recorders stop (the stack unwinds last in,
+        # first out).
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-rollout-")))
         paths = {"direct": (upstream, None)}
         for mode in ("off", "on"):
             paths[f"cont-{mode}"] = stack.enter_context(
