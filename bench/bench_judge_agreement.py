@@ -24,12 +24,14 @@ the embedded model, served once by vLLM on this machine for the whole run.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import importlib.util
 import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -100,6 +102,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-agreement-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # no folder left behind
     env = {**os.environ, "TRACEWHEEL_CACHE": str(tmp / "cache")}
     # Converted models live in the user's cache; the verdicts of this run in a fresh one.
     from tracewheel.models import cache_dir

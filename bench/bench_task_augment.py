@@ -13,9 +13,11 @@ own; vLLM's peak is printed beside it.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,6 +70,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=Path, default=ROOT / "examples" / "demo-references.jsonl")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-task-augment-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # no folder left behind
     env = {**os.environ, "TRACEWHEEL_CACHE": str(work / "cache")}
     seeds = sum(1 for line in args.seeds.read_text().splitlines() if line.strip())
 

@@ -15,8 +15,10 @@ verdict after the latency. trace-filter runs as the real command (a subprocess),
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,6 +60,7 @@ def main() -> None:
     parser.add_argument("--cached", type=int, default=20_000, help="records in the cached run")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-trace-filter-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # no folder left behind
     env = {**os.environ, "TRACEWHEEL_CACHE": str(work / "cache")}
     for latency in args.latency:
         print(f"\nendpoint latency {latency * 1000:.0f} ms")
