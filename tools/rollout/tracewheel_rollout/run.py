@@ -186,7 +186,7 @@ def _count(summary: Summary, record: dict, echo: Any) -> None:
 
 def _count_retries(summary: Summary, call: dict) -> None:
     """Calls the recorder asked again upstream, by cause: "2 upstream retries (1 HTTP 503,
-    1 no reply in 600 s)"; none, nothing said."""
+    1 no reply in 60 s)"; none, nothing said."""
     for cause in call.get("upstream_retries") or ():
         summary.add("upstream retries", reason=cause)
 
