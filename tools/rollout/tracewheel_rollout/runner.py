@@ -128,14 +128,8 @@ class Runner:
         work = asyncio.ensure_future(self._run(task, handle))
         try:
             await asyncio.wait({work}, timeout=self.settings.timeout)
-        finally:
-            where = None
-            if not work.done():  # timed out, or this rollout was cancelled (a signal)
-                where = waiting_at(work)  # before the cancel unwinds the chain of awaits
-                work.cancel()
-                await asyncio.wait({work})
-                if not work.cancelled():
-                    work.exception()  # what it raised while unwinding: moot, and retrieved
+        finally:  # not done: timed out, or this rollout was cancelled (a signal)
+            where = None if work.done() else await _cancel(work)
         if where is not None:
             status, error = "timeout", f"no answer within {self.settings.timeout:g} s"
             if where:
@@ -217,6 +211,17 @@ class Runner:
             for fut in pending:
                 fut.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def _cancel(work: asyncio.Future) -> str:
+    """Cancel ``work`` and wait for it to unwind; where it was waiting (``waiting_at``, read
+    before the cancel unwinds its chain of awaits)."""
+    where = waiting_at(work)
+    work.cancel()
+    await asyncio.wait({work})
+    if not work.cancelled():
+        work.exception()  # what it raised while unwinding: moot, and retrieved
+    return where
 
 
 def waiting_at(task: asyncio.Future, depth: int = 4) -> str:
