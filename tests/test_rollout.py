@@ -444,6 +444,38 @@ def test_rollout_record_writes_calls_until_stopped():
     assert "rollout record: 2 calls, 0 failed" in err
 
 
+@pytest.mark.parametrize("answer", [[1, 2], "<html>busy</html>", {"weight_version": [3]}],
+                         ids=["json-list", "html", "version-a-list"])
+def test_rollout_record_in_front_of_an_odd_version_probe_records_without_versions(answer):
+    """An upstream whose /weight_info answers 200 with something else than a version: the
+    recorder warns and records as usual, each call without a version (it failed to start,
+    with an internal AttributeError, before)."""
+    def get(path: str):
+        return (200, {}, answer) if path == "/weight_info" else (404, {}, {})
+
+    with CannedServer(lambda n: (200, {}, chat_completion("hi", token_ids=True)),
+                      get=get) as up:
+        port = _free_port()
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "rollout"), "record", "--upstream", up.base_url,
+             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            warning = proc.stderr.readline()
+            assert "recording at" in proc.stderr.readline()
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/s/x/v1", api_key="k",
+                                   max_retries=0)
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "a"}])
+        finally:
+            proc.terminate()
+            out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert warning.startswith("rollout record: WARNING: ") and "/weight_info answered" in warning
+    assert "recorded without weight versions" in warning
+    assert "Error" not in warning and "AttributeError" not in warning + err
+    (call,) = [json.loads(line) for line in out.splitlines()]
+    assert call["status"] == "ok" and call.get("weight_version") is None
+
+
 @pytest.mark.parametrize(
     "signals", [[signal.SIGINT], [signal.SIGTERM, signal.SIGINT, signal.SIGINT]],
     ids=["ctrl-c", "sigterm-then-ctrl-c-twice"])

@@ -533,11 +533,23 @@ def load_adapter(url: str, name: str, adapter: str | os.PathLike, *,
     return time.monotonic() - started
 
 
+class OddVersionReply(TracewheelError):
+    """The server has a /weight_info route, and what it answered there is not a version."""
+
+
 def weight_version(url: str, timeout: float = 30.0) -> str | None:
-    """The version the server at ``url`` says its weights are (None where it has none)."""
+    """The version the server at ``url`` says its weights are (None where it has none);
+    OddVersionReply where its /weight_info answers something else than ``{"weight_version":
+    ...}``."""
     url = server_root(url)
-    return _call(url, "/weight_info", None, timeout, "asking its weight version",
-                 method="GET").get("weight_version")
+    reply = _call(url, "/weight_info", None, timeout, "asking its weight version", method="GET")
+    version = reply.get("weight_version") if isinstance(reply, dict) else None
+    if not isinstance(reply, dict) or "text" in reply or not isinstance(
+            version, (str, int, type(None))):
+        shown = "text" if isinstance(reply, dict) and "text" in reply else \
+            f"a JSON {type(reply).__name__ if not isinstance(reply, dict) else 'object'}"
+        raise OddVersionReply(f"{url}/weight_info answered {shown}, not a weight version")
+    return None if version is None else str(version)
 
 
 def check(server: VLLMServer) -> dict:

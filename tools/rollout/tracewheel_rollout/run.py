@@ -10,6 +10,7 @@ import contextlib
 import statistics
 import threading
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from typing import IO, Any
 
 import click
@@ -83,7 +84,7 @@ def _start(o: RunOptions, stack: contextlib.ExitStack, sessions: Sessions, engin
     name = name or _served_model(upstream, o.api_key, o.timeout)
     from .recorder import Recorder  # aiohttp: the [rollout] extra
 
-    version = served_version(upstream)
+    version = served_version(upstream, lambda msg: click.echo(f"rollout: {msg}", err=True))
     policies, policy_versions = _policies(o, upstream)
     recorder = stack.enter_context(Recorder(
         upstream, on_call=sessions.add, host=o.record_host, port=o.record_port,
@@ -125,13 +126,17 @@ def _policies(o: RunOptions, upstream: str) -> tuple[dict[str, str] | None, dict
     return policies, {p: served[p] for p in wanted if served.get(p)}
 
 
-def served_version(upstream: str) -> str | None:
+def served_version(upstream: str, warn: Callable[[str], None]) -> str | None:
     """The version of the weights the upstream serves: vLLM's /weight_info, where it has the
-    route (started with weight updates); None elsewhere."""
-    from tracewheel.vllm import weight_version
+    route (started with weight updates); None elsewhere, and with a warning where the route
+    answers something else than a version (then calls are recorded without one)."""
+    from tracewheel.vllm import OddVersionReply, weight_version
 
     try:
         return weight_version(upstream, timeout=10)
+    except OddVersionReply as err:
+        warn(f"WARNING: {err}; its calls are recorded without weight versions")
+        return None
     except TracewheelError:
         return None
 
@@ -257,7 +262,9 @@ def record(o: RecordOptions, output: str | None, *, quiet: bool = False) -> None
         recorder = Recorder(o.upstream, on_call=on_call, host=o.host, port=o.port,
                             api_key=o.api_key, retries=o.retries, timeout=o.timeout,
                             continuation=o.continuation, chat_template=o.chat_template,
-                            weight_version=served_version(o.upstream))
+                            weight_version=served_version(
+                                o.upstream, lambda msg: click.echo(f"rollout record: {msg}",
+                                                                   err=True)))
 
         def ready() -> None:
             click.echo(f"rollout record: recording at {recorder.base_url()} (upstream "
