@@ -327,26 +327,50 @@ def test_attributes_that_are_json_but_not_an_object_are_corrupt_spans(tmp_path, 
     assert f"span {span_id}: {problem}" in result.stderr and "1 corrupt spans" in result.stderr
 
 
-def test_a_run_whose_attributes_have_an_unexpected_shape_is_counted_and_skipped(tmp_path):
-    """gen_ai.output a list where Studio writes an object: that run is skipped and counted,
-    every other run is exported."""
+@pytest.mark.parametrize("where, shape, problem", [
+    ("invoke_agent", {"gen_ai.output": []}, "attributes.gen_ai.output is a JSON list, not an "
+                                            "object"),
+    ("chat", {"": {"input": [1, 2], "output": 5}}, "attributes.input is a JSON list, not an "
+                                                    "object"),
+    ("chat", {"gen_ai.input.messages": [{"role": "user", "parts": "hi"}]},
+     "attributes.gen_ai.input.messages[].parts is not a list of objects"),
+], ids=["agent-output-a-list", "input-a-list", "parts-a-string"])
+def test_a_span_of_an_unexpected_shape_is_a_corrupt_span_and_its_run_goes_on(
+        tmp_path, where, shape, problem):
+    """A span whose attributes are JSON of a shape no Studio writes (a list where an object
+    belongs): that span is counted as corrupt and named, the rest of its run is exported,
+    and no internal exception text reaches the message (the whole run was skipped, with
+    "AttributeError: 'list' object has no attribute 'get'", before)."""
     db = tmp_path / "db.sqlite"
     shutil.copy(OTEL_DB, db)
     with sqlite3.connect(db) as conn:
+        # a run with more than one turn, so that the rest of it has something to export
         span_id, run_id, attrs = conn.execute(
-            "SELECT id, conversationId, attributes FROM span_table "
-            "WHERE operationName = 'invoke_agent' "
-            "LIMIT 1").fetchone()
+            "SELECT id, conversationId, attributes FROM span_table s "
+            "WHERE operationName = ? AND (SELECT COUNT(*) FROM span_table t WHERE "
+            "t.conversationId = s.conversationId AND t.operationName = 'invoke_agent') > 1 "
+            "LIMIT 1", (where,)).fetchone()
         attrs = json.loads(attrs)
-        attrs["gen_ai"]["output"] = []
+        for path, value in shape.items():
+            if not path:
+                attrs = value
+                continue
+            *parents, key = path.split(".")
+            node = attrs
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[key] = value
         conn.execute("UPDATE span_table SET attributes = ? WHERE id = ?",
                      (json.dumps(attrs), span_id))
     result, records = export(db)
     _, clean = export(OTEL_DB)
-    assert {r["id"] for r in records} == {r["id"] for r in clean
-                                          if r["source"]["run_id"] != run_id}
-    assert f"run {run_id}: a span has attributes of an unexpected shape" in result.stderr
-    assert "1 unreadable runs" in result.stderr
+    assert f"span {span_id}: {problem}; skipped" in result.stderr
+    assert "1 corrupt spans" in result.stderr and "unreadable runs" not in result.stderr
+    assert "Error" not in result.stderr and "has no attribute" not in result.stderr
+    mine = [r for r in records if r["source"]["run_id"] == run_id]
+    assert mine, "the rest of the run is exported"
+    others = {r["id"] for r in records if r["source"]["run_id"] != run_id}
+    assert others == {r["id"] for r in clean if r["source"]["run_id"] != run_id}
 
 
 def test_output_file_is_written_atomically(tmp_path):

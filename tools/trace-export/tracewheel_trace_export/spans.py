@@ -88,6 +88,47 @@ def _json(text: str | None, what: str) -> Any:
     return value
 
 
+# Where the export reads a span's attributes, what must be there (when present): an object, a
+# list, or a list of objects. The same keys are read at the top (Studio 1.0.5) and under
+# agentscope.function (1.0.9); a span that has another shape there is corrupt, not a crash.
+_FUNCTION_SHAPES: dict[tuple[str, ...], str] = {
+    ("input",): "object", ("input", "kwargs"): "object", ("input", "args"): "list",
+    ("input", "tool_call"): "object", ("metadata",): "object",
+    ("input", "kwargs", "tools"): "list of objects"}
+_SHAPES: dict[tuple[str, ...], str] = {
+    **_FUNCTION_SHAPES,
+    **{("agentscope", "function", *path): kind for path, kind in _FUNCTION_SHAPES.items()},
+    ("agentscope",): "object", ("agentscope", "function"): "object",
+    ("agentscope", "agent"): "object", ("gen_ai",): "object",
+    **{("gen_ai", key): "object" for key in ("input", "output", "tool", "agent", "usage",
+                                             "operation", "conversation")},
+    ("gen_ai", "input", "messages"): "list of objects",
+    ("gen_ai", "output", "messages"): "list of objects",
+    ("gen_ai", "tool", "call"): "object", ("gen_ai", "tool", "definitions"): "list of objects"}
+_IS = {"object": lambda v: isinstance(v, dict), "list": lambda v: isinstance(v, list),
+       "list of objects": lambda v: isinstance(v, list) and all(isinstance(i, dict) for i in v)}
+
+
+def _check_shape(attrs: dict) -> None:
+    """CorruptAttributes naming the first key whose value has a shape no Studio writes (a list
+    where an object belongs), before any reader meets it; and a message's ``parts`` must be
+    a list of objects too."""
+    for path, kind in _SHAPES.items():
+        value: Any = attrs
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None and not _IS[kind](value):
+            got = "an object" if isinstance(value, dict) else f"a JSON {type(value).__name__}"
+            want = "an object" if kind == "object" else f"a {kind}"
+            raise CorruptAttributes(f"attributes.{'.'.join(path)} is {got}, not {want}")
+        if path[-1] == "messages" and value:
+            for message in value:
+                parts = message.get("parts")
+                if parts is not None and not _IS["list of objects"](parts):
+                    raise CorruptAttributes(f"attributes.{'.'.join(path)}[].parts is not a "
+                                            f"list of objects")
+
+
 def _iso_ns(text: str) -> int:
     dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if dt.tzinfo is None:
@@ -100,6 +141,7 @@ def legacy_span(row: dict) -> Span:
     op = _LEGACY_KINDS.get(row.get("spanKind") or "", OTHER)
     # Formatter spans repeat the whole prompt and tell nothing new: never parse them.
     attrs = {} if op == FORMAT else _json(row["attributes"], "attributes")
+    _check_shape(attrs)
     ok = (row.get("status") or "OK").upper() != "ERROR"
     return Span(
         id=row["id"], parent=row.get("parentSpanId") or None, trace=row.get("traceId") or "",
@@ -116,6 +158,7 @@ def otel_span(row: dict) -> Span:
     """A Studio 1.0.9 (OpenTelemetry) span row."""
     op = _OTEL_OPS.get(row.get("operationName") or "")
     attrs = {} if op == FORMAT else _json(row["attributes"], "attributes")
+    _check_shape(attrs)
     if op is None:
         op = _OTEL_OPS.get((attrs.get("gen_ai") or {}).get("operation", {}).get("name"), OTHER)
     code = row.get("statusCode")
