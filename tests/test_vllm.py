@@ -362,3 +362,68 @@ def test_a_signal_while_the_server_starts_stops_it(tmp_path):
     pid = int(pid_file.read_text())
     assert not Path(f"/proc/{pid}").exists() or group_members(pid) == []
     assert list(temp.iterdir()) == []
+
+
+def _script(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def no_vllm_here(tmp_path, monkeypatch):
+    """A tools' environment with no vLLM in it, outside any checkout, with an empty PATH."""
+    import tracewheel.vllm as launcher
+
+    monkeypatch.delenv("TRACEWHEEL_VLLM_PYTHON", raising=False)
+    monkeypatch.setattr(launcher, "PROJECT_ROOT", tmp_path / "site-packages")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    (tmp_path / "bin").mkdir()
+    return tmp_path
+
+
+def test_the_launcher_finds_a_vllm_command_on_the_path(no_vllm_here):
+    """pip install vllm puts a `vllm` console script on the PATH whose #! line is its
+    environment's Python: the launcher runs vLLM with that Python, nothing set."""
+    from tracewheel.vllm import vllm_python
+
+    python = _script(no_vllm_here / "env" / "bin" / "python", "#!/bin/sh\n")
+    _script(no_vllm_here / "bin" / "vllm", f"#!{python}\nimport vllm\n")
+    assert vllm_python() == python
+    # pip's form for a Python whose path is too long for a #! line
+    _script(no_vllm_here / "bin" / "vllm",
+            f"#!/bin/sh\n'''exec' \"{python}\" \"$0\" \"$@\"\n' '''\nimport vllm\n")
+    assert vllm_python() == python
+
+
+def test_the_launcher_prefers_an_explicit_python_and_this_one_to_the_path(no_vllm_here,
+                                                                          monkeypatch):
+    import importlib.util
+
+    from tracewheel.vllm import vllm_python
+
+    on_path = _script(no_vllm_here / "env" / "bin" / "python", "#!/bin/sh\n")
+    _script(no_vllm_here / "bin" / "vllm", f"#!{on_path}\n")
+    explicit = _script(no_vllm_here / "explicit" / "python", "#!/bin/sh\n")
+    monkeypatch.setenv("TRACEWHEEL_VLLM_PYTHON", str(explicit))
+    assert vllm_python() == explicit
+    monkeypatch.delenv("TRACEWHEEL_VLLM_PYTHON")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "vllm" else real(name, *a))
+    assert vllm_python() == Path(sys.executable)  # vLLM installed beside the tools
+
+
+def test_without_vllm_the_error_names_every_place_looked(no_vllm_here, monkeypatch):
+    from tracewheel.vllm import vllm_python
+
+    with pytest.raises(TracewheelError) as err:
+        vllm_python()
+    message = str(err.value)
+    assert sys.executable in message and "no `vllm` command on the PATH" in message
+    assert "TRACEWHEEL_VLLM_PYTHON is not set" in message and "--base-url" in message
+    monkeypatch.setenv("TRACEWHEEL_VLLM_PYTHON", str(no_vllm_here / "missing"))
+    with pytest.raises(TracewheelError, match="TRACEWHEEL_VLLM_PYTHON is .*missing, which is "
+                                              "not an executable file"):
+        vllm_python()

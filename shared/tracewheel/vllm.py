@@ -3,9 +3,10 @@
     with VLLMServer("smollm2-135m") as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY")
 
-vLLM lives in its own environment (``make vllm`` builds ``.venv-vllm``; ``$TRACEWHEEL_VLLM_PYTHON``
-points at another interpreter with vLLM), because its CPU build pins its own torch and
-transformers. The server binds 127.0.0.1 on a free port unless told otherwise, logs to a file,
+vLLM may live in its own environment (``make vllm`` builds ``.venv-vllm``: its CPU build pins
+its own torch and transformers), in the tools' own environment, or wherever a ``vllm`` command
+on the PATH runs from; ``$TRACEWHEEL_VLLM_PYTHON`` names the interpreter outright
+(``vllm_python``). The server binds 127.0.0.1 on a free port unless told otherwise, logs to a file,
 and is stopped with its whole process group (vLLM starts engine worker processes).
 """
 
@@ -46,16 +47,64 @@ WORKER_EXTENSION = "tracewheel_vllm_worker.WeightUpdates"
 
 
 def vllm_python() -> Path:
-    """The interpreter that has vLLM: ``$TRACEWHEEL_VLLM_PYTHON``, else the project's .venv-vllm."""
+    """The interpreter that has vLLM, the first of: ``$TRACEWHEEL_VLLM_PYTHON`` (where set, it
+    is the one: a wrong path is an error, not a reason to look elsewhere); this interpreter,
+    where vLLM is installed in it; a checkout's ``.venv-vllm`` (``make vllm``); the
+    interpreter of a ``vllm`` command on the PATH (``pip install vllm`` puts one there)."""
     env = os.environ.get("TRACEWHEEL_VLLM_PYTHON")
-    candidates = [Path(env)] if env else [PROJECT_ROOT / ".venv-vllm" / "bin" / "python"]
-    for path in candidates:
-        if path.is_file() and os.access(path, os.X_OK):
-            return path
+    if env:
+        if _executable(Path(env)):
+            return Path(env)
+        raise TracewheelError(f"TRACEWHEEL_VLLM_PYTHON is {env}, which is not an executable "
+                              f"file: point it at a Python that has vLLM, or unset it")
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        return Path(sys.executable)
+    checkout = PROJECT_ROOT / ".venv-vllm" / "bin" / "python"
+    if _executable(checkout):
+        return checkout
+    command = shutil.which("vllm")
+    python = _script_python(Path(command)) if command else None
+    if python is not None:
+        return python
+    unreadable = f" whose Python can be read ({command} has none)" if command else ""
     raise TracewheelError(
-        f"no vLLM to serve the model (looked for {candidates[0]}): pass --base-url (or set "
-        f"OPENAI_BASE_URL) to use a running server, or set TRACEWHEEL_VLLM_PYTHON to a Python "
-        f"that has vLLM (in a checkout: make vllm)")
+        f"no vLLM to serve the model: it is not installed in this Python ({sys.executable}), "
+        f"there is no `vllm` command on the PATH{unreadable}, and TRACEWHEEL_VLLM_PYTHON is "
+        f"not set. Install it (pip install vllm; in a checkout: make vllm), set "
+        f"TRACEWHEEL_VLLM_PYTHON to a Python that has it, or pass --base-url (or set "
+        f"OPENAI_BASE_URL) to use a running server")
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+# pip's console script for a Python whose path is too long for a #! line: a shell line that
+# execs that Python on the script itself.
+_SH_EXEC = re.compile(r"""^'''exec' "?([^"\s]+)"?""", re.M)
+
+
+def _script_python(script: Path) -> Path | None:
+    """The interpreter a console script runs with: its ``#!`` line (pip writes the absolute
+    path of its environment's Python there; ``/usr/bin/env python3`` is looked up on the PATH),
+    or the Python that pip's ``/bin/sh`` form execs."""
+    try:
+        head = script.read_bytes()[:1024].decode(errors="replace")
+    except OSError:
+        return None
+    first = head.splitlines()[0] if head else ""
+    if first == "#!/bin/sh":
+        found = _SH_EXEC.search(head)
+        candidate = found[1] if found else None
+    elif first.startswith("#!"):
+        words = first[2:].split()
+        candidate = (shutil.which(words[1]) if len(words) > 1 and words[0].endswith("/env")
+                     else words[0] if words else None)
+    else:
+        return None
+    return Path(candidate) if candidate and _executable(Path(candidate)) else None
 
 
 def has_cuda() -> bool:
