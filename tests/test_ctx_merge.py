@@ -896,6 +896,32 @@ def test_real_react_trajectory_merges_into_one_sample(client, tokenizer):
 
 
 @pytest.mark.vllm
+def test_a_trace_renders_the_prompt_the_server_renders_whatever_its_tools_key_order(client,
+                                                                                   tokenizer):
+    """A production trace keeps its tools as the agent wrote them (AgentScope: name,
+    parameters, description); vLLM re-reads a request's tools and renders them name,
+    description, parameters. The warm-up renders the trace (text mode) to the very prompt
+    vLLM serves, token for token. Before, the tool schema ended '"}}' in training and '}}}'
+    when served, and the demo's trained agent copied the served '}}}' into its calls."""
+    from tracewheel.chat_template import encode, render
+
+    agent_order = {"type": "function", "function": {
+        "name": "execute_python_code",
+        "parameters": {"properties": {"code": {"description": "The code.", "type": "string"}},
+                       "required": ["code"], "type": "object"},
+        "description": "Run Python code and return what it prints."}}
+    messages = [{"role": "system", "content": "You are a careful math assistant."},
+                {"role": "user", "content": "What is 6 times 7?"}]
+    resp = client.chat.completions.create(
+        model="smollm2-135m", messages=messages, tools=[agent_order], max_tokens=1,
+        extra_body={"return_token_ids": True})
+    served = resp.model_extra["prompt_token_ids"]
+    assert encode(tokenizer, render(tokenizer, messages, [agent_order], CHAT_TEMPLATE.read_text(),
+                                    True)) == served
+    assert '"type": "object"}}}' in tokenizer.decode(served)  # description before parameters
+
+
+@pytest.mark.vllm
 def test_real_rewritten_answer_is_a_template_mismatch(client, tokenizer):
     """The agent sends its answer back with a newline appended (the same message text): the
     template renders other tokens than the model sampled. Reported as `template`; spliced, the
