@@ -1,5 +1,6 @@
-"""Behaviour every tool shares, tested once for all tools (STYLE.md): --help with an example,
-malformed input named by line with a non-zero exit, empty input, a closed stdout."""
+"""Behaviour every tool shares, tested once for all tools (the README's "Conventions every tool
+follows"): --help with an example, malformed input named by line with a non-zero exit, empty
+input, a closed stdout."""
 
 from __future__ import annotations
 
