@@ -8,9 +8,7 @@ import click
 
 from tracewheel.cli import common_options, input_options, output_option, tool_command
 
-from .config import FORMATS, MergeConfig
-from .merge import ON_MISMATCH
-from .run import run
+from .config import FORMATS, ON_MISMATCH, MergeConfig
 
 D = MergeConfig()  # the defaults, stated once (config.py)
 
@@ -59,6 +57,8 @@ def main(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, 
     """
     if chat_template and not tokenizer:
         raise click.UsageError("--chat-template needs --tokenizer (it is for text mode)")
+    from .run import run  # records' pydantic models and the tokenizer: not for --help
+
     cfg = MergeConfig(on_mismatch=on_mismatch, max_len=max_len, format=format,
                       tokenizer=tokenizer, chat_template=chat_template, keep_failed=keep_failed)
     run(cfg, input, output, skip_invalid=skip_invalid, quiet=quiet, verbose=verbose)

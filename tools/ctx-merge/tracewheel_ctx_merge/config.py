@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 FORMATS = ("sample", "trl")
+ON_MISMATCH = ("new", "splice")  # what a call that does not continue its timeline does (merge.py)
 
 
 @dataclass

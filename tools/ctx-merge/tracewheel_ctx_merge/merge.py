@@ -18,11 +18,11 @@ from typing import Any
 
 from tracewheel.messages import tools_key
 
+from .config import ON_MISMATCH, MergeConfig
 from .mismatch import ConversationIndex, classify, splice_offset
 from .prefix_tree import PrefixTree, common_prefix
 from .sequences import CallView, MergeStats, assemble, calls_info, sample_id
 
-ON_MISMATCH = ("new", "splice")
 STOPPED = ("stop", "tool_calls")  # finish reasons of a completion that ended with its stop token
 # Fields the samples get in place of these rollout fields; the rest are carried to each sample.
 CONSUMED = ("id", "calls", "final")
@@ -64,7 +64,7 @@ def timelines(calls: list[dict]) -> dict[tuple, list[CallView]]:
     return groups
 
 
-def link_timeline(calls: list[CallView], *, on_mismatch: str = "new",
+def link_timeline(calls: list[CallView], *, on_mismatch: str = MergeConfig.on_mismatch,
                   tokenizer_for: TokenizerFor = no_tokenizer) -> None:
     """Set each call's ``parent``, ``offset`` and ``mismatch`` (see the module docstring).
 
@@ -132,8 +132,8 @@ def chains(calls: list[CallView]) -> list[list[CallView]]:
     return result
 
 
-def merge_rollout(rollout: dict, *, on_mismatch: str = "new", max_len: int | None = None,
-                  tokenizer_for: TokenizerFor = no_tokenizer,
+def merge_rollout(rollout: dict, *, on_mismatch: str = MergeConfig.on_mismatch,
+                  max_len: int | None = None, tokenizer_for: TokenizerFor = no_tokenizer,
                   stats: MergeStats | None = None) -> list[dict]:
     """The sample records of one rollout record (see the module docstring and the README)."""
     if on_mismatch not in ON_MISMATCH:

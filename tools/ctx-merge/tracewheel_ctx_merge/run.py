@@ -38,7 +38,7 @@ def record_validator(text_mode: bool) -> Callable[[dict], dict]:
     return validate
 
 
-def merge_records(records: Iterable[dict], *, on_mismatch: str = "new",
+def merge_records(records: Iterable[dict], *, on_mismatch: str = MergeConfig.on_mismatch,
                   max_len: int | None = None, tokenizer: Any | None = None,
                   chat_template: str | None = None, tokenizer_for: TokenizerFor | None = None,
                   keep_failed: bool = False, stats: MergeStats | None = None,
