@@ -42,6 +42,18 @@ def vllm_server(tmp_path_factory, embedded_model_dir):
         yield server
 
 
+@pytest.fixture
+def no_vllm_here(tmp_path, monkeypatch):
+    """A tools' environment with no vLLM in it, outside any checkout, with an empty PATH."""
+    import tracewheel.vllm as launcher
+
+    monkeypatch.delenv("TRACEWHEEL_VLLM_PYTHON", raising=False)
+    monkeypatch.setattr(launcher, "PROJECT_ROOT", tmp_path / "site-packages")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    (tmp_path / "bin").mkdir()
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def tokenizer(embedded_model_dir):
     from transformers import AutoTokenizer

@@ -552,10 +552,9 @@ def test_with_no_endpoint_the_embedded_model_judges(monkeypatch, embedded_model_
     assert records[0]["judge"]["verdict"] in ("keep", "drop", "error")
 
 
-def test_without_vllm_the_judge_says_once_how_to_give_it_an_endpoint(monkeypatch):
-    """A pip install has no .venv-vllm: one line, once (not once per judge thread), naming
+def test_without_vllm_the_judge_says_once_how_to_give_it_an_endpoint(monkeypatch, no_vllm_here):
+    """A pip install without vLLM: one line, once (not once per judge thread), naming
     --base-url and the environment variable."""
-    monkeypatch.setenv("TRACEWHEEL_VLLM_PYTHON", "/nonexistent/python")
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     result, _ = run(["--max-thread", "4", "--no-cache"],
                     input_text=jsonl(*(task(i, f"q{i}") for i in range(8))))

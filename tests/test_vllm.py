@@ -371,18 +371,6 @@ def _script(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.fixture
-def no_vllm_here(tmp_path, monkeypatch):
-    """A tools' environment with no vLLM in it, outside any checkout, with an empty PATH."""
-    import tracewheel.vllm as launcher
-
-    monkeypatch.delenv("TRACEWHEEL_VLLM_PYTHON", raising=False)
-    monkeypatch.setattr(launcher, "PROJECT_ROOT", tmp_path / "site-packages")
-    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
-    (tmp_path / "bin").mkdir()
-    return tmp_path
-
-
 def test_the_launcher_finds_a_vllm_command_on_the_path(no_vllm_here):
     """pip install vllm puts a `vllm` console script on the PATH whose #! line is its
     environment's Python: the launcher runs vLLM with that Python, nothing set."""
