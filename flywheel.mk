@@ -16,15 +16,17 @@ AGENT ?= MathAgent## only this agent's turns; empty: every agent
 RUBRICS ?= examples/rubrics.txt## trace-filter's rubrics; empty: the judge's base criteria only
 FILTER_ARGS ?= --drop-errors --dedup --require-reference --check-reference --undecided drop --no-judge## trace-filter's filters: the answers kept agree with their references (no judge: the embedded model cannot grade, and the references decide)
 PARAPHRASES ?= 8## training tasks reworded once each by task-augment (0: none)
-HELDOUT ?= 0.25## share of the tasks held out for evaluation
+HELDOUT ?= 0.1## share of the tasks held out for evaluation (the EVAL set is the larger check)
 MODEL ?= smollm2-135m## the starting model: a registered name or a model directory
 WORKFLOW ?= examples/math_agent.py:run## the agent: FILE.py:FN or MODULE:FN
 REWARD ?= boxed## rollout's --reward: boxed (1 right, 0 else), judge, or FILE.py:FN
 ITERS ?= 1## training iterations
-SAMPLES ?= 2## rollouts per training task (a group)
+SAMPLES ?= 1## rollouts per training task (a group: ALGO=grpo needs 2 or more; rejection sampling keeps the right ones of 1, and the loop's hour has room for one)
 EVAL_SAMPLES ?= 1## rollouts per held-out task
-EVAL ?= examples/math-eval.jsonl## labelled tasks (id, query, reference) every model is scored on, checked disjoint from training; empty: the held-out split only
+EVAL ?= examples/gsm8k-eval.jsonl examples/math-eval.jsonl## labelled tasks (id, query, reference; one file or several) every model is scored on, checked disjoint from training, reported by their metadata.source; empty: the held-out split only
 EVAL_SET_SAMPLES ?= 1## rollouts per task of the EVAL set
+EVAL_TEMPERATURE ?= 0## sampling temperature of every evaluation (0: greedy, the agent as it would be deployed); training rollouts sample at 1
+TEST_SET ?= 300## problems of GSM8K's test split that make gsm8k-test scores the first and the last model on, after the loop (0: all 1,319); reported only, never trained on
 MAX_TOKENS ?= 128## tokens one LLM call may generate (a trained demo agent's longest call: 126)
 JOBS ?= 16## rollouts in flight at once
 MAX_MODEL_LEN ?= 4096## context length vLLM serves
@@ -88,11 +90,13 @@ helper = $(if $(ENDPOINT),--base-url $(ENDPOINT) --model "$$TRACEWHEEL_MODEL")
 # Each step's stderr goes to the terminal and to logs/STEP.log, where the report finds it.
 log = 2> >(tee $(R)/logs/$1.log >&2)
 # The agent on the tasks in $< into $@: $1 rollouts per task by model $2, logged as $3, seeded
-# $4 (default SEED). Every model gets the same sampling seed per task, so evaluations pair draw
-# for draw.
+# $4 (default SEED), with $5 more options. Every model gets the same sampling seed per task, so
+# evaluations pair draw for draw.
 rollouts = $(TRACEWHEEL_BIN)/rollout -w $(WORKFLOW) -n $1 -j $(JOBS) --reward $(REWARD) \
-  --max-tokens $(MAX_TOKENS) --seed $(or $4,$(SEED)) $(call engine,$2) $(policy_args) $< -o $@ \
-  $(call log,$3)
+  --max-tokens $(MAX_TOKENS) --seed $(or $4,$(SEED)) $(call engine,$2) $(policy_args) $5 $< \
+  -o $@ $(call log,$3)
+# The same, as an evaluation: sampled at EVAL_TEMPERATURE.
+evaluate = $(call rollouts,$1,$2,$3,,--temperature $(EVAL_TEMPERATURE))
 # The evaluations of model $1.
 evaluations = $(R)/iter-$1/eval.jsonl $(if $(EVAL),$(R)/iter-$1/eval-set.jsonl)
 
@@ -169,17 +173,35 @@ endif
 
 $(call each,eval,0 $(ITER_NUMS)): $(R)/iter-%/eval.jsonl: $(R)/heldout.jsonl $(AGENT_FILES) $$(call trained,$$*)
 	@mkdir -p $(@D)
-	$(call rollouts,$(EVAL_SAMPLES),$*,eval-$*)
+	$(call evaluate,$(EVAL_SAMPLES),$*,eval-$*)
 
-# The EVAL set, refused where any task of it is a training task or paraphrase (id or query).
+# The EVAL set (its files one after another), refused where any task of it is a training task
+# or paraphrase (id or query), or an id comes twice.
 $(R)/eval-tasks.jsonl: $(EVAL) $(R)/train.jsonl
-	$(TRACEWHEEL_BIN)/python -m tracewheel.evalset --train $(R)/train.jsonl $< -o $@ \
+	$(TRACEWHEEL_BIN)/python -m tracewheel.evalset --train $(R)/train.jsonl $(EVAL) -o $@ \
 	  $(call log,evalset)
 
 # Model N on the EVAL set.
 $(call each,eval-set,0 $(ITER_NUMS)): $(R)/iter-%/eval-set.jsonl: $(R)/eval-tasks.jsonl $(AGENT_FILES) $$(call trained,$$*)
 	@mkdir -p $(@D)
-	$(call rollouts,$(EVAL_SET_SAMPLES),$*,eval-set-$*)
+	$(call evaluate,$(EVAL_SET_SAMPLES),$*,eval-set-$*)
+
+# GSM8K's test split, for reporting only: a fixed sample (TEST_SET), the first and the last
+# model on it after the loop (make gsm8k-test), each served by a vLLM of its own. Checked
+# disjoint from training like the EVAL set.
+$(R)/test-tasks.jsonl: examples/gsm8k.py $(R)/train.jsonl
+	$(TRACEWHEEL_BIN)/python examples/gsm8k.py --test -n $(TEST_SET) --seed 0 \
+	  | $(TRACEWHEEL_BIN)/python -m tracewheel.evalset --train $(R)/train.jsonl -o $@ \
+	  $(call log,test-tasks)
+
+$(call each,test-set,0 $(ITER_NUMS)): $(R)/iter-%/test-set.jsonl: $(R)/test-tasks.jsonl $(AGENT_FILES) $$(call trained,$$*)
+	@mkdir -p $(@D)
+	$(call evaluate,1,$*,test-set-$*)
+
+gsm8k-test-loop:
+	@$(MAKE) --no-print-directory $(R)/iter-0/test-set.jsonl $(R)/iter-$(ITERS)/test-set.jsonl
+	$(TRACEWHEEL_BIN)/python -m tracewheel.report $(R) > /dev/null
+	@echo "gsm8k-test: the report is $(R)/report.md (its Test set section)"
 
 $(R)/report.md: $(foreach i,0 $(ITER_NUMS),$(call evaluations,$i))
 	$(TRACEWHEEL_BIN)/python -m tracewheel.report $(R) > /dev/null

@@ -1,7 +1,7 @@
 r"""The demo's task family and its evaluation set: arithmetic in words, one- and two-step word
 problems, unit and money conversions and three-step problems, with computed answers.
 
-    python examples/math_eval.py -n 200 --seed 0 -o examples/math-eval.jsonl
+    python examples/math_eval.py -n 100 --seed 0 -o examples/math-eval.jsonl
 
 Every problem is one Python expression away from its answer, which is what the demo agent's
 ``execute_python_code`` tool is for: the agent that calls it with the right expression, reads the
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 NAMES = ["Ava", "Ben", "Chloe", "Diego", "Elena", "Farah", "Gus", "Hana", "Ivan", "Jada",
          "Kofi", "Lena", "Mateo", "Nia", "Omar", "Priya", "Quinn", "Rosa", "Sami", "Tomas"]
+SOURCE = "templates"  # what the evaluation set's tasks name as their source
 ITEMS = ["apples", "stickers", "marbles", "pencils", "cookies", "stamps", "shells", "books",
          "cards", "beads"]
 
@@ -245,9 +246,9 @@ def problems(n: int, seed: int, avoid: set[str] | frozenset[str] = frozenset()
 
 
 def generate(n: int, seed: int) -> list[dict]:
-    """The evaluation set: tasks ``{id, query, reference, metadata: {kind, level}}``."""
+    """The evaluation set: tasks ``{id, query, reference, metadata: {source, kind, level}}``."""
     return [{"id": f"eval-{seed}-{i:04d}", "query": p.query, "reference": str(p.answer),
-             "metadata": {"kind": p.kind, "level": p.level}}
+             "metadata": {"source": SOURCE, "kind": p.kind, "level": p.level}}
             for i, p in enumerate(problems(n, seed))]
 
 

@@ -8,10 +8,12 @@ The database is made from a real one (``tests/fixtures/studio/studio-1.0.9_agent
 .sqlite``, written by a real Studio server that real AgentScope 1.0.21 agents reported to): its
 schema, and one of its runs (a MathAgent turn that calls ``execute_python_code`` once) as the
 template of every row and span. Each run here copies that run's rows and span structure with
-new ids, times and content: the problem (examples/math_eval.py's family, another seed), the
-agent's code, the tool's output and the final answer. What differs from the template on
-purpose: the system prompt and the tool are the demo workflow's own (examples/math_agent.py),
-so the agent the loop trains is the agent production ran.
+new ids, times and content: the problem, the agent's code, the tool's output and the final
+answer. The problems are people's: GSM8K's training split (examples/gsm8k.py's production pool,
+one- and two-step problems), with ``--template-share`` of them from examples/math_eval.py's
+template family (another seed) where wanted; the manifest names each run's source. What
+differs from the template on purpose: the system prompt and the tool are the demo workflow's
+own (examples/math_agent.py), so the agent the loop trains is the agent production ran.
 
 What production holds (fixed seed, so the files are the same on every run):
 
@@ -33,6 +35,7 @@ import copy
 import importlib.util
 import json
 import random
+import re
 import shutil
 import sqlite3
 import sys
@@ -47,6 +50,8 @@ TEMPLATE_RUN = "VjUPx3PGicPcuWa2tfoPJX"  # one MathAgent turn: a tool call, then
 TABLES = ("run_table", "reply_table", "message_table", "span_table")
 PROJECT = "math-agent-prod"
 MODEL = "math-agent-v1"
+RUNS = 600  # a warm-up on ~300 of their answers learns about as much as on 800 (measured)
+TEMPLATE_SHARE = 0.0  # of the runs: the template family; the rest are GSM8K problems
 ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"  # Studio's short ids
 
 
@@ -294,46 +299,68 @@ class Writer:
         return attrs
 
 
-def _slip(problem, rng: random.Random, calc) -> tuple[str, int]:
-    """The problem's code with one slip in it (an operand off, or an operator swapped), and the
-    value it prints, which differs from the answer."""
-    expr = problem.code[len("print("):-1]
-    tokens = expr.split(" ")
+def answer_text(printed: str) -> str:
+    """The value a program printed, as the agent answers it: ``52.0`` is 52."""
+    value = printed.strip().splitlines()[-1]
+    return value[:-2] if value.endswith(".0") else value
+
+
+def _slip(problem, rng: random.Random, run) -> tuple[str, str]:
+    """The problem's code with one slip in one line (an operand off, or an operator swapped),
+    and the value it prints, which differs from the answer."""
+    lines = problem.code.splitlines()
     while True:
-        wrong = list(tokens)
-        i = rng.randrange(len(wrong))
-        if wrong[i].isdigit():
-            wrong[i] = str(int(wrong[i]) + rng.choice([-10, -2, -1, 1, 2, 10]))
-        elif wrong[i] in "+-":
-            wrong[i] = "-" if wrong[i] == "+" else "+"
+        k = rng.randrange(len(lines))
+        head, sep, expr = lines[k].rpartition(" = ") if " = " in lines[k] else \
+            ("print(", "", lines[k][len("print("):-1])
+        tokens = expr.split(" ")
+        i = rng.randrange(len(tokens))
+        if re.fullmatch(r"\d+", tokens[i]):
+            tokens[i] = str(int(tokens[i]) + rng.choice([-10, -2, -1, 1, 2, 10]))
+        elif tokens[i] in ("+", "-"):
+            tokens[i] = "-" if tokens[i] == "+" else "+"
         else:
             continue
-        text = " ".join(wrong)
+        wrong = " ".join(tokens)
+        line = f"{head}{sep}{wrong}" if sep else f"print({wrong})"
+        code = "\n".join([*lines[:k], line, *lines[k + 1:]])
         try:
-            value = calc(text)
-        except (ValueError, ZeroDivisionError):
+            value = answer_text(run(code))
+        except (ValueError, ZeroDivisionError, OverflowError):
             continue
-        if value != problem.answer and value >= 0:
-            return text, value
+        if value != str(problem.answer) and not value.startswith("-"):
+            return code, value
 
 
-def conversations(n_runs: int, seed: int, family) -> list[dict]:
+def mix(n_runs: int, seed: int, families: list, template_share: float, max_steps: int) -> list:
+    """``n_runs`` problems: GSM8K's production pool (problems people wrote) with a share of the
+    template family's, shuffled together."""
+    gsm8k, templates = families
+    n_templates = round(n_runs * template_share)
+    chosen = [*gsm8k.problems(n_runs - n_templates, seed, pool="production",
+                              max_steps=max_steps),
+              *templates.problems(n_templates, seed)]
+    random.Random(seed).shuffle(chosen)
+    return chosen
+
+
+def conversations(problems: list, seed: int, run) -> list[dict]:
     """The runs' content: each a list of turns (user text, steps) and its ground truth."""
     rng = random.Random(seed)
     runs = []
-    for problem in family.problems(n_runs, seed):
+    for problem in problems:
         roll = rng.random()
         wrong = roll < 0.15
-        expr = problem.code[len("print("):-1]
-        value = problem.answer
+        code, printed = problem.code, run(problem.code).strip()
+        value = str(problem.answer)
         if wrong:
-            expr, value = _slip(problem, rng, family._calc)
-        working = problem.working.replace(str(problem.answer), str(value)) if wrong else \
+            code, value = _slip(problem, rng, run)
+            printed = run(code).strip()
+        working = problem.working.replace(str(problem.answer), value) if wrong else \
             problem.working
         intro = rng.choice(["Let me compute it.", "I will compute this with Python.",
                             "Let me calculate.", "I'll run the arithmetic."])
-        first = [Step(intro, f"print({expr})", str(value)),
-                 Step(f"{working}\n\n\\boxed{{{value}}}")]
+        first = [Step(intro, code, printed), Step(f"{working}\n\n\\boxed{{{value}}}")]
         turns = [{"user": problem.query, "steps": first, "expected": str(problem.answer),
                   "right": not wrong}]
         feedback = rng.random()
@@ -345,7 +372,8 @@ def conversations(n_runs: int, seed: int, family) -> list[dict]:
         elif feedback < 0.24:
             # The user pushes back: rightly on a wrong answer, mistakenly on a right one.
             claimed = problem.answer if wrong else problem.answer + rng.choice([-10, -1, 1, 2])
-            recheck = [Step("Let me check it again.", problem.code, str(problem.answer)),
+            recheck = [Step("Let me check it again.", problem.code,
+                            run(problem.code).strip()),
                        Step(f"{problem.working}\n\n\\boxed{{{problem.answer}}}")]
             turns.append({"user": f"That's wrong, the answer is {claimed}.", "steps": recheck,
                           "expected": str(problem.answer), "right": True,
@@ -354,9 +382,18 @@ def conversations(n_runs: int, seed: int, family) -> list[dict]:
     return runs
 
 
-def write(out_db: Path, manifest_path: Path, n_runs: int, seed: int, reference_share: float
-          ) -> dict:
-    family = _load(ROOT / "examples" / "math_eval.py", "math_eval")
+def source(problem) -> dict:
+    """Where a run's problem came from: GSM8K's training split (its line there, its steps) or
+    the template family (its template and level)."""
+    if hasattr(problem, "index"):
+        return {"source": problem.kind, "index": problem.index, "steps": problem.level}
+    return {"source": "templates", "kind": problem.kind, "level": problem.level}
+
+
+def write(out_db: Path, manifest_path: Path, n_runs: int, seed: int, reference_share: float,
+          template_share: float, max_steps: int) -> dict:
+    gsm8k = _load(ROOT / "examples" / "gsm8k.py", "gsm8k")
+    templates = _load(ROOT / "examples" / "math_eval.py", "math_eval")
     agent = _load(ROOT / "examples" / "math_agent.py", "math_agent")
     tools = agent.make_toolkit().get_json_schemas()
     src = sqlite3.connect(f"file:{REAL_DB}?mode=ro", uri=True)
@@ -372,13 +409,13 @@ def write(out_db: Path, manifest_path: Path, n_runs: int, seed: int, reference_s
     writer = Writer(template, agent.SYS_PROMPT, tools, seed)
     rng = random.Random(seed + 1)
     manifest_runs = []
-    for i, conv in enumerate(conversations(n_runs, seed, family)):
+    problems = mix(n_runs, seed, [gsm8k, templates], template_share, max_steps)
+    for i, conv in enumerate(conversations(problems, seed, gsm8k.run)):
         run_name = f"prod-{1 + i // 50:02d}"
         run_id = writer.run(run_name, [(t["user"], t["steps"]) for t in conv["turns"]])
         manifest_runs.append({
             "run_id": run_id, "project": PROJECT, "run_name": run_name,
-            "agents": ["MathAgent"], "kind": conv["problem"].kind,
-            "level": conv["problem"].level,
+            "agents": ["MathAgent"], **source(conv["problem"]),
             "turns": [{"index": k, "agent": "MathAgent", "input": t["user"],
                        "expected_answer": t["expected"], "is_correct": t["right"],
                        "llm_calls": len(t["steps"]),
@@ -440,16 +477,24 @@ def references(db: Path, manifest_path: Path, manifest: dict) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    gsm8k = _load(ROOT / "examples" / "gsm8k.py", "gsm8k")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=400, help="conversations (default 400)")
+    parser.add_argument("--runs", type=int, default=RUNS, help=f"conversations (default {RUNS})")
     parser.add_argument("--seed", type=int, default=7, help="the seed (default 7; the "
                         "evaluation set uses 0, and the loop checks the two are disjoint)")
     parser.add_argument("--reference-share", type=float, default=0.6,
                         help="share of gradable turns with a known answer (default 0.6)")
+    parser.add_argument("--template-share", type=float, default=TEMPLATE_SHARE,
+                        help=f"share of the runs from the template family (default "
+                             f"{TEMPLATE_SHARE}); the rest are GSM8K's")
+    parser.add_argument("--max-steps", type=int, default=gsm8k.MAX_STEPS,
+                        help=f"GSM8K problems of at most this many steps (default "
+                             f"{gsm8k.MAX_STEPS})")
     parser.add_argument("--out", type=Path, default=ROOT / "examples" / "demo.sqlite")
     args = parser.parse_args(argv)
     manifest_path = args.out.with_suffix(".manifest.json")
-    manifest = write(args.out, manifest_path, args.runs, args.seed, args.reference_share)
+    manifest = write(args.out, manifest_path, args.runs, args.seed, args.reference_share,
+                     args.template_share, args.max_steps)
     refs = references(args.out, manifest_path, manifest)
     ref_path = args.out.with_name(args.out.stem + "-references.jsonl")
     ref_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in refs))

@@ -63,13 +63,13 @@ def test_the_answers_are_computed_right():
 
 def test_no_task_of_the_demo_database_is_in_the_set():
     """Every task the demo could train on (all of its database, before any filter) differs
-    from every evaluation task by id and by normalised query."""
+    from every evaluation task, of either source, by id and by normalised query."""
     out = subprocess.run([str(Path(sys.executable).parent / "trace-export"), "-q",
                           str(ROOT / "examples" / "demo.sqlite")],
                          capture_output=True, text=True, check=True).stdout
     train = [json.loads(line) for line in out.splitlines()]
     assert len(train) > 40
-    evaluation = _read(EVAL)
+    evaluation = _read(EVAL) + _read(ROOT / "examples" / "gsm8k-eval.jsonl")
     assert not {t["id"] for t in train} & {t["id"] for t in evaluation}
     assert not ({normalize_text(t["query"]) for t in train}
                 & {normalize_text(t["query"]) for t in evaluation})
@@ -137,3 +137,46 @@ def test_the_report_gives_paired_changes_on_the_evaluation_set(tmp_path):
     assert rows[1][1].startswith("0.300") and rows[1][2].startswith("+0.300 [+0.")
     assert rows[0][5].startswith("+0.100 [") and rows[0][6].startswith("+0.100 [")
     assert rows[1][5].startswith("+0.240 [+0.") and rows[1][6].startswith("+0.340 [+0.")
+
+
+def test_an_evaluation_set_of_several_files_is_checked_as_one(tmp_path):
+    """EVAL names a file per source: each is copied in turn, a bad line is named in its own
+    file, and an id in two of them is refused."""
+    (tmp_path / "train.jsonl").write_text(json.dumps({"id": "t1", "query": "2 plus 2?"}) + "\n")
+    first = [{"id": "a1", "query": "What is 6 times 7?", "reference": "42",
+              "metadata": {"source": "people"}}]
+    second = [{"id": "b1", "query": "What is 5 + 5?", "reference": "10",
+               "metadata": {"source": "templates"}}]
+    for name, tasks in (("a.jsonl", first), ("b.jsonl", second), ("c.jsonl", first)):
+        (tmp_path / name).write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    out = tmp_path / "out.jsonl"
+    args = ["--train", str(tmp_path / "train.jsonl")]
+    both = CliRunner().invoke(evalset, [*args, str(tmp_path / "a.jsonl"),
+                                        str(tmp_path / "b.jsonl"), "-o", str(out)])
+    assert both.exit_code == 0, both.output
+    assert _read(out) == first + second and "2 written" in both.output
+    twice = CliRunner().invoke(evalset, [*args, str(tmp_path / "a.jsonl"),
+                                         str(tmp_path / "c.jsonl"), "-o", str(tmp_path / "x")])
+    assert twice.exit_code == 1
+    assert "c.jsonl:1: task a1 comes twice in the evaluation set" in twice.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_report_gives_a_table_per_source_of_the_evaluation_set(tmp_path):
+    run = tmp_path / "demo"
+    run.mkdir()
+    tasks = [{"id": f"p{k}", "metadata": {"source": "gsm8k-train"}} for k in range(50)] + \
+        [{"id": f"t{k}", "metadata": {"source": "templates"}} for k in range(50)]
+    (run / "eval-tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    levels = [{t["id"]: 0.0 for t in tasks},
+              {**{f"p{k}": 1.0 if k < 20 else 0.0 for k in range(50)},
+               **{f"t{k}": 1.0 for k in range(50)}}]
+    for i, rewards in enumerate(levels):
+        (run / f"iter-{i}").mkdir()
+        (run / f"iter-{i}" / "eval-set.jsonl").write_text(_rollouts(rewards))
+    assert report_main([str(run)]) == 0
+    section = (run / "report.md").read_text().split("## Evaluation set")[1].split("\n## ")[0]
+    people = section.split("### gsm8k-train (50 tasks)")[1].split("###")[0]
+    templates = section.split("### templates (50 tasks)")[1]
+    assert "| after iteration 1 | 0.400 [" in people and "+0.400 [+0." in people
+    assert "| after iteration 1 | 1.000 [" in templates

@@ -11,12 +11,13 @@ paraphrase was made from.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
 import click
 
-from .cli import Summary, common_options, input_options, output_option, read_input, tool_command
+from .cli import Summary, common_options, output_option, read_input, tool_command
 from .dedup import normalize_text
 from .errors import RecordError
 from .jsonl import ReadStats, open_output, read_jsonl
@@ -55,46 +56,60 @@ class Training:
             raise RecordError(f"task {task_id} asks what training task {same} asks")
 
 
-def check_disjoint(eval_tasks: IO[bytes], training: list[Path], output: str | None, *,
-                   skip_invalid: bool = False) -> Summary:
-    """Copy ``eval_tasks`` to ``output`` when none of them is seen by training (or, with
-    ``skip_invalid``, those that are not; the others are counted as invalid)."""
+def check_disjoint(eval_tasks: IO[bytes] | Sequence[IO[bytes]], training: list[Path],
+                   output: str | None, *, skip_invalid: bool = False) -> Summary:
+    """Copy the evaluation tasks (one file, or several one after another: say, problems of
+    two sources) to ``output`` when none of them is seen by training and no id comes twice
+    (or, with ``skip_invalid``, those that pass; the others are counted as invalid)."""
     seen = Training()
     for path in training:
         seen.read(path)
+    ids: set[str] = set()
+
+    def check(task: dict) -> None:
+        seen.check(task)
+        if str(task["id"]) in ids:
+            raise RecordError(f"task {task['id']} comes twice in the evaluation set")
+        ids.add(str(task["id"]))
+
     summary = Summary("evalset", "read", "written", "invalid")
     stats = ReadStats()
-    records = read_input(eval_tasks, "task", skip_invalid=skip_invalid, stats=stats,
-                         tool="evalset", also=seen.check)
+    streams = [eval_tasks] if not isinstance(eval_tasks, Sequence) else eval_tasks
     with open_output(output) as out:
-        for task in records:
-            summary.add("read")
-            out.write(task)
-            summary.add("written")
+        for stream in streams:
+            for task in read_input(stream, "task", skip_invalid=skip_invalid, stats=stats,
+                                   tool="evalset", also=check):
+                summary.add("read")
+                out.write(task)
+                summary.add("written")
     summary.absorb(stats)
     return summary
 
 
 @tool_command("tracewheel.evalset")
 @common_options
-@input_options
+@click.option("--skip-invalid", is_flag=True,
+              help="Skip bad input lines (counted in the summary) instead of stopping at the "
+                   "first.")
+@click.argument("inputs", metavar="[FILE]...", nargs=-1, type=click.File("rb", lazy=False))
 @output_option
 @click.option("--train", "training", multiple=True, required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A file of training tasks (paraphrases included); repeat for more.")
-def main(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, verbose: int,
-         training: tuple[Path, ...]) -> None:
-    """Copy an evaluation set (stdin or FILE) to stdout or -o, after checking that none of its
-    tasks is a training task: same id, same normalised query, or the origin of a paraphrase.
-    Every task needs a reference (its known answer). With --skip-invalid such tasks are left
-    out and counted.
+def main(inputs: tuple[IO[bytes], ...], output: str | None, skip_invalid: bool, quiet: bool,
+         verbose: int, training: tuple[Path, ...]) -> None:
+    """Copy an evaluation set (stdin, or FILEs one after another) to stdout or -o, after
+    checking that none of its tasks is a training task: same id, same normalised query, or
+    the origin of a paraphrase. Every task needs a reference (its known answer), and no id may
+    come twice. With --skip-invalid such tasks are left out and counted.
 
     \b
     Examples:
-      python -m tracewheel.evalset --train runs/demo/train.jsonl examples/math-eval.jsonl \\
-          -o runs/demo/eval-tasks.jsonl
+      python -m tracewheel.evalset --train runs/demo/train.jsonl examples/gsm8k-eval.jsonl \\
+          examples/math-eval.jsonl -o runs/demo/eval-tasks.jsonl
     """
-    check_disjoint(input, list(training), output, skip_invalid=skip_invalid).print(quiet)
+    streams = list(inputs) or [click.get_binary_stream("stdin")]
+    check_disjoint(streams, list(training), output, skip_invalid=skip_invalid).print(quiet)
 
 
 if __name__ == "__main__":

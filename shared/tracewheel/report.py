@@ -121,6 +121,7 @@ class EvalSet(NamedTuple):
     label: str
     about: str
     always: bool
+    tasks: str | None = None  # its tasks, whose sources split its section into tables
 
 
 EVAL_SETS = [
@@ -128,7 +129,12 @@ EVAL_SETS = [
             "the production tasks set aside before training (`heldout.jsonl`)", True),
     EvalSet("eval-set.jsonl", "Evaluation set", "evaluation set",
             "labelled tasks checked disjoint from every training task and paraphrase "
-            "(`eval-tasks.jsonl`, from `EVAL=`)", False),
+            "(`eval-tasks.jsonl`, from `EVAL=`), a table per source where they name several",
+            False, "eval-tasks.jsonl"),
+    EvalSet("test-set.jsonl", "Test set", "test set",
+            "a public test set scored after the loop (`test-tasks.jsonl`, `make gsm8k-test`: a "
+            "fixed sample of GSM8K's test split), reported only: never trained on, never used "
+            "to choose a setting", False, "test-tasks.jsonl"),
 ]
 
 
@@ -141,16 +147,34 @@ def paired(after: dict[str, float], before: dict[str, float]) -> str:
 
 
 def evaluation(which: EvalSet, rewards: dict[int, dict[str, float]],
-               right: dict[int, dict[str, float]]) -> list[str]:
+               right: dict[int, dict[str, float]],
+               groups: dict[str, set[str]] | None = None) -> list[str]:
     """A section: each model's share of right answers and mean reward (per task, by
     iteration), and the paired change of each from the model before it and from the start.
-    Right answers come first: a reward can rise while they do not."""
+    Right answers come first: a reward can rise while they do not. ``groups``: where the
+    tasks come from several sources (``metadata.source``), a table per source, each task's
+    id under its source's name."""
     lines = [f"## {which.title}", "",
              f"Every model on {which.about}. *Right*: the share of answers that were right, "
              "where the reward says. *Reward*: mean per task (its samples averaged; no reward "
              "counts 0). 95% confidence intervals; changes are paired by task: an interval "
-             "above zero is a gain the evaluation can tell from noise.",
-             "", "| model | right | right: change from before | right: change from the start "
+             "above zero is a gain the evaluation can tell from noise.", ""]
+    if not groups or len(groups) < 2:
+        return lines + _evaluation_table(rewards, right) + [""]
+    for source, ids in groups.items():
+        lines += [f"### {source} ({len(ids)} tasks)", "",
+                  *_evaluation_table({i: _only(r, ids) for i, r in rewards.items()},
+                                     {i: _only(r, ids) for i, r in right.items()}), ""]
+    return lines
+
+
+def _only(values: dict[str, float], ids: set[str]) -> dict[str, float]:
+    return {task: v for task, v in values.items() if task in ids}
+
+
+def _evaluation_table(rewards: dict[int, dict[str, float]],
+                      right: dict[int, dict[str, float]]) -> list[str]:
+    lines = ["| model | right | right: change from before | right: change from the start "
              "| reward | change from the model before | change from the start |",
              "|---|---|---|---|---|---|---|"]
     order = sorted(rewards)
@@ -166,7 +190,17 @@ def evaluation(which: EvalSet, rewards: dict[int, dict[str, float]],
         lines.append("| " + " | ".join(cells) + " |")
     if not rewards:
         lines.append("| (no evaluation yet) | | | | | | |")
-    return lines + [""]
+    return lines
+
+
+def sources(tasks: list[dict]) -> dict[str, set[str]]:
+    """The tasks' ids by their source (``metadata.source``; "other" where none is named), in
+    the order the sources first appear."""
+    found: dict[str, set[str]] = {}
+    for task in tasks:
+        source = (task.get("metadata") or {}).get("source") or "other"
+        found.setdefault(str(source), set()).add(str(task.get("id")))
+    return found
 
 
 def report(run: Path) -> str:
@@ -186,9 +220,15 @@ def report(run: Path) -> str:
         runs = {i: read(run / f"iter-{i}" / which.file) for i in iterations(run)}
         runs = {i: rs for i, rs in runs.items() if rs}
         rewards = {i: task_rewards(rs) for i, rs in runs.items()}
+        groups = sources(read(run / which.tasks)) if which.tasks else {}
         if runs or which.always:
-            lines += evaluation(which, rewards, {i: task_solved(rs) for i, rs in runs.items()})
-        if runs:
+            lines += evaluation(which, rewards, {i: task_solved(rs) for i, rs in runs.items()},
+                                groups)
+        if runs and len(groups) > 1:
+            curves += [(f"{which.label}: {source}",
+                        {i: _only(r, ids) for i, r in rewards.items()})
+                       for source, ids in groups.items()]
+        elif runs:
             curves.append((which.label, rewards))
     lines += policies_section(run)
     lines += ["## Iterations", "",
