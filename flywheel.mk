@@ -21,10 +21,10 @@ MODEL ?= smollm2-135m## the starting model: a registered name or a model directo
 WORKFLOW ?= examples/math_agent.py:run## the agent: FILE.py:FN or MODULE:FN
 REWARD ?= boxed## rollout's --reward: boxed (1 right, 0 else), judge, or FILE.py:FN
 ITERS ?= 1## training iterations
-SAMPLES ?= 1## rollouts per training task (a group: ALGO=grpo needs 2 or more; rejection sampling keeps the right ones of 1, and the loop's hour has room for one)
-EVAL_SAMPLES ?= 1## rollouts per held-out task
+PER_TASK ?= 1## rollouts per training task, a group (rollout --per-task; ALGO=grpo needs 2 or more; rejection sampling keeps the right ones of 1, and the loop's hour has room for one)
+EVAL_PER_TASK ?= 1## rollouts per held-out task
 EVAL ?= examples/gsm8k-eval.jsonl examples/math-eval.jsonl## labelled tasks (id, query, reference; one file or several) every model is scored on, checked disjoint from training, reported by their metadata.source; empty: the held-out split only
-EVAL_SET_SAMPLES ?= 1## rollouts per task of the EVAL set
+EVAL_SET_PER_TASK ?= 1## rollouts per task of the EVAL set
 EVAL_TEMPERATURE ?= 0## sampling temperature of every evaluation (0: greedy, the agent as it would be deployed); training rollouts sample at 1
 TEST_SET ?= 300## problems of GSM8K's test split that make gsm8k-test scores the first and the last model on, after the loop (0: all 1,319); reported only, never trained on
 MAX_TOKENS ?= 128## tokens one LLM call may generate (a trained demo agent's longest call: 126)
@@ -43,6 +43,15 @@ MAX_LAG ?= 1## with ASYNC=1: how many versions older than the model it trains a 
 POLICIES ?=## multi-agent: AGENT=POLICY,...: one LoRA adapter per policy on MODEL, trained on its agents' calls and served together (examples/README.md)
 DEFAULT_POLICY ?=## with POLICIES: the policy of agents outside the map (MODEL's name: the frozen base); empty: their calls fail
 LORA_RANK ?= 8## with POLICIES: the adapters' rank
+
+# The old names of the three above, SAMPLES, EVAL_SAMPLES and EVAL_SET_SAMPLES, still accepted
+# for a while; the new name wins where both are given.
+$(foreach v,PER_TASK EVAL_PER_TASK EVAL_SET_PER_TASK,$(eval old := $(subst PER_TASK,SAMPLES,$v))\
+  $(if $(value $(old)),$(if $(filter 0,$(MAKELEVEL)),$(warning $(old) is now called $v))$(if $(filter command line,$(origin $v)),,$(eval $v := $(value $(old))))))
+
+ifeq ($(ALGO)$(PER_TASK),grpo1)
+$(error ALGO=grpo needs PER_TASK=2 or more: GRPO learns from differences within a task's group, and a group of one has none)
+endif
 
 RUNS ?= runs## where runs go
 R := $(RUNS)/$(RUN)
@@ -145,7 +154,7 @@ endif
 # With ASYNC=1 one model may sample two iterations' rollouts: each its own draws (SEED + N).
 $(call each,rollouts,$(ROLLOUT_ITERS)): $(R)/iter-%/rollouts.jsonl: $(R)/train.jsonl $(AGENT_FILES) $$(call trained,$$(call source,$$*))
 	@mkdir -p $(@D)
-	$(call rollouts,$(SAMPLES),$(call source,$*),rollout-$*,$(if $(filter-out 0,$(LAG)),$(shell echo $$(($(SEED) + $*)))))
+	$(call rollouts,$(PER_TASK),$(call source,$*),rollout-$*,$(if $(filter-out 0,$(LAG)),$(shell echo $$(($(SEED) + $*)))))
 
 $(call each,samples,$(ROLLOUT_ITERS)): $(R)/iter-%/samples.jsonl: $(R)/iter-%/rollouts.jsonl
 	$(TRACEWHEEL_BIN)/ctx-merge $(MERGE_ARGS) $< -o $@ $(call log,merge-$*)
@@ -173,7 +182,7 @@ endif
 
 $(call each,eval,0 $(ITER_NUMS)): $(R)/iter-%/eval.jsonl: $(R)/heldout.jsonl $(AGENT_FILES) $$(call trained,$$*)
 	@mkdir -p $(@D)
-	$(call evaluate,$(EVAL_SAMPLES),$*,eval-$*)
+	$(call evaluate,$(EVAL_PER_TASK),$*,eval-$*)
 
 # The EVAL set (its files one after another), refused where any task of it is a training task
 # or paraphrase (id or query), or an id comes twice.
@@ -184,7 +193,7 @@ $(R)/eval-tasks.jsonl: $(EVAL) $(R)/train.jsonl
 # Model N on the EVAL set.
 $(call each,eval-set,0 $(ITER_NUMS)): $(R)/iter-%/eval-set.jsonl: $(R)/eval-tasks.jsonl $(AGENT_FILES) $$(call trained,$$*)
 	@mkdir -p $(@D)
-	$(call evaluate,$(EVAL_SET_SAMPLES),$*,eval-set-$*)
+	$(call evaluate,$(EVAL_SET_PER_TASK),$*,eval-set-$*)
 
 # GSM8K's test split, for reporting only: a fixed sample (TEST_SET), the first and the last
 # model on it after the loop (make gsm8k-test), each served by a vLLM of its own. Checked

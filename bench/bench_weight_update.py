@@ -4,11 +4,11 @@
     .venv/bin/python bench/bench_weight_update.py BASE --adapter ADAPTER_DIR [--rounds 3]
 
 CHECKPOINT (default: the embedded model) is loaded into a server serving the embedded model
-(tracewheel.vllm.load_weights: pause, reload from disk, drop the prefix cache, resume), and a
-new server is started with it instead. With --adapter, a LoRA adapter on BASE: hot-loaded into
-a server of BASE (load_adapter, replacing the one of that name), against a new server of BASE
-that then loads it. Printed: seconds of each, their ratio, and the first answer after each (the
-same greedy prompt: they must agree).
+(tracewheel.weight_updates.load_weights: pause, reload from disk, drop the prefix cache,
+resume), and a new server is started with it instead. With --adapter, a LoRA adapter on BASE:
+hot-loaded into a server of BASE (load_adapter, replacing the one of that name), against a new
+server of BASE that then loads it. Printed: seconds of each, their ratio, and the first answer
+after each (the same greedy prompt: they must agree).
 """
 
 from __future__ import annotations

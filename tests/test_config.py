@@ -98,3 +98,54 @@ def test_yaml_is_never_executed(tmp_path):
     result, _ = run(["--config", str(path)])
     assert result.exit_code == 1
     assert "not valid YAML" in result.output
+
+
+def test_each_default_is_stated_once_all_the_way_down():
+    """The objects a tool builds from its config have no defaults of their own (or read the
+    config's), so a default changed in one place is the default everywhere: built from the
+    configs' defaults, every inner object holds the configs' values."""
+    import dataclasses
+    import inspect
+
+    from tracewheel.judge import JudgeSettings
+    from tracewheel.models import MAX_MODEL_LEN
+    from tracewheel.vllm import VLLMServer
+    from tracewheel.vllm import _command as vllm_command
+    from tracewheel_rollout.config import RecordOptions, RunOptions
+    from tracewheel_rollout.recorder import Recorder
+    from tracewheel_rollout.run import _settings
+    from tracewheel_rollout.runner import RunnerSettings
+    from tracewheel_task_augment.config import GenerationConfig
+    from tracewheel_task_augment.engine import AskSettings
+    from tracewheel_trace_filter.config import FilterOptions
+
+    for inner in (RunnerSettings, AskSettings):
+        own = [f.name for f in dataclasses.fields(inner)
+               if f.default is not dataclasses.MISSING
+               or f.default_factory is not dataclasses.MISSING]
+        assert own == [], f"{inner.__name__} states defaults of its own: {own}"
+
+    run = RunOptions(workflow="examples/math_agent.py:run")
+    built = _settings(run, {"upstream": "http://127.0.0.1:1/v1", "model": "m"})
+    assert (built.per_task, built.jobs, built.timeout, built.seed, built.ordered) == \
+        (run.per_task, run.jobs, run.rollout_timeout, run.seed, not run.unordered)
+    assert built.sampling == {"temperature": run.temperature, "max_tokens": run.max_tokens}
+
+    gen = GenerationConfig()
+    asked = {f.name for f in dataclasses.fields(AskSettings)} - {"endpoint"}
+    assert asked <= {f.name for f in dataclasses.fields(GenerationConfig)}  # one name each
+
+    record = RecordOptions()
+    signature = inspect.signature(Recorder.__init__).parameters
+    for name in ("host", "retries", "timeout", "continuation"):
+        assert signature[name].default == getattr(record, name), name
+
+    judged = FilterOptions()
+    judge = JudgeSettings(endpoint=None, rubrics=None)
+    assert (judged.temperature, judged.max_tokens, judged.parse_retries) == \
+        (judge.temperature, judge.max_tokens, judge.parse_retries)
+    assert gen.parse_retries == judge.parse_retries
+
+    served = {p.name: p.default for p in vllm_command.params}
+    assert run.max_model_len == MAX_MODEL_LEN == served["max_model_len"] == \
+        inspect.signature(VLLMServer.__init__).parameters["max_model_len"].default

@@ -42,7 +42,7 @@ def small_run(tmp_path_factory):
     evaluation = (ROOT / "examples" / "math-eval.jsonl").read_text().splitlines()
     (base / "eval.jsonl").write_text("\n".join(evaluation[:6]) + "\n")
     settings = [f"REFERENCES={base / 'refs.jsonl'}", f"EVAL={base / 'eval.jsonl'}", "ITERS=1",
-                "SAMPLES=2", "EVAL_SAMPLES=1", "MAX_TOKENS=48", "PARAPHRASES=2", "HELDOUT=0.25",
+                "PER_TASK=2", "EVAL_PER_TASK=1", "MAX_TOKENS=48", "PARAPHRASES=2", "HELDOUT=0.25",
                 "JOBS=8",
                 "MAX_MODEL_LEN=2048", "TRAIN_ARGS=--lr 1e-5 --max-steps 1", "WARMUP=",
                 f"REWARD={ROOT / 'tests' / 'fixtures' / 'flywheel' / 'rewards.py'}:alternate"]
@@ -66,7 +66,7 @@ def test_the_loop_leaves_every_step_and_a_report(small_run):
         assert set(augmented["augment"]["parents"]) <= {t["id"] for t in originals}
 
     rollouts = lines(run / "iter-1" / "rollouts.jsonl")
-    assert len(rollouts) == 2 * len(train)  # SAMPLES per training task
+    assert len(rollouts) == 2 * len(train)  # PER_TASK per training task
     assert lines(run / "iter-1" / "samples.jsonl")
     metrics = lines(run / "iter-1" / "metrics.jsonl")
     assert len(metrics) == 1 and metrics[0]["step"] == 1
@@ -157,6 +157,37 @@ def test_make_n_plans_every_iteration(tmp_path, settings):
         assert f"--out {tmp_path}/runs/small/iter-{i}/ckpt" in result.stdout
     for i in (2, 3):
         assert f"-o {tmp_path}/runs/small/iter-{i}/rollouts.jsonl" in result.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_old_names_of_the_per_task_counts_still_work(tmp_path):
+    """SAMPLES, EVAL_SAMPLES and EVAL_SET_SAMPLES became PER_TASK, EVAL_PER_TASK and
+    EVAL_SET_PER_TASK (rollout's --per-task): the old names still set them, with a warning
+    naming the new one, once; the new name wins where both are given."""
+    def commands(*settings: str) -> tuple[dict[str, str], str]:
+        result = make("-n", "flywheel-loop", "ITERS=2", *settings, runs=tmp_path / "runs")
+        assert result.returncode == 0, result.stderr[-3000:]
+        found = {}
+        for line in result.stdout.splitlines():
+            for goal in ("iter-2/rollouts", "iter-1/eval", "iter-1/eval-set"):
+                if "rollout -w" in line and f"/{goal}.jsonl " in line + " ":
+                    found[goal] = line.split(" -n ")[1].split()[0]
+        return found, result.stderr
+
+    found, warned = commands("SAMPLES=3", "EVAL_SAMPLES=2", "EVAL_SET_SAMPLES=4")
+    assert found == {"iter-2/rollouts": "3", "iter-1/eval": "2", "iter-1/eval-set": "4"}
+    assert warned.count("SAMPLES is now called PER_TASK") == 1
+    assert "EVAL_SET_SAMPLES is now called EVAL_SET_PER_TASK" in warned
+    found, _ = commands("SAMPLES=3", "PER_TASK=5")
+    assert found["iter-2/rollouts"] == "5"
+
+
+def test_grpo_on_groups_of_one_is_refused_before_anything_runs(tmp_path):
+    """The loop's default is one rollout per task (rejection sampling); GRPO needs groups."""
+    refused = make("-n", "flywheel-loop", "ALGO=grpo", runs=tmp_path / "runs")
+    assert refused.returncode != 0 and "ALGO=grpo needs PER_TASK=2 or more" in refused.stderr
+    assert make("-n", "flywheel-loop", "ALGO=grpo", "PER_TASK=2",
+                runs=tmp_path / "runs").returncode == 0
     assert not (tmp_path / "runs").exists()
 
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from tracewheel.errors import TracewheelError
-from tracewheel.vllm import VLLMServer, load_adapter
+from tracewheel.vllm import VLLMServer
+from tracewheel.weight_updates import load_adapter
 
 from conftest import local_logprobs, served_greedy
 

@@ -631,7 +631,7 @@ def test_the_judge_reward_shows_the_judge_the_tasks_reference():
     with CannedServer(lambda n: (200, {}, keep)) as server:
         endpoint = Endpoint(server.base_url, "judge-m")
         client = make_client(endpoint)
-        score = judge_reward(Judge(JudgeSettings(endpoint, None), lambda: client))
+        score = judge_reward(Judge(JudgeSettings(endpoint=endpoint, rubrics=None), lambda: client))
         reward, info = asyncio.run(score({"query": "What is 6*7?", "reference": 42},
                                          {"final": "6*7 = \\boxed{42}", "calls": []}))
         user = server.requests[0]["body"]["messages"][1]["content"]

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from tracewheel.errors import TracewheelError
-from tracewheel.vllm import VLLMServer, load_weights, weight_version
+from tracewheel.vllm import VLLMServer
+from tracewheel.weight_updates import load_weights, weight_version
 
 from conftest import local_logprobs, served_greedy
 

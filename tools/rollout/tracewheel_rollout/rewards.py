@@ -107,7 +107,8 @@ def _judge_from_options(o: RunOptions, engine: dict) -> RewardFn:
                                     o.judge_model or engine["model"], o.judge_api_key,
                                     o.timeout, o.retries)
                 client = make_client(endpoint)
-                built.append(Judge(JudgeSettings(endpoint, text), lambda: client))
+                built.append(Judge(JudgeSettings(endpoint=endpoint, rubrics=text),
+                                   lambda: client))
             return built[0]
 
     return judge_reward(lambda record: judge()(record))

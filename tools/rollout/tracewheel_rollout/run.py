@@ -24,7 +24,7 @@ from tracewheel.workflow import absolute_spec
 
 from . import rewards
 from .config import RecordOptions, RunOptions
-from .runner import RecordingEndpoint, Runner, Sessions, Settings
+from .runner import RecordingEndpoint, Runner, RunnerSettings, Sessions
 
 
 def run_rollouts(o: RunOptions, input: IO[bytes], output: str | None, *, skip_invalid: bool,
@@ -130,7 +130,7 @@ def served_version(upstream: str, warn: Callable[[str], None]) -> str | None:
     """The version of the weights the upstream serves: vLLM's /weight_info, where it has the
     route (started with weight updates); None elsewhere, and with a warning where the route
     answers something else than a version (then calls are recorded without one)."""
-    from tracewheel.vllm import OddVersionReply, weight_version
+    from tracewheel.weight_updates import OddVersionReply, weight_version
 
     try:
         return weight_version(upstream, timeout=10)
@@ -161,11 +161,11 @@ def _versions(versions: Counter, summary: Summary) -> None:
             f"{v}: {n}" for v, n in answered.items()))
 
 
-def _settings(o: RunOptions, engine: dict) -> Settings:
+def _settings(o: RunOptions, engine: dict) -> RunnerSettings:
     reward_fn = rewards.reward_for(o, engine)
-    return Settings(workflow=absolute_spec(o.workflow), per_task=o.per_task, jobs=o.jobs,
-                    timeout=o.rollout_timeout, sampling=o.sampling(), seed=o.seed,
-                    reward=reward_fn, ordered=not o.unordered)
+    return RunnerSettings(workflow=absolute_spec(o.workflow), per_task=o.per_task, jobs=o.jobs,
+                          timeout=o.rollout_timeout, sampling=o.sampling(), seed=o.seed,
+                          reward=reward_fn, ordered=not o.unordered)
 
 
 def _submitter(o: RunOptions) -> Any:

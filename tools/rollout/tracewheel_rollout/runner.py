@@ -10,7 +10,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tracewheel.ids import stable_id
@@ -59,16 +59,18 @@ class Sessions:
         return sorted(calls, key=lambda c: (c["index"], c.get("choice", 0)))
 
 
-@dataclass
-class Settings:
+@dataclass(kw_only=True)
+class RunnerSettings:
+    """What the runner does, filled from RunOptions (run.py), where the defaults are stated."""
+
     workflow: str
-    per_task: int = 1
-    jobs: int = 8
-    timeout: float = 600.0
-    sampling: dict = field(default_factory=dict)
-    seed: int | None = None
-    reward: RewardFn | None = None
-    ordered: bool = True
+    per_task: int
+    jobs: int
+    timeout: float
+    sampling: dict
+    seed: int | None
+    reward: RewardFn | None
+    ordered: bool
 
 
 @dataclass
@@ -101,7 +103,7 @@ def sampling_seed(seed: int | None, task_id: str, sample: int) -> int | None:
 
 
 class Runner:
-    def __init__(self, settings: Settings, endpoint: RecordingEndpoint,
+    def __init__(self, settings: RunnerSettings, endpoint: RecordingEndpoint,
                  submit: Callable[[str, dict, Handle], Any] | None = None):
         self.settings = settings
         self.endpoint = endpoint

@@ -33,21 +33,22 @@ if TYPE_CHECKING:
 ROUND = 64
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What every attempt of a run shares; all of it but ``workers`` is in the cache key."""
+@dataclass(frozen=True, kw_only=True)
+class AskSettings:
+    """What every attempt of a run shares; all of it but ``max_thread`` is in the cache key.
+    No defaults here: run.py fills it from GenerationConfig, where they are stated."""
 
     endpoint: Endpoint
-    temperature: float = 0.8
-    max_tokens: int = 1024
-    parse_retries: int = 2
-    structured: bool = True
-    seed: int = 0
-    workers: int = 8
+    temperature: float
+    max_tokens: int
+    parse_retries: int
+    structured: bool
+    seed: int
+    max_thread: int
     # Send each request a sampling seed (derived from ``seed``): reproducible without the
-    # cache. Off by default: vLLM's CPU build can kill its engine on seeded requests under
-    # load ("CPU Generator does not use offset").
-    request_seeds: bool = False
+    # cache. Off by default (GenerationConfig): vLLM's CPU build can kill its engine on
+    # seeded requests under load ("CPU Generator does not use offset").
+    request_seeds: bool
 
     @property
     def model(self) -> str:
@@ -106,7 +107,7 @@ class Asker:
     ``client()`` gives the OpenAI client (a LazyClient: the embedded server starts with the
     first request, not before). Thread-safe."""
 
-    def __init__(self, settings: Settings, client: Callable[[], openai.OpenAI]):
+    def __init__(self, settings: AskSettings, client: Callable[[], openai.OpenAI]):
         self.settings = settings
         self.client = client
         self.json = JsonAsker(settings.endpoint, client, structured=settings.structured,
@@ -163,7 +164,7 @@ class Engine:
             hit = self.cache.get(attempt.key) if self.cache is not None else None
             return Outcome.from_cache(hit) if hit is not None else None
 
-        workers = self.asker.settings.workers
+        workers = self.asker.settings.max_thread
         # A reply that came back after the run had to stop is cached too, not paid for again.
         results = bounded_map(self.asker, keyed(), workers=workers, ready=ready,
                               abandoned=self._remember)

@@ -20,7 +20,7 @@ from . import expand as expand_mod
 from . import questions as questions_mod
 from .config import DocsConfig, ExpandConfig, GenerationConfig, ParaphraseConfig
 from .documents import load_documents
-from .engine import Asker, EndpointFailure, Engine, Settings
+from .engine import Asker, AskSettings, EndpointFailure, Engine
 from .gate import Gate
 from .novelty import History, Novelty, load_corpus
 from .paraphrase import paraphrase as paraphrase_tasks
@@ -50,10 +50,11 @@ class Run:
         self.client = stack.enter_context(
             LazyClient(self.endpoint, serve=None if given.base_url else EMBEDDED_MODEL,
                        echo=_echo))
-        self.settings = Settings(self.endpoint, temperature=gen.temperature,
-                                 max_tokens=gen.max_tokens, parse_retries=gen.parse_retries,
-                                 structured=gen.structured, seed=gen.seed,
-                                 workers=gen.max_thread, request_seeds=gen.request_seeds)
+        self.settings = AskSettings(endpoint=self.endpoint, temperature=gen.temperature,
+                                    max_tokens=gen.max_tokens, parse_retries=gen.parse_retries,
+                                    structured=gen.structured, seed=gen.seed,
+                                    max_thread=gen.max_thread,
+                                    request_seeds=gen.request_seeds)
         self.cache = None
         if gen.use_cache:
             self.cache = stack.enter_context(Cache(gen.cache or default_cache_path(TOOL)))

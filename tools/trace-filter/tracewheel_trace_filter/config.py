@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from tracewheel.cli import MAX_THREAD, PARSE_RETRIES
 from tracewheel.client import RETRIES, TIMEOUT
+from tracewheel.judge import JudgeSettings
 
 from .learn import LearnSettings
 
@@ -34,8 +35,8 @@ class FilterOptions(AskOptions):
 
     rubrics: str | None = None
     use_judge: bool = True
-    temperature: float = 0.0
-    max_tokens: int = 512
+    temperature: float = JudgeSettings.temperature
+    max_tokens: int = JudgeSettings.max_tokens
     print_reason: bool = False
     require_boxed: bool = False
     require_regex: str | None = None

@@ -58,9 +58,10 @@ def filter_tasks(o: FilterOptions, input: IO[bytes], output: str | None, *,
         judge = cache = settings = client = None
         if o.use_judge:
             endpoint, client = judge_client(stack, o, echo)
-            settings = JudgeSettings(endpoint, rubrics_text(o.rubrics), o.temperature,
-                                     o.max_tokens,
-                                     o.parse_retries, structured=not o.no_structured)
+            settings = JudgeSettings(endpoint=endpoint, rubrics=rubrics_text(o.rubrics),
+                                     temperature=o.temperature, max_tokens=o.max_tokens,
+                                     parse_retries=o.parse_retries,
+                                     structured=not o.no_structured)
             judge = Judge(settings, client, on_retry=lambda n, err, d: summary.add("retries"))
             if not o.no_cache:
                 cache = stack.enter_context(
@@ -70,8 +71,9 @@ def filter_tasks(o: FilterOptions, input: IO[bytes], output: str | None, *,
         records = read_input(input, "task", skip_invalid=skip_invalid, stats=stats,
                              tool="trace-filter", verbose=verbose,
                              also=check.validate if check is not None else None)
-        decided = decide(records, rule_list, deduper, judge, settings, client, cache,
-                          o.max_thread, o.unordered, summary)
+        decided = decide(records, rule_list=rule_list, deduper=deduper, judge=judge,
+                         settings=settings, client=client, cache=cache,
+                         max_thread=o.max_thread, unordered=o.unordered, summary=summary)
         out = stack.enter_context(open_output(output))
         try:
             for record, verdict in progress(decided, desc="trace-filter", quiet=quiet):
@@ -138,9 +140,9 @@ def judge_client(stack: contextlib.ExitStack, o: AskOptions, echo) -> tuple[Endp
     return endpoint, client
 
 
-def decide(records: Iterator[dict], rule_list, deduper: Any, judge: Judge | None,
-            settings: JudgeSettings | None, client: LazyClient | None, cache: Cache | None,
-            workers: int, unordered: bool, summary: Summary) -> Iterator[tuple[dict, dict]]:
+def decide(records: Iterator[dict], *, rule_list: list, deduper: Any, judge: Judge | None,
+           settings: JudgeSettings | None, client: LazyClient | None, cache: Cache | None,
+           max_thread: int, unordered: bool, summary: Summary) -> Iterator[tuple[dict, dict]]:
     """Each record with its verdict, rules and dedup first, the judge only for what passes."""
     labels: dict[str, Any] = {}
     if settings is not None:
@@ -172,7 +174,7 @@ def decide(records: Iterator[dict], rule_list, deduper: Any, judge: Judge | None
         if cache is not None and result.get("by") is None:
             cache.put(settings.key(record), result)
 
-    results = bounded_map(ask, records, workers=workers, ordered=not unordered, ready=cheap,
+    results = bounded_map(ask, records, workers=max_thread, ordered=not unordered, ready=cheap,
                           abandoned=remember)
     for record, result in results:
         if isinstance(result, VerdictError):
@@ -216,12 +218,15 @@ def learn_from_examples(o: LearnOptions, input: IO[bytes], output: str | None, *
                                            on_retry=on_retry), settings, cache)
 
         def score(text: str | None) -> list[dict]:
-            judge_settings = JudgeSettings(endpoint, text, o.temperature, o.max_tokens,
-                                           o.parse_retries, structured=not o.no_structured)
+            judge_settings = JudgeSettings(endpoint=endpoint, rubrics=text,
+                                           temperature=o.temperature, max_tokens=o.max_tokens,
+                                           parse_retries=o.parse_retries,
+                                           structured=not o.no_structured)
             judge = Judge(judge_settings, client, on_retry=on_retry)
             return [verdict for _, verdict in decide(
-                iter(examples), [], None, judge, judge_settings, client, cache, o.max_thread,
-                False, summary)]
+                iter(examples), rule_list=[], deduper=None, judge=judge, settings=judge_settings,
+                client=client, cache=cache, max_thread=o.max_thread, unordered=False,
+                summary=summary)]
 
         def shown(c: learn.Candidate) -> None:
             if not quiet:
