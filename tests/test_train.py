@@ -670,6 +670,31 @@ def test_grpo_loss_clips_the_ratio_and_truncates_negative_advantages():
     assert parts.loss.item() == pytest.approx(0.25 * (-1 * 2.0 + 1 + 1 - 1))
 
 
+def test_the_drift_is_kl_from_the_sampler_estimated_on_its_own_tokens():
+    """kl_old estimates KL(old || now) from tokens old sampled: averaged over old's own
+    distribution it is that KL exactly (for GRPO's and for SFT's drift), and a token the
+    update pushed down adds its lost log-probability, not 1 / its new probability."""
+    from tracewheel_train.losses import sft_loss
+
+    old_p = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05], dtype=torch.float64)
+    now_p = torch.tensor([0.1, 0.3, 0.3, 0.2, 0.1], dtype=torch.float64)
+    exact = float((old_p * (old_p / now_p).log()).sum())
+    one = torch.ones(1, dtype=torch.float64)
+    grpo, sft = 0.0, 0.0
+    for token in range(5):
+        now, old = now_p[token].log().reshape(1), old_p[token].log().reshape(1)
+        parts = grpo_loss(now.clone().requires_grad_(), one, one, old, old, recomputed=False,
+                          clip_low=0.2, clip_high=0.2, tis_cap=2.0)
+        grpo += float(old_p[token] * parts.kl_old)
+        sft += float(old_p[token] * sft_loss(now.clone(), one, sampler=old).kl_old)
+    assert grpo == pytest.approx(exact, rel=1e-9) and sft == pytest.approx(exact, rel=1e-9)
+
+    pushed = grpo_loss(torch.tensor([math.log(1e-6)], requires_grad=True), torch.ones(1),
+                       torch.ones(1), torch.tensor([math.log(0.5)]), None, recomputed=True,
+                       clip_low=0.2, clip_high=0.2, tis_cap=2.0)
+    assert pushed.kl_old.item() == pytest.approx(2e-6 - 1 - math.log(2e-6), rel=1e-4)  # ~12.1
+
+
 def _sample(i: int, rollout: str, length: int, trained: int) -> TrainSample:
     import numpy as np
 

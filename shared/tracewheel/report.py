@@ -22,9 +22,10 @@ from .cli import exit_status, tool_command
 from .errors import TracewheelError
 from .jsonl import atomic_path, loads
 
-# The drift (mean per-token KL estimate from the sampling policy) above which an iteration's
-# rollouts no longer describe the policy it trained. Measured on the demo: updates that helped
-# stayed near 0.03; the GRPO iterations that broke the agent went past 0.2 (up to 1e11).
+# The drift (KL(sampler || trained) per token, estimated on the sampler's tokens) above which
+# an iteration's rollouts no longer describe the policy it trained. Measured on the demo (with
+# the other orientation, which agrees with this one near 0): updates that helped stayed near
+# 0.03; the GRPO iterations that broke the agent went past 0.2.
 KL_BOUND = 0.1
 
 TASK_FILES = [("exported", "tasks.exported.jsonl"), ("kept by trace-filter", "tasks.kept.jsonl"),
@@ -233,7 +234,8 @@ def report(run: Path) -> str:
     lines += policies_section(run)
     lines += ["## Iterations", "",
               "*kl_old* is the drift: how far the trained policy moved from the one that sampled "
-              "the iteration's rollouts (the per-token KL estimate of its median step). Up to "
+              "the iteration's rollouts (KL(sampler || trained) per token, estimated on the "
+              "sampler's tokens, of its median step). Up to "
               f"{KL_BOUND} the rollouts still describe the policy being trained; above it they "
               "do not, and the update is out of bounds (lower --lr).", "",
               "*Sampled by* is the model whose weights sampled the iteration's samples, and how "

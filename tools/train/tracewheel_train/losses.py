@@ -16,6 +16,13 @@ GRPO:  r_t = exp(logp_t - old_t)
                        truncated at tis_cap (l_t = min(l_t, -tis_cap A), dual-clip PPO)
   and the KL penalty to the frozen reference (Schulman's k3 estimator, unbiased and >= 0):
        k3_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1
+
+The drift, kl_old: how far the policy moved from the one whose tokens it trains on, KL(old ||
+now), estimated from those tokens (they were sampled by old): with r_t = exp(logp_t - old_t),
+       kl_old_t = (r_t - 1) - log r_t  (>= 0; its mean over old's tokens is the KL, exactly)
+A token the update pushed down (r_t -> 0) adds -log r_t, its log-probability lost: linear, where
+the other orientation, exp(old_t - logp_t) - ..., is KL(now || old) estimated from samples it
+was not drawn from, and grows as 1 / r_t (a token pushed from 0.5 to 1e-6 gave 5e5, not 12).
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def k3(logp: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """Per-token estimate of KL(pi || other) from samples of pi (Schulman, 2020)."""
+    """Per-token estimate of KL(pi || other) from samples of pi, ``logp`` their log-probability
+    under pi (Schulman, 2020): unbiased where the tokens were drawn from pi."""
     d = other - logp
     return torch.exp(d) - d - 1
 
@@ -46,7 +54,7 @@ class LossParts:
     clipped: torch.Tensor  # tokens whose PPO clip was active
     truncated: torch.Tensor  # tokens whose importance weight was truncated at tis_cap
     kl_ref: torch.Tensor  # sum of k3 to the reference
-    kl_old: torch.Tensor  # sum of k3 to the old policy (drift and sampler/trainer mismatch)
+    kl_old: torch.Tensor  # sum of KL(old || now) estimates (drift, sampler/trainer gap)
 
 
 def sft_loss(logp: torch.Tensor, weights: torch.Tensor, sampler: torch.Tensor | None = None
@@ -54,7 +62,7 @@ def sft_loss(logp: torch.Tensor, weights: torch.Tensor, sampler: torch.Tensor | 
     """Cross-entropy; on the agent's own rollouts (``sampler``: their logprobs) also the drift
     from the policy that sampled them, as GRPO reports it."""
     zero = logp.new_zeros(())
-    drift = zero if sampler is None else k3(logp.detach(), sampler).sum()
+    drift = zero if sampler is None else k3(sampler, logp.detach()).sum()
     return LossParts(loss=-(weights * logp).sum(), clipped=zero, truncated=zero, kl_ref=zero,
                      kl_old=drift)
 
@@ -97,4 +105,4 @@ def grpo_loss(
     return LossParts(
         loss=(weights * per_token).sum(),
         clipped=clip_active.sum(), truncated=truncated.sum(), kl_ref=kl_ref,
-        kl_old=k3(logp.detach(), old).sum())
+        kl_old=k3(old, logp.detach()).sum())
