@@ -23,7 +23,10 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU 
 
 def make(*args: str, runs: Path) -> subprocess.CompletedProcess:
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    # A make of its own, as a user's: not a sub-make of `make test` (whose MAKELEVEL and
+    # MAKEFLAGS would reach it through the environment).
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
     return subprocess.run(
         ["make", "--no-print-directory", "-C", str(ROOT), f"VENV={bin_dir.parent}",
          f"RUNS={runs}", "RUN=small", *args],
