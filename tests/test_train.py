@@ -117,14 +117,18 @@ def test_train_sft_loss_falls_on_a_small_set(records, tmp_path):
     assert "train: 4 read, 4 trained, 0 invalid, 3 steps" in result.stderr
 
 
+@pytest.mark.parametrize("variant", [
+    [],  # DAPO's token mean, std-normalised advantages
+    ["--loss-norm", "constant", "--norm-tokens", "16", "--adv-norm", "mean"],  # Dr. GRPO
+], ids=["grpo", "dr-grpo"])
 def test_train_grpo_step_raises_positive_and_lowers_negative_completions(
-        records, base_model, tmp_path):
+        records, base_model, tmp_path, variant):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "ckpt"
     # float32: the trainer computes what the (float32) sampler did, to the last digit.
     metrics, _ = run(["--algo", "grpo", "--out", str(out), "--lr", "1e-6",
-                      "--mixed-precision", "fp32"], records)
+                      "--mixed-precision", "fp32", *variant], records)
     (step,) = metrics
     assert step["reward_mean"] == 0.5 and step["clip_frac"] == 0.0
     # The sampler's logprobs are the model's own: the ratio is 1, the policies agree.
@@ -613,6 +617,7 @@ def test_train_skips_and_counts_samples_without_trained_tokens(records):
     (["--save-adapter"], "--save-adapter needs --lora-r (LoRA is off)"),
     (["--ray-workers", "4"], "--ray-workers needs --ray"),
     (["--ray", "samples.jsonl"], "--ray 'samples.jsonl': not a Ray address"),
+    (["--norm-tokens", "256"], "--norm-tokens applies to --loss-norm constant (got token)"),
     (["--min-lr", "1e-6"], "--min-lr applies to --lr-schedule linear or cosine (got constant)"),
     (["--resume", "--dry-run"], "--resume and --dry-run cannot be used together"),
     (["--algo", "grpo", "--min-reward", "1"], "--min-reward applies to --algo sft only"),
@@ -715,6 +720,9 @@ def test_a_rollout_split_into_two_samples_weighs_as_one_under_rollout_norm():
     assert set(weights.values()) == {1 / 16}
     weights = token_weights(samples, [0, 1, 2], "sequence")
     assert sum(weights[i] * samples[i].trained for i in range(3)) == pytest.approx(1.0)
+    # Dr. GRPO: every token of every sample 1 / (3 samples * 100), whatever its length
+    weights = token_weights(samples, [0, 1, 2], "constant", norm_tokens=100)
+    assert list(weights.values()) == pytest.approx([1 / 300] * 3)
 
 
 def test_packing_respects_the_budget_and_keeps_processes_in_lockstep():

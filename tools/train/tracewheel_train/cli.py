@@ -82,6 +82,8 @@ def check_options(ctx: click.Context, p: dict[str, Any]) -> None:
     if (p["max_lag"] is None) != (p["policy_version"] is None):
         refuse("--max-lag and --policy-version go together (a lag is counted from the trained "
                "model's version)")
+    if p["loss_norm"] != "constant" and _given(ctx, "norm_tokens"):
+        refuse(f"--norm-tokens applies to --loss-norm constant (got {p['loss_norm']})")
     if p["lr_schedule"] == "constant" and _given(ctx, "min_lr"):
         refuse("--min-lr applies to --lr-schedule linear or cosine (got constant)")
     if p["resume"] is not None and p["dry_run"]:
@@ -134,10 +136,15 @@ def check_options(ctx: click.Context, p: dict[str, Any]) -> None:
 @click.option("--max-grad-norm", type=click.FloatRange(0), metavar="X",
               default=D.max_grad_norm, show_default=True,
               help="Clip the gradient norm; 0: no clipping.")
-@click.option("--loss-norm", type=click.Choice(["token", "sequence", "rollout"]),
+@click.option("--loss-norm", type=click.Choice(["token", "sequence", "rollout", "constant"]),
               default=D.loss_norm, show_default=True,
-              help="Loss mean over the step's trained tokens, over its samples, or over its "
-                   "rollouts (a trajectory split into several samples weighs as one).")
+              help="Loss mean over the step's trained tokens (DAPO), over its samples (GRPO), "
+                   "or over its rollouts (a trajectory split into several samples weighs as "
+                   "one); constant: the tokens' sum / (samples * --norm-tokens) (Dr. GRPO).")
+@click.option("--norm-tokens", type=click.IntRange(1), metavar="N", default=D.norm_tokens,
+              show_default=True,
+              help="With --loss-norm constant: the length a sample's token sum is divided by "
+                   "(a sample's generation budget).")
 @click.option("--adv-norm", type=click.Choice(["std", "mean"]), default=D.adv_norm,
               show_default=True,
               help="GRPO advantage: (r - mean) / (std + eps) within the group, or r - mean.")

@@ -14,7 +14,8 @@ from typing import Any
 # What a checkpoint must agree on with the run that resumes it: these shape the data order, the
 # step boundaries and the objective. Others (--max-steps, --save-every, ...) may change.
 RESUME_KEYS = ("model", "algo", "max_tokens_per_batch", "grad_accum", "epochs", "seed",
-               "loss_norm", "adv_norm", "truncate", "lora_r", "recompute_logprobs", "min_reward")
+               "loss_norm", "norm_tokens", "adv_norm", "truncate", "lora_r",
+               "recompute_logprobs", "min_reward")
 
 
 @dataclass
@@ -41,9 +42,12 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float = 1.0         # 0 disables clipping (the norm is still reported)
 
-    # loss normalisation: every trained token weighs the same ("token"), or every sample
-    # ("sequence"), or every rollout however many samples it was split into ("rollout")
+    # loss normalisation: every trained token weighs the same ("token", DAPO), or every sample
+    # ("sequence", GRPO's paper), or every rollout however many samples it was split into
+    # ("rollout"), or each token 1 / (samples * norm_tokens) ("constant", Dr. GRPO: a long
+    # answer's tokens weigh what a short one's do, and no step is scaled by its own lengths)
     loss_norm: str = "token"
+    norm_tokens: int = 512             # the constant's length: the generation budget of a sample
 
     # GRPO
     adv_norm: str = "std"              # (r - mean) / (std + eps), or "mean": r - mean

@@ -334,10 +334,15 @@ def epoch_order(samples: list[TrainSample], seed: int, epoch: int) -> list[int]:
     return [i for k in rng.permutation(len(rollouts)) for i in by_rollout[rollouts[k]]]
 
 
-def token_weights(samples: list[TrainSample], indices: list[int], loss_norm: str,
-                  ) -> dict[int, float]:
+def token_weights(samples: list[TrainSample], indices: list[int], loss_norm: str, *,
+                  norm_tokens: int | None = None) -> dict[int, float]:
     """The weight of each trained token of each sample in one step, so that the step's loss is
-    the mean over tokens, samples, or rollouts (a rollout's samples pooled)."""
+    the mean over tokens, samples, or rollouts (a rollout's samples pooled), or with
+    ``constant`` the sum over tokens divided by samples * ``norm_tokens`` (Dr. GRPO)."""
+    if loss_norm == "constant":
+        if not norm_tokens:
+            raise ValueError("loss_norm 'constant' needs norm_tokens")
+        return {i: 1.0 / (len(indices) * norm_tokens) for i in indices}
     if loss_norm == "token":
         total = sum(samples[i].trained for i in indices)
         return {i: 1.0 / total for i in indices}
@@ -380,7 +385,8 @@ def plan_steps(samples: list[TrainSample], cfg: TrainConfig, world: int = 1) -> 
             rollouts = {samples[i].rollout: samples[i].reward for i in indices}
             steps.append(Step(
                 epoch=epoch, batches=spread(chunk, lengths, world, cfg.grad_accum),
-                weights=token_weights(samples, indices, cfg.loss_norm),
+                weights=token_weights(samples, indices, cfg.loss_norm,
+                                      norm_tokens=cfg.norm_tokens),
                 rewards=[r for r in rollouts.values() if r is not None]))
     return steps[:cfg.max_steps] if cfg.max_steps else steps
 
