@@ -90,7 +90,7 @@ bench: deps ## benchmarks (print figures; never part of the tests)
 sweep: deps ## training settings on a run's rollouts, scored on its evaluation set (RUN=, ITER=2)
 	$(BIN)/python bench/sweep_train.py $(R) --iteration $(or $(ITER),2) --workflow $(WORKFLOW) \
 	  --reward $(REWARD) --per-task $(EVAL_SET_PER_TASK) --jobs $(JOBS) --max-tokens $(MAX_TOKENS) \
-	  --seed $(SEED) $(SWEEP_ARGS)
+	  --seed $(SEED) --temperature $(EVAL_TEMPERATURE) $(SWEEP_ARGS)
 
 flywheel: deps demo ## the whole loop on the embedded defaults: runs/$(RUN)/report.md
 	@$(MAKE) --no-print-directory flywheel-loop

@@ -10,10 +10,11 @@ evaluation (``iter-{N-1}/eval-set.jsonl``). For each setting: ``train`` with it,
 then the trained model served by vLLM and rolled out on the evaluation tasks with the run's
 seeds, so each task's draws are the same as the baseline's.
 
-Printed per setting: the evaluation reward and its paired change from the sampling model with
-a 95% interval, the share of right answers and its change (what counts), GRPO's telemetry
-(mean ``kl_old``: how far the steps moved from the sampler; ``clip_frac``), steps and training
-seconds.
+Printed per setting: the share of right answers (what counts) and its paired change from the
+sampling model with a 95% interval, overall and per source of the evaluation tasks
+(``metadata.source``), GRPO's telemetry (the median and the last step's ``kl_old``: how far the
+steps moved from the sampler; the mean ``clip_frac``), steps and training seconds. Evaluations
+are greedy where the run's were (``--temperature``, the loop's EVAL_TEMPERATURE).
 
     make sweep RUN=demo ITER=2                                  # ~7 min per setting
     make sweep RUN=demo SWEEP_ARGS='--setting "grpo-3e-5=--algo grpo --lr 3e-5"'
@@ -35,28 +36,39 @@ import tempfile
 import time
 from pathlib import Path
 
-from tracewheel.report import estimate, paired, read, task_rewards, task_solved
+from tracewheel.report import estimate, paired, read, sources, task_rewards, task_solved
 from tracewheel_rollout.rewards import function_reward
 
 BIN = Path(sys.executable).parent
 
-# name=train options; each is added to the fixed ones below.
+# name=train options; each is added to the fixed ones below. Rejection sampling (the loop's
+# default), then GRPO over the learning rate (1e-6 is the peers' for full fine-tuning), the
+# normalisation (DAPO's token mean, the GRPO paper's sample mean, Dr. GRPO's constant with
+# r - mean advantages), clip-higher (DAPO's 0.28), a learning-rate warm-up and a KL penalty.
+# Groups whose rewards are all equal are always dropped by train (their advantages are 0) and
+# counted; the group size is the run's PER_TASK.
 SETTINGS = [
     "rft-1e-5=--algo sft --min-reward 1 --lr 1e-5",
-    "rft-2e-5=--algo sft --min-reward 1 --lr 2e-5",
+    "grpo-1e-6=--algo grpo --lr 1e-6",
     "grpo-3e-6=--algo grpo --lr 3e-6",
     "grpo-1e-5=--algo grpo --lr 1e-5",
+    "seq-3e-6=--algo grpo --lr 3e-6 --loss-norm sequence",
+    "drgrpo-1e-5=--algo grpo --lr 1e-5 --loss-norm constant --adv-norm mean",
+    "ch-3e-6=--algo grpo --lr 3e-6 --clip-high 0.28",
+    "warm-1e-5=--algo grpo --lr 1e-5 --warmup-steps 5",
+    "kl-1e-5=--algo grpo --lr 1e-5 --kl-coef 0.04",
 ]
 FIXED = ["--allow-empty"]
 # The loop's rollout settings, as `make sweep` passes them from tracewheel.mk.
-ROLLOUT_OPTIONS = ("workflow", "reward", "samples", "jobs", "max-tokens", "seed")
+ROLLOUT_OPTIONS = ("workflow", "reward", "per-task", "jobs", "max-tokens", "seed", "temperature")
 
 
 def evaluate(model: Path, tasks: Path, out: Path, log: Path, args: argparse.Namespace
              ) -> list[dict]:
     """The model on the evaluation tasks, as `make flywheel` scores it."""
-    rollout = [BIN / "rollout", "-w", args.workflow, "-n", args.samples, "-j", args.jobs,
+    rollout = [BIN / "rollout", "-w", args.workflow, "-n", args.per_task, "-j", args.jobs,
                "--reward", args.reward, "--max-tokens", args.max_tokens, "--seed", args.seed,
+               "--temperature", args.temperature,
                "--base-url", "$OPENAI_BASE_URL", "--model", "$TRACEWHEEL_MODEL", tasks, "-o", out]
     script = " ".join(shlex.quote(str(a)) if not str(a).startswith("$") else f'"{a}"'
                       for a in rollout)
@@ -74,9 +86,14 @@ def rescore(rollouts: list[dict], tasks: dict[str, dict], spec: str) -> None:
         r["reward"], r["reward_info"] = asyncio.run(score(tasks[r["task_id"]], r))
 
 
-def _mean(steps: list[dict], key: str) -> float:
-    values = [m[key] for m in steps if m.get(key) is not None]
-    return statistics.fmean(values) if values else float("nan")
+def _drift(steps: list[dict]) -> tuple[float, float]:
+    """The median and the last step's ``kl_old``: how far the steps moved from the sampler."""
+    values = [m["kl_old"] for m in steps if m.get("kl_old") is not None]
+    return (statistics.median(values), values[-1]) if values else (float("nan"), float("nan"))
+
+
+def _share(right: dict[str, float], ids: set[str]) -> dict[str, float]:
+    return {t: v for t, v in right.items() if t in ids}
 
 
 def main() -> None:
@@ -101,11 +118,19 @@ def main() -> None:
     if ":" in args.reward:  # a reward function: score the baseline with it too (--reward may
         rescore(base, {t["id"]: t for t in chosen}, args.reward)  # differ from the run's)
     base_reward, base_right = task_rewards(base), task_solved(base)
+    by_source = sources(chosen)
     print(f"model {model} on {len(base_reward)} evaluation tasks: reward "
           f"{estimate(list(base_reward.values()))}, right "
           f"{estimate(list(base_right.values()))}")
-    print(f"{'setting':<12} {'reward':>7} {'change (95% CI)':>26} {'right':>6} "
-          f"{'right change':>26} {'kl_old':>8} {'clip':>6} {'steps':>5} {'train s':>7}")
+    for source, ids in by_source.items():
+        print(f"  {source} ({len(ids)}): right {estimate(list(_share(base_right, ids).values()))}")
+    trained = read(samples)
+    print(f"trained on {samples}: {len(trained)} samples of "
+          f"{len({r.get('group') for r in trained})} groups")
+    columns = "".join(f" {source[:14] + ' right':>20} {'change (95% CI)':>26}"
+                      for source in by_source)
+    print(f"{'setting':<12} {'right':>6} {'change (95% CI)':>26}{columns} "
+          f"{'kl_old med':>10} {'last':>8} {'clip':>6} {'steps':>5} {'train s':>7}")
     with tempfile.TemporaryDirectory(prefix="sweep-train-") as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -122,13 +147,17 @@ def main() -> None:
             seconds = time.perf_counter() - started
             steps = read(work / f"{name}.metrics.jsonl")
             rollouts = evaluate(out, tasks, work / f"{name}.eval.jsonl", log, args)
-            reward, right = task_rewards(rollouts), task_solved(rollouts)
-            kl, clip = (_mean(steps, key) for key in ("kl_old", "clip_frac"))  # GRPO only
-            print(f"{name:<12} {estimate(list(reward.values())).mean:>7.3f} "
-                  f"{paired(reward, base_reward):>26} "
-                  f"{estimate(list(right.values())).mean:>6.3f} "
-                  f"{paired(right, base_right):>26} {kl:>8.1e} {clip:>6.3f} {len(steps):>5} "
-                  f"{seconds:>7.0f}", flush=True)
+            right = task_solved(rollouts)
+            median, last = _drift(steps)
+            clips = [m["clip_frac"] for m in steps if m.get("clip_frac") is not None]
+            clip = statistics.fmean(clips) if clips else float("nan")  # GRPO only
+            per_source = "".join(
+                f" {estimate(list(_share(right, ids).values())).mean:>20.3f} "
+                f"{paired(_share(right, ids), _share(base_right, ids)):>26}"
+                for ids in by_source.values())
+            print(f"{name:<12} {estimate(list(right.values())).mean:>6.3f} "
+                  f"{paired(right, base_right):>26}{per_source} {median:>10.1e} {last:>8.1e} "
+                  f"{clip:>6.3f} {len(steps):>5} {seconds:>7.0f}", flush=True)
 
 
 if __name__ == "__main__":
