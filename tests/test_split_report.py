@@ -112,6 +112,13 @@ def test_report_reads_a_run_folder_back(tmp_path):
     assert (run / "reward.png").stat().st_size > 1000
     assert (run / "training.png").stat().st_size > 1000
 
+    # rejection sampling's one rollout per task: no group to compare, and no "all equal" figure
+    write(run / "iter-1" / "rollouts.jsonl", [rollout("t0", 1.0), rollout("t1", 1.0)])
+    assert report_main([str(run)]) == 0
+    row = next(line for line in (run / "report.md").read_text().splitlines()
+               if line.startswith("| 1 | 2 (2)"))
+    assert "| - (groups of 1) |" in row
+
 
 def test_report_compares_two_runs_paired_by_task(tmp_path, capsys):
     """ASYNC=1 against the synchronous loop: the same tasks, each model's right answers."""

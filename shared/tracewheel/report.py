@@ -256,7 +256,10 @@ def report(run: Path) -> str:
         groups: dict[str, list] = {}
         for r in rollouts:
             groups.setdefault(r["group"], []).append(r.get("reward"))
-        flat = sum(1 for g in groups.values() if None not in g and len(set(g)) == 1)
+        # groups of one (PER_TASK=1) have nothing to compare: no figure, not "all equal"
+        sized = [g for g in groups.values() if len(g) > 1]
+        flat = (f"{sum(1 for g in sized if None not in g and len(set(g)) == 1)} of "
+                f"{len(sized)}" if sized else "- (groups of 1)")
         calls, n_samples, separate, merged = merge_figures(rollouts, samples)
         saving = f" ({separate / merged:.2f}x)" if merged and separate else ""
         losses = [m["loss"] for m in metrics if m.get("loss") is not None]
@@ -276,7 +279,7 @@ def report(run: Path) -> str:
         else:
             mean = statistics.fmean(rewards) if rewards else float("nan")
             lines.append(f"| {i} | {len(rollouts)} ({ok}) | {sampled_by(samples, i - 1)} "
-                         f"| {mean:.3f} | {flat} of {len(groups)} "
+                         f"| {mean:.3f} | {flat} "
                          f"| {calls} -> {n_samples} | {separate} -> {merged}{saving} {tail}")
         # The steps' summaries go after the table: a line between rows would end it.
         said = [f"- `{line}`" for step in ("rollout", "merge", "train")
