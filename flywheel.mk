@@ -22,6 +22,7 @@ WORKFLOW ?= examples/math_agent.py:run## the agent: FILE.py:FN or MODULE:FN
 REWARD ?= boxed## rollout's --reward: boxed (1 right, 0 else), judge, or FILE.py:FN
 ITERS ?= 1## training iterations
 PER_TASK ?= 1## rollouts per training task, a group (rollout --per-task; ALGO=grpo needs 2 or more; rejection sampling keeps the right ones of 1, and the loop's hour has room for one)
+TOP_UP ?= 0## rollout --top-up: a training task whose PER_TASK rollouts all got the same reward gets up to this many more, until one differs (dynamic sampling, for ALGO=grpo)
 EVAL_PER_TASK ?= 1## rollouts per held-out task
 EVAL ?= examples/gsm8k-eval.jsonl examples/math-eval.jsonl## labelled tasks (id, query, reference; one file or several) every model is scored on, checked disjoint from training, reported by their metadata.source; empty: the held-out split only
 EVAL_SET_PER_TASK ?= 1## rollouts per task of the EVAL set
@@ -46,8 +47,9 @@ LORA_RANK ?= 8## with POLICIES: the adapters' rank
 
 # The old names of the three above, SAMPLES, EVAL_SAMPLES and EVAL_SET_SAMPLES, still accepted
 # for a while; the new name wins where both are given.
-$(foreach v,PER_TASK EVAL_PER_TASK EVAL_SET_PER_TASK,$(eval old := $(subst PER_TASK,SAMPLES,$v))\
-  $(if $(value $(old)),$(if $(filter 0,$(MAKELEVEL)),$(warning $(old) is now called $v))$(if $(filter command line,$(origin $v)),,$(eval $v := $(value $(old))))))
+$(foreach v,PER_TASK EVAL_PER_TASK EVAL_SET_PER_TASK,$(eval _old := $(subst PER_TASK,SAMPLES,$v))\
+  $(if $(value $(_old)),$(if $(filter 0,$(MAKELEVEL)),$(warning $(_old) is now called $v))$(if $(filter command line,$(origin $v)),,$(eval $v := $(value $(_old))))))
+undefine _old
 
 ifeq ($(ALGO)$(PER_TASK),grpo1)
 $(error ALGO=grpo needs PER_TASK=2 or more: GRPO learns from differences within a task's group, and a group of one has none)
@@ -154,7 +156,7 @@ endif
 # With ASYNC=1 one model may sample two iterations' rollouts: each its own draws (SEED + N).
 $(call each,rollouts,$(ROLLOUT_ITERS)): $(R)/iter-%/rollouts.jsonl: $(R)/train.jsonl $(AGENT_FILES) $$(call trained,$$(call source,$$*))
 	@mkdir -p $(@D)
-	$(call rollouts,$(PER_TASK),$(call source,$*),rollout-$*,$(if $(filter-out 0,$(LAG)),$(shell echo $$(($(SEED) + $*)))))
+	$(call rollouts,$(PER_TASK),$(call source,$*),rollout-$*,$(if $(filter-out 0,$(LAG)),$(shell echo $$(($(SEED) + $*)))),$(if $(filter-out 0,$(TOP_UP)),--top-up $(TOP_UP)))
 
 $(call each,samples,$(ROLLOUT_ITERS)): $(R)/iter-%/samples.jsonl: $(R)/iter-%/rollouts.jsonl
 	$(TRACEWHEEL_BIN)/ctx-merge $(MERGE_ARGS) $< -o $@ $(call log,merge-$*)
