@@ -326,6 +326,26 @@ def test_boxed_reward_compares_with_the_reference():
     assert "2 without a reward" in result.stderr
 
 
+def test_top_up_draws_more_for_tied_groups_until_the_tie_breaks_or_the_cap():
+    with canned() as up:
+        result, records = run(["-w", wf("right_from_sample"), "-n", "2", "--top-up", "4",
+                               "--seed", "1", *base(up)],
+                              jsonl(*({"id": q, "query": q} for q in ("never", "late", "mixed"))))
+    drawn = {q: [r["sample"] for r in records if r["task_id"] == q]
+             for q in ("never", "late", "mixed")}
+    # "mixed" has its signal at once; "late" breaks its tie in the second round (samples 4,
+    # 5); "never" draws the whole cap: 2 + 4
+    assert drawn == {"never": list(range(6)), "late": list(range(6)), "mixed": [0, 1]}
+    assert len({r["id"] for r in records}) == 14
+    assert "topped up 2 tied groups, 1 of them broke the tie" in result.stderr
+    assert "1 of 3 groups with equal rewards" in result.stderr
+    # without the option, the same tasks draw per-task rollouts each
+    with canned() as up:
+        _, plain = run(["-w", wf("right_from_sample"), "-n", "2", *base(up)],
+                       jsonl({"id": "never", "query": "never"}))
+    assert [r["sample"] for r in plain] == [0, 1]
+
+
 def test_failures_and_timeouts_are_written_not_dropped():
     with canned() as up:
         result, failed = run(["-w", wf("fails"), *base(up)], tasks(1))
@@ -402,6 +422,8 @@ def test_incompatible_options_are_usage_errors():
     assert result.exit_code == 2 and "--serve and --base-url" in result.output
     result, _ = run(["-w", wf("one_call"), "--rubrics", "be strict"], ok=False)
     assert result.exit_code == 2 and "--reward judge" in result.output
+    result, _ = run(["-w", wf("one_call"), "--top-up", "4"], ok=False)
+    assert result.exit_code == 2 and "--top-up needs --per-task 2 or more" in result.output
 
 
 def test_empty_input_starts_nothing(monkeypatch):

@@ -63,6 +63,11 @@ def main() -> None:
               help="The workflow: a function (task, handle), plain or async.")
 @click.option("-n", "--per-task", type=click.IntRange(1), default=R.per_task, show_default=True,
               help="Rollouts per task (a GRPO group).")
+@click.option("--top-up", type=click.IntRange(0), metavar="N", default=R.top_up,
+              show_default=True,
+              help="Dynamic sampling: a task whose rollouts all got the same reward (no GRPO "
+                   "signal) gets up to N more, drawn --per-task at a time after the others, "
+                   "until one reward differs; counted in the summary.")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=R.jobs, show_default=True,
               help="Rollouts in flight at once.")
 @click.option("--rollout-timeout", type=click.FloatRange(min=0, min_open=True),
@@ -141,6 +146,9 @@ def run(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, v
                                "--reward judge")
     if opts.default_policy and not opts.policy:
         raise click.UsageError("--default-policy needs --policy (the policy map)")
+    if opts.top_up and opts.per_task < 2:
+        raise click.UsageError("--top-up needs --per-task 2 or more (a group whose rewards "
+                               "can tie)")
     try:
         parse_policy_map(opts.policy)
     except TracewheelError as err:

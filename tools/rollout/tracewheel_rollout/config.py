@@ -17,6 +17,7 @@ class RunOptions:
 
     workflow: str
     per_task: int = 1                  # rollouts per task (a GRPO group)
+    top_up: int = 0                    # more rollouts, at most, for a group whose rewards tie
     jobs: int = 8                      # rollouts in flight at once
     rollout_timeout: float = 600.0
     base_url: str | None = None        # a running vLLM; else one is served for the run

@@ -10,7 +10,7 @@ import contextlib
 import statistics
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import IO, Any
 
 import click
@@ -46,11 +46,13 @@ def run_rollouts(o: RunOptions, input: IO[bytes], output: str | None, *, skip_in
         tasks = read_input(input, "task", skip_invalid=skip_invalid, stats=stats,
                            tool="rollout", verbose=verbose)
         groups: dict[str, list] = defaultdict(list)
+        rollouts = (_topped_up(runner, tasks, groups, o, summary) if o.top_up
+                    else runner.all(tasks))
         versions: Counter = Counter()  # calls by the version of the weights that answered
         out = stack.enter_context(open_output(output, stdout=stack.enter_context(
             records_stdout())))
         try:
-            for record in progress(_iterate(runner.all(tasks)), desc="rollout", unit="rollout",
+            for record in progress(_iterate(rollouts), desc="rollout", unit="rollout",
                                    quiet=quiet, total=None):
                 out.write(record)
                 _count(summary, record, echo)
@@ -218,6 +220,43 @@ def _iterate(agen) -> Any:
         loop.close()
 
 
+def tied(rewards: list) -> bool:
+    """A group whose rewards are all the same (and all given): no GRPO signal."""
+    return len(rewards) > 1 and None not in rewards and len(set(rewards)) == 1
+
+
+async def _topped_up(runner: Runner, tasks: Iterator[dict], groups: dict[str, list],
+                     o: RunOptions, summary: Summary) -> AsyncIterator[dict]:
+    """The rollouts of every task, then rounds of --per-task more for the tasks whose rewards
+    tie (DAPO's dynamic sampling, on a fixed set of tasks), up to --top-up more each. The
+    reader fills ``groups`` with each record's reward before it asks for the next one, so a
+    round sees every reward before it."""
+    seen: dict[str, dict] = {}
+
+    def remember() -> Iterator[dict]:
+        for task in tasks:
+            seen[str(task["id"])] = task
+            yield task
+
+    async for record in runner.all(remember()):
+        yield record
+    start, end = o.per_task, o.per_task + o.top_up
+    topped: set[str] = set()
+    while start < end:
+        again = [seen[g] for g, rewards in groups.items() if g in seen and tied(rewards)]
+        if not again:
+            break
+        topped.update(str(t["id"]) for t in again)
+        stop = min(start + o.per_task, end)
+        async for record in runner.all(iter(again), samples=range(start, stop)):
+            yield record
+        start = stop
+    if topped:
+        broke = sum(not tied(groups[g]) for g in topped)
+        summary.extra.append(f"topped up {len(topped)} tied groups, {broke} of them broke "
+                             f"the tie")
+
+
 def _group_figures(summary: Summary, groups: dict[str, list], per_task: int) -> None:
     rewards_ = [r for group in groups.values() for r in group if r is not None]
     if rewards_:
@@ -227,7 +266,7 @@ def _group_figures(summary: Summary, groups: dict[str, list], per_task: int) -> 
         summary.extra.append(f"{unscored} without a reward")
     scored = [g for g in groups.values() if len(g) > 1 and None not in g]
     if per_task > 1 and scored:
-        flat = sum(1 for g in scored if len(set(g)) == 1)
+        flat = sum(1 for g in scored if tied(g))
         summary.extra.append(f"{flat} of {len(scored)} groups with equal rewards "
                              f"(no GRPO signal)")
 

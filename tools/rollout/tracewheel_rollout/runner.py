@@ -170,12 +170,15 @@ class Runner:
         assert self.workflow is not None
         return await call_workflow(self.workflow, task, handle)
 
-    async def all(self, tasks: Iterator[dict]) -> AsyncIterator[dict]:
-        """Every rollout of every task, ``jobs`` running at once; in input order unless the
-        settings say otherwise. A finished rollout that waits for an earlier one to be written
-        does not hold a slot: one slow rollout costs one slot, not the run. Tasks are read as
-        they are needed, and at most REORDER_WINDOW x jobs records wait (memory stays bounded)."""
-        work = ((task, sample) for task in tasks for sample in range(self.settings.per_task))
+    async def all(self, tasks: Iterator[dict], samples: range | None = None
+                  ) -> AsyncIterator[dict]:
+        """Every rollout of every task (its ``samples``, by default the first ``per_task``),
+        ``jobs`` running at once; in input order unless the settings say otherwise. A finished
+        rollout that waits for an earlier one to be written does not hold a slot: one slow
+        rollout costs one slot, not the run. Tasks are read as they are needed, and at most
+        REORDER_WINDOW x jobs records wait (memory stays bounded)."""
+        numbers = samples if samples is not None else range(self.settings.per_task)
+        work = ((task, sample) for task in tasks for sample in numbers)
         pending: deque[asyncio.Task] = deque()  # started, not yet written, in input order
         window = REORDER_WINDOW * self.settings.jobs
         done_marker = object()
