@@ -290,14 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tasks = [task(p) for p in sorted(problems(args.n, args.seed, pool="eval"),
                                          key=lambda p: p.index)]
-    text = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in tasks)
-    if args.output:
-        from tracewheel.jsonl import atomic_path
+    from tracewheel.jsonl import open_output
 
-        with atomic_path(args.output) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
+    with open_output(args.output) as out:
+        for t in tasks:
+            out.write(t)
     return 0
 
 

@@ -253,21 +253,16 @@ def generate(n: int, seed: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import json
+    from tracewheel.jsonl import open_output
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=200, help="problems (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="the generator's seed (default 0)")
     parser.add_argument("-o", "--output", help="write here (default stdout)")
     args = parser.parse_args(argv)
-    text = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in generate(args.n, args.seed))
-    if args.output:
-        from tracewheel.jsonl import atomic_path
-
-        with atomic_path(args.output) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
+    with open_output(args.output) as out:
+        for t in generate(args.n, args.seed):
+            out.write(t)
     return 0
 
 
