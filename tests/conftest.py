@@ -20,6 +20,19 @@ JSONL_TOOLS = {  # tools that read JSONL, and the record kind they read
     "train": "sample",
 }
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_script(relative: str):
+    """A script of the repository (examples/, scripts/, bench/) as a module, by its path under
+    ROOT; registered in sys.modules under its file name, where its dataclasses look it up."""
+    import importlib.util
+
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
 EXAMPLE_WORKFLOW = f"{ROOT / 'examples' / 'math_agent.py'}:run"
 LEGACY_DB = ROOT / "tests" / "fixtures" / "studio" / "studio-1.0.5_agentscope-1.0.7.sqlite"
 REQUIRED_ARGS = {  # what a tool needs besides its input to get as far as reading it

@@ -4,7 +4,6 @@ prompt and tool."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,17 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 BIN = Path(sys.executable).parent
-
-
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +55,7 @@ def test_production_ran_the_agent_the_loop_trains(demo):
     call printed what the demo agent's sandbox prints for that code."""
     from tracewheel.sandbox import run_python
 
-    agent = _load(ROOT / "examples" / "math_agent.py", "math_agent")
+    agent = load_script("examples/math_agent.py")
     tools = agent.make_toolkit().get_json_schemas()
     _, _, _, records = demo
     calls = [step for r in records for step in r["trajectory"] if step["type"] == "llm"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,17 +13,13 @@ from tracewheel.dedup import normalize_text
 from tracewheel.evalset import main as evalset
 from tracewheel.report import main as report_main
 
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 EVAL = ROOT / "examples" / "math-eval.jsonl"
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location("math_eval", ROOT / "examples" / "math_eval.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["math_eval"] = module  # its dataclass looks the module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/math_eval.py")
 
 
 def _read(path: Path) -> list[dict]:

@@ -5,26 +5,20 @@ writer makes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import pytest
 
 from tracewheel.dedup import normalize_text
 
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 EVAL = ROOT / "examples" / "gsm8k-eval.jsonl"
 
 
 @pytest.fixture(scope="module")
 def gsm8k():
-    spec = importlib.util.spec_from_file_location("gsm8k", ROOT / "examples" / "gsm8k.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gsm8k"] = module  # its dataclass looks the module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/gsm8k.py")
 
 
 def test_a_solution_becomes_named_steps_that_print_its_answer(gsm8k):

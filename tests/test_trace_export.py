@@ -21,6 +21,8 @@ from tracewheel.records import validate_task
 from tracewheel_trace_export.cli import main as trace_export
 from tracewheel_trace_export.reprparse import ReprError, parse_msg, parse_repr
 
+from conftest import load_script
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "studio"
 DATABASES = sorted(FIXTURES.glob("*.sqlite"))
 LEGACY_DB = FIXTURES / "studio-1.0.5_agentscope-1.0.7.sqlite"
@@ -553,13 +555,9 @@ def test_an_idle_wal_database_written_during_the_read_is_an_error(tmp_path):
 def test_sigterm_during_an_export_leaves_no_temporary_file(tmp_path):
     """A database large enough to take seconds (the benchmark's builder: fixture runs copied
     with fresh ids), exported with -o and stopped midway."""
-    import importlib.util
     import signal
 
-    spec = importlib.util.spec_from_file_location(
-        "bench_trace_export", Path(__file__).parents[1] / "bench" / "bench_trace_export.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench/bench_trace_export.py")
     fixture = FIXTURES / "studio-1.0.9_agentscope-1.0.21.sqlite"
     db = tmp_path / "big.sqlite"
     shutil.copy(fixture, db)
@@ -584,13 +582,9 @@ def test_sigterm_during_an_export_leaves_no_temporary_file(tmp_path):
 def test_sigkill_during_an_export_leaves_nothing_in_the_temporary_folder(tmp_path):
     """Studio 1.0.5's run index is SQLite's private temporary database: unlinked as soon as
     it is opened, so a killed export leaves no file behind (it grows with the database)."""
-    import importlib.util
     import signal
 
-    spec = importlib.util.spec_from_file_location(
-        "bench_trace_export", Path(__file__).parents[1] / "bench" / "bench_trace_export.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench/bench_trace_export.py")
     db = tmp_path / "big.sqlite"
     shutil.copy(LEGACY_DB, db)
     bench.build_into(LEGACY_DB, db, 4000)

@@ -3,7 +3,6 @@ faults (a canned local server), and the real vLLM judge on a few records."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
 import subprocess
@@ -19,6 +18,8 @@ from tracewheel.answers import check_answer
 from tracewheel.judge import BASE_CRITERIA
 from tracewheel_trace_export.cli import main as trace_export
 from tracewheel_trace_filter.cli import main as trace_filter
+
+from conftest import ROOT, load_script
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "studio"
 LEGACY_DB = FIXTURES / "studio-1.0.5_agentscope-1.0.7.sqlite"
@@ -148,7 +149,6 @@ def test_incompatible_options_are_usage_errors():
 
 # --- the reference check on real exports ----------------------------------------------------
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def flywheel_filter_args() -> list[str]:
@@ -162,10 +162,7 @@ def flywheel_filter_args() -> list[str]:
 def graded_export(db: Path, tmp_path: Path) -> tuple[Path, dict[str, dict]]:
     """The database exported with references from its manifest, and each task's manifest turn
     (matched as scripts/make_demo_references.py matches them)."""
-    spec = importlib.util.spec_from_file_location(
-        "make_demo_references", ROOT / "scripts" / "make_demo_references.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("scripts/make_demo_references.py")
     pairs = script.graded_turns(db)
     refs = tmp_path / "references.jsonl"
     refs.write_text(jsonl(*({"id": record["id"], "reference": turn["expected_answer"]}
