@@ -13,7 +13,8 @@ seeds, so each task's draws are the same as the baseline's.
 Printed per setting: the share of right answers (what counts) and its paired change from the
 sampling model with a 95% interval, overall and per source of the evaluation tasks
 (``metadata.source``), GRPO's telemetry (the median and the last step's ``kl_old``: how far the
-steps moved from the sampler; the mean ``clip_frac``), steps and training seconds. Evaluations
+steps moved from the sampler; the mean ``clip_frac``), steps and training seconds, and the
+paired change from the first setting (rejection sampling, by default) on the same tasks. Evaluations
 are greedy where the run's were (``--temperature``, the loop's EVAL_TEMPERATURE).
 
     make sweep RUN=demo ITER=2                                  # ~7 min per setting
@@ -46,7 +47,8 @@ BIN = Path(sys.executable).parent
 # normalisation (DAPO's token mean, the GRPO paper's sample mean, Dr. GRPO's constant with
 # r - mean advantages), clip-higher (DAPO's 0.28), a learning-rate warm-up and a KL penalty.
 # Groups whose rewards are all equal are always dropped by train (their advantages are 0) and
-# counted; the group size is the run's PER_TASK.
+# counted. The group size is the run's PER_TASK, or fewer: a setting that begins with
+# "group=K" trains on each group's first K samples (its draws 0 to K-1).
 SETTINGS = [
     "rft-1e-5=--algo sft --min-reward 1 --lr 1e-5",
     "grpo-1e-6=--algo grpo --lr 1e-6",
@@ -57,6 +59,7 @@ SETTINGS = [
     "ch-3e-6=--algo grpo --lr 3e-6 --clip-high 0.28",
     "warm-1e-5=--algo grpo --lr 1e-5 --warmup-steps 5",
     "kl-1e-5=--algo grpo --lr 1e-5 --kl-coef 0.04",
+    "g2-1e-5=group=2 --algo grpo --lr 1e-5",
 ]
 FIXED = ["--allow-empty"]
 # The loop's rollout settings, as `make sweep` passes them from tracewheel.mk.
@@ -90,6 +93,13 @@ def _drift(steps: list[dict]) -> tuple[float, float]:
     """The median and the last step's ``kl_old``: how far the steps moved from the sampler."""
     values = [m["kl_old"] for m in steps if m.get("kl_old") is not None]
     return (statistics.median(values), values[-1]) if values else (float("nan"), float("nan"))
+
+
+def first_draws(samples: Path, k: int, out: Path) -> Path:
+    """``samples`` with only each group's draws 0 to k-1 (a smaller group from the same run)."""
+    kept = [r for r in read(samples) if int(r.get("sample") or 0) < k]
+    out.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return out
 
 
 def _share(right: dict[str, float], ids: set[str]) -> dict[str, float]:
@@ -130,7 +140,9 @@ def main() -> None:
     columns = "".join(f" {source[:14] + ' right':>20} {'change (95% CI)':>26}"
                       for source in by_source)
     print(f"{'setting':<12} {'right':>6} {'change (95% CI)':>26}{columns} "
-          f"{'kl_old med':>10} {'last':>8} {'clip':>6} {'steps':>5} {'train s':>7}")
+          f"{'vs the first setting':>26} {'kl_old med':>10} {'last':>8} {'clip':>6} "
+          f"{'steps':>5} {'train s':>7}")
+    first: dict[str, float] | None = None  # the first setting's right answers, per task
     with tempfile.TemporaryDirectory(prefix="sweep-train-") as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -139,11 +151,14 @@ def main() -> None:
         for setting in args.setting or SETTINGS:
             name, _, options = setting.partition("=")
             out, log = work / name, work / f"{name}.log"
+            words, data = shlex.split(options), samples
+            if words and words[0].startswith("group="):
+                data = first_draws(samples, int(words.pop(0)[6:]), work / f"{name}.samples.jsonl")
             started = time.perf_counter()
             with log.open("w") as err, (work / f"{name}.metrics.jsonl").open("w") as metrics:
                 subprocess.run([BIN / "train", "--model", model, *FIXED, "--seed", args.seed,
-                                *shlex.split(options),
-                                "--out", out, samples], check=True, stdout=metrics, stderr=err)
+                                *words, "--out", out, data], check=True, stdout=metrics,
+                               stderr=err)
             seconds = time.perf_counter() - started
             steps = read(work / f"{name}.metrics.jsonl")
             rollouts = evaluate(out, tasks, work / f"{name}.eval.jsonl", log, args)
@@ -155,9 +170,11 @@ def main() -> None:
                 f" {estimate(list(_share(right, ids).values())).mean:>20.3f} "
                 f"{paired(_share(right, ids), _share(base_right, ids)):>26}"
                 for ids in by_source.values())
+            first = right if first is None else first
             print(f"{name:<12} {estimate(list(right.values())).mean:>6.3f} "
-                  f"{paired(right, base_right):>26}{per_source} {median:>10.1e} {last:>8.1e} "
-                  f"{clip:>6.3f} {len(steps):>5} {seconds:>7.0f}", flush=True)
+                  f"{paired(right, base_right):>26}{per_source} {paired(right, first):>26} "
+                  f"{median:>10.1e} {last:>8.1e} {clip:>6.3f} {len(steps):>5} {seconds:>7.0f}",
+                  flush=True)
 
 
 if __name__ == "__main__":
