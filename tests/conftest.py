@@ -33,6 +33,8 @@ def load_script(relative: str):
     sys.modules[path.stem] = module
     spec.loader.exec_module(module)
     return module
+
+
 EXAMPLE_WORKFLOW = f"{ROOT / 'examples' / 'math_agent.py'}:run"
 LEGACY_DB = ROOT / "tests" / "fixtures" / "studio" / "studio-1.0.5_agentscope-1.0.7.sqlite"
 REQUIRED_ARGS = {  # what a tool needs besides its input to get as far as reading it

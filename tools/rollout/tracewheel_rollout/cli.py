@@ -23,14 +23,16 @@ from tracewheel.models import EMBEDDED_MODEL
 from tracewheel.policies import parse_policy_map
 from tracewheel.workflow import load_workflow
 
-from .config import RecordOptions, RunOptions
+from .config import GatewayOptions, RecordOptions, RunOptions
 from .continuation import CONTINUATION
 from .rewards import BUILT_IN
+from .run import gateway as run_gateway
 from .run import record as record_calls
 from .run import run_rollouts
 
 R = RunOptions(workflow="")  # the defaults, stated once (config.py)
 RC = RecordOptions()  # rollout record's
+RG = GatewayOptions()  # rollout gateway's
 
 
 def continuation_options(fn: Any) -> Any:
@@ -194,6 +196,58 @@ def record(output: str | None, quiet: bool, verbose: int, upstream: str, host: s
     require("rollout", "aiohttp")
     record_calls(RecordOptions(upstream, host, port, api_key, retries, timeout, continuation,
                                chat_template), output, quiet=quiet)
+
+
+@main.command("gateway", cls=ToolCommand, context_settings=CONTEXT_SETTINGS,
+              short_help="The production gateway: live sessions, rewards and feedback, each "
+                         "ended session a rollout record.")
+@common_options
+@output_option
+@click.option("--upstream", envvar="OPENAI_BASE_URL", show_envvar=True, required=True,
+              help="The serving vLLM, e.g. http://127.0.0.1:8000/v1.")
+@click.option("--host", default=RG.host, show_default=True,
+              help="Address to bind (0.0.0.0: every interface; mind who can reach it).")
+@click.option("--port", type=click.IntRange(0, 65535), default=RG.port, show_default=True,
+              help="Port to listen on (0: a free one).")
+@click.option("--api-key", envvar="OPENAI_API_KEY", show_envvar=True,
+              help="Key sent upstream instead of the client's (never logged).")
+@click.option("--retries", type=click.IntRange(0), default=RG.retries, show_default=True,
+              help="Retries of upstream 429, 5xx and connection failures.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=RG.timeout,
+              show_default=True, help="Seconds to wait for upstream data.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True),
+              default=RG.idle_timeout, show_default=True,
+              help="A session without a call for this many seconds ends (and is written).")
+@click.option("--reward", metavar="feedback|FILE.py:FN", default=RG.reward,
+              help="The reward of a session its client gave none: feedback (its users' last "
+                   "thumbs: up 1, down 0) or a function (task, rollout); default: none.")
+@continuation_options
+def gateway(output: str | None, quiet: bool, verbose: int, **options: Any) -> None:
+    """Serve agents in production and keep their conversations for training: an
+    OpenAI-compatible proxy in front of the serving vLLM that records every call's token ids and
+    logprobs by session, takes rewards and users' feedback, and writes each session when it
+    ends as one rollout record (what ctx-merge reads) to stdout, or -o FILE (complete when the
+    gateway stops).
+
+    \b
+    A call's session: the path /s/SESSION/v1, else the header X-Session-Id (X-Turn-Type: side
+    marks a turn not trained on, X-Session-Done: true ends the session), else the key that
+    POST /rl/start_session returned, as the client's API key. A call with none is a session
+    of its own. The API: POST /rl/start_session, /rl/set_reward {session_id|completion_id,
+    reward}, /rl/feedback {session_id, thumbs, text} (or /feedback), /rl/end_session
+    {session_id}. A session also ends after --idle-timeout, and every open one when the
+    gateway stops.
+
+    \b
+    Examples:
+      rollout gateway --upstream http://127.0.0.1:8000/v1 --port 8100 -o sessions.jsonl
+      rollout gateway --upstream http://gpu:8000/v1 --reward feedback | ctx-merge > samples.jsonl
+    """
+    require("rollout", "aiohttp")
+    opts = GatewayOptions(**options)
+    if opts.reward and opts.reward != "feedback" and ":" not in opts.reward:
+        raise click.UsageError(f"--reward {opts.reward!r}: feedback, or FILE.py:FN")
+    run_gateway(opts, output, quiet=quiet)
 
 
 @main.command("check-template", cls=ToolCommand, context_settings=CONTEXT_SETTINGS,

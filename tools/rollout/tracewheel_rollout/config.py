@@ -65,3 +65,11 @@ class RecordOptions:
     timeout: float = 600.0             # seconds to wait for upstream data
     continuation: str = "auto"         # see the recorder
     chat_template: str | None = None
+
+
+@dataclass
+class GatewayOptions(RecordOptions):
+    """What `rollout gateway` is asked to do: the recording proxy's options, and the sessions'."""
+
+    idle_timeout: float = 600.0        # a session without a call this long ends
+    reward: str | None = None          # feedback, or FILE.py:FN; None: only the client's

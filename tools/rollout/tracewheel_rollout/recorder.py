@@ -55,6 +55,8 @@ from .continuation import CONTINUATION, Continuation, FinishedCall, Plan, parses
 _ADDED = ("prompt_token_ids", "prompt_text")
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive",
                 "content-encoding", "authorization"}
+# Where the gateway's hooks leave the fields of a request's call (gateway.py).
+CALL_EXTRA = "tracewheel.call_fields"
 # Request keys that are the conversation, not sampling parameters.
 _NOT_PARAMS = {"messages", "tools", "model", "stream", "stream_options", "logprobs",
                "return_token_ids"}
@@ -126,7 +128,7 @@ class Recorder:
                  continuation: str = RecordOptions.continuation,
                  chat_template: str | None = None, weight_version: str | None = None,
                  policies: dict[str, str] | None = None, default_policy: str | None = None,
-                 policy_versions: dict[str, str] | None = None):
+                 policy_versions: dict[str, str] | None = None, hooks: Any = None):
         self.upstream = upstream.rstrip("/")
         if self.upstream.endswith("/v1"):
             self.upstream = self.upstream[:-3]
@@ -142,6 +144,9 @@ class Recorder:
         self.policies = policies
         self.default_policy = default_policy
         self.policy_versions = policy_versions or {}
+        # The gateway (gateway.py): its routes, and the session of each request (by header or
+        # key as well as by path), with fields for the call under CALL_EXTRA.
+        self.hooks = hooks
         self.host, self.port = host, port
         self.api_key = api_key
         self.retries = retries
@@ -190,6 +195,8 @@ class Recorder:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=self.timeout),
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300))
         app = web.Application(client_max_size=256 * 2**20)
+        if self.hooks is not None:
+            self.hooks.add_routes(app)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         # On stop, requests still waiting on the upstream get SHUTDOWN_GRACE seconds, then are
         # cancelled (aiohttp's default waits 60 s: a Ctrl-C that seems to hang).
@@ -315,7 +322,7 @@ class Recorder:
         key = self.api_key
         if key is None:
             auth = request.headers.get("Authorization")
-            if auth:
+            if auth and not request.get(CALL_EXTRA, {}).get("own_key"):
                 headers["Authorization"] = auth
         else:
             headers["Authorization"] = f"Bearer {key}"
@@ -323,6 +330,8 @@ class Recorder:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         session, agent, path = split_path(request.path)
+        if self.hooks is not None:
+            session = self.hooks.session(request, session)
         if request.method == "POST" and path == "/v1/chat/completions":
             return await self._chat(request, session, agent)
         return await self._passthrough(request, path)
@@ -438,11 +447,12 @@ class Recorder:
             if after != call["weight_version"]:
                 call["version_span"] = [call["weight_version"], after]
 
-    def _start_call(self, session: str, agent: str | None, body: dict) -> dict:
+    def _start_call(self, session: str, agent: str | None, body: dict,
+                    extra: dict | None = None) -> dict:
         with self._lock:
             self._counter += 1
             index = self._counter
-        return {
+        return {**(extra or {}),
             "session": session, "agent": agent, "index": index,
             "messages": body.get("messages") or [], "tools": body.get("tools"),
             "params": {k: v for k, v in body.items() if k not in _NOT_PARAMS},
@@ -484,15 +494,16 @@ class Recorder:
         if not isinstance(body, dict):
             return _error(400, "request body must be a JSON object")
         policy = self._policy(agent)
+        extra = {k: v for k, v in request.get(CALL_EXTRA, {}).items() if k != "own_key"}
         if self.policies is not None and policy is None:
-            call = self._start_call(session, agent, body)
+            call = self._start_call(session, agent, body, extra)
             message = (f"agent {agent!r} is not in the policy map (it names "
                        f"{', '.join(sorted(self.policies))}) and there is no default policy")
             self._finish(call, status="error", error=message)
             return _error(400, message)
         if policy is not None:
             body = {**body, "model": policy}
-        call = self._start_call(session, agent, body)
+        call = self._start_call(session, agent, body, extra)
         if policy is not None:
             call.update(policy=policy, policy_version=self.policy_versions.get(policy))
         plan = Plan()
@@ -533,6 +544,7 @@ class Recorder:
                        f"object ({self.retries} retries)")
             self._finish(call, status="error", error=message)
             return _error(502, message)
+        call["completion_id"] = _chat_id(reply.get("id"), plan.prompt_ids is not None)
         if plan.prompt_ids is not None:
             reply = self._chat_reply(call, body, plan.prompt_ids, reply)
         else:
@@ -560,8 +572,8 @@ class Recorder:
 
     def _chat_reply(self, call: dict, body: dict, prompt_ids: list[int], reply: dict) -> dict:
         """Record each choice of a completions reply, and make it the chat reply asked for."""
-        out = envelope(str(reply.get("id", "")).replace("cmpl-", "chatcmpl-", 1),
-                       reply.get("model"), reply.get("created"), "chat.completion")
+        out = envelope(call.get("completion_id") or "", reply.get("model"), reply.get("created"),
+                       "chat.completion")
         out.update(choices=[], usage=reply.get("usage"), prompt_token_ids=prompt_ids)
         for choice in reply.get("choices") or []:
             message, called = assistant_message(choice.get("text") or "", parses_tools(body))
@@ -618,6 +630,8 @@ class Recorder:
                     if not data or data == b"[DONE]":
                         continue  # [DONE] goes out once the call is recorded
                     chunk = loads(data)
+                    if "completion_id" not in call and chunk.get("id"):
+                        call["completion_id"] = _chat_id(chunk["id"], continued is not None)
                     if "error" in chunk and not chunk.get("choices"):
                         raise _StreamError(str((chunk["error"] or {}).get("message", "")))
                     model = chunk.get("model") or model
@@ -722,6 +736,14 @@ def _json_object(data: bytes) -> dict | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def _chat_id(reply_id: Any, continued: bool) -> str | None:
+    """The id of the chat completion the client gets: a continued call's completions id as
+    the chat id it is sent back under."""
+    if not reply_id:
+        return None
+    return str(reply_id).replace("cmpl-", "chatcmpl-", 1) if continued else str(reply_id)
 
 
 def _bearer(headers: Any) -> str | None:

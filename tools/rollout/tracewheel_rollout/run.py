@@ -23,7 +23,7 @@ from tracewheel.models import EMBEDDED_MODEL
 from tracewheel.workflow import absolute_spec
 
 from . import rewards
-from .config import RecordOptions, RunOptions
+from .config import GatewayOptions, RecordOptions, RunOptions
 from .runner import RecordingEndpoint, Runner, RunnerSettings, Sessions
 
 
@@ -317,4 +317,44 @@ def record(o: RecordOptions, output: str | None, *, quiet: bool = False) -> None
         except KeyboardInterrupt:  # and Terminated: the way it is meant to stop
             pass
         finally:
+            summary.print(quiet)
+
+
+def gateway(o: GatewayOptions, output: str | None, *, quiet: bool = False) -> None:
+    """The production gateway (gateway.py) in front of ``o.upstream`` until SIGINT, SIGTERM or
+    SIGHUP: each ended session a rollout record on ``output`` (stdout when None, a line as each
+    ends), every open session written when it stops, then the summary."""
+    from .gateway import FEEDBACK_REWARD, SESSION_HEADER, Gateway
+    from .recorder import Recorder
+
+    summary = Summary("rollout gateway", "sessions", "with a reward", "without a reward")
+    spec = FEEDBACK_REWARD if o.reward == "feedback" else o.reward
+    reward = rewards.function_reward(spec) if spec else None
+    with records_stdout() as stdout, open_output(output, stdout=stdout) as out:
+        gw = Gateway(out.write, summary, idle_timeout=o.idle_timeout, reward=reward)
+
+        def on_call(call: dict) -> None:
+            summary.add("calls" if call.get("status") == "ok" else "failed calls")
+            _count_retries(summary, call)
+            gw.on_call(call)
+
+        recorder = Recorder(o.upstream, on_call=on_call, host=o.host, port=o.port,
+                            api_key=o.api_key, retries=o.retries, timeout=o.timeout,
+                            continuation=o.continuation, chat_template=o.chat_template,
+                            weight_version=served_version(
+                                o.upstream, lambda msg: click.echo(f"rollout gateway: {msg}",
+                                                                   err=True)),
+                            hooks=gw)
+
+        def ready() -> None:
+            click.echo(f"rollout gateway: serving at {recorder.base_url()} (upstream "
+                       f"{recorder.upstream}); sessions by /s/ID/v1, {SESSION_HEADER} or the "
+                       f"key of POST /rl/start_session; Ctrl-C stops", err=True)
+
+        try:
+            recorder.serve_forever(ready=ready)
+        except KeyboardInterrupt:  # and Terminated: the way it is meant to stop
+            pass
+        finally:
+            gw.end_all()
             summary.print(quiet)

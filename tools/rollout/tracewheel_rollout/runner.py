@@ -27,7 +27,7 @@ CALL_FIELDS = ("id", "index", "agent", "messages", "tools", "params", "prompt_id
                "completion_ids", "logprobs", "output", "finish_reason", "model", "usage",
                "latency_ms", "time", "stream", "choice", "tokens", "continues", "drift",
                "tokens_reason", "weight_version", "version_retries", "version_span",
-               "upstream_retries", "policy", "policy_version")
+               "upstream_retries", "policy", "policy_version", "completion_id")
 
 
 class Sessions:
