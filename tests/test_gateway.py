@@ -89,10 +89,12 @@ def test_areal_style_sessions_by_key_with_rewards_and_feedback(upstream, tmp_pat
         assert ended.json() == {"ok": True, "session_id": sid, "calls": 2}
         # the record is out as the session ends, before the gateway stops
         time.sleep(0.5)
-        assert out.exists() is False  # -o FILE is atomic: complete when the gateway stops
-        # a second end, or a reward after the end, is refused and says why
+        assert list(_records(out)) == [sid]
+        # a reward after the end, or for a session nobody started, is refused and says why
         late = api.post("/rl/set_reward", json={"session_id": sid, "reward": 0})
         assert late.status_code == 409 and "has ended" in late.json()["error"]["message"]
+        unknown = api.post("/rl/set_reward", json={"session_id": "nobody", "reward": 1})
+        assert unknown.status_code == 404 and "no session 'nobody'" in unknown.text
         assert completion.startswith("chatcmpl-")
     records = _records(out)
     assert set(records) == {sid, other["session_id"]}
@@ -208,6 +210,29 @@ def test_in_front_of_a_real_vllm_a_session_becomes_a_training_step(vllm_server, 
                              capture_output=True, text=True, timeout=600)
     assert trained.returncode == 0, trained.stderr
     assert (tmp_path / "ckpt" / "config.json").exists()
+
+
+def test_a_gateway_killed_mid_session_keeps_every_session_that_ended(upstream, tmp_path):
+    """-o FILE is a log: each ended session a whole line, flushed as it ends; SIGKILL loses the
+    open sessions only, and the next gateway appends."""
+    out = tmp_path / "sessions.jsonl"
+    port = _free_port()
+    command = [str(BIN / "rollout"), "gateway", "--upstream", upstream.base_url,
+               "--port", str(port), "-o", str(out)]
+    for run, session in enumerate(("first", "second")):
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            assert "serving at" in proc.stderr.readline()
+            base = f"http://127.0.0.1:{port}/v1"
+            _ask(base, "q", headers={"X-Session-Id": session, "X-Session-Done": "1"})
+            _ask(base, "q", headers={"X-Session-Id": f"open-{run}"})
+            time.sleep(0.3)
+        finally:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert list(_records(out)) == ["first", "second"]
+    assert list(tmp_path.iterdir()) == [out]
 
 
 def test_a_bad_reward_option_is_a_usage_error():

@@ -202,7 +202,9 @@ def record(output: str | None, quiet: bool, verbose: int, upstream: str, host: s
               short_help="The production gateway: live sessions, rewards and feedback, each "
                          "ended session a rollout record.")
 @common_options
-@output_option
+@click.option("-o", "--output", metavar="FILE",
+              help="Append each ended session to FILE, a whole line as it ends, instead of "
+                   "writing to stdout.")
 @click.option("--upstream", envvar="OPENAI_BASE_URL", show_envvar=True, required=True,
               help="The serving vLLM, e.g. http://127.0.0.1:8000/v1.")
 @click.option("--host", default=RG.host, show_default=True,
@@ -226,8 +228,8 @@ def gateway(output: str | None, quiet: bool, verbose: int, **options: Any) -> No
     """Serve agents in production and keep their conversations for training: an
     OpenAI-compatible proxy in front of the serving vLLM that records every call's token ids and
     logprobs by session, takes rewards and users' feedback, and writes each session when it
-    ends as one rollout record (what ctx-merge reads) to stdout, or -o FILE (complete when the
-    gateway stops).
+    ends as one rollout record (what ctx-merge reads) to stdout, or appends it to -o FILE (a
+    whole line as each session ends: a log, whatever stops the gateway).
 
     \b
     A call's session: the path /s/SESSION/v1, else the header X-Session-Id (X-Turn-Type: side

@@ -226,8 +226,9 @@ class Gateway:
         sid = str(sid)
         if sid in self.ended:
             return _fail(409, f"session {sid!r} has ended")
-        if sid not in self.sessions:  # a session named by path or header: first seen here
-            self.sessions[sid] = Session(sid)
+        if sid not in self.sessions:
+            return _fail(404, f"no session {sid!r}: start one with /rl/start_session, or "
+                              f"send its first call with {SESSION_HEADER}")
         return self.sessions[sid]
 
     # --- ending sessions --------------------------------------------------------------------

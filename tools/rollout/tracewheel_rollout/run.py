@@ -18,7 +18,7 @@ import click
 from tracewheel.cli import Summary, progress, read_input
 from tracewheel.client import Endpoint, make_client
 from tracewheel.errors import TracewheelError
-from tracewheel.jsonl import ReadStats, open_output, records_stdout
+from tracewheel.jsonl import JsonlWriter, ReadStats, open_output, records_stdout
 from tracewheel.models import EMBEDDED_MODEL
 from tracewheel.workflow import absolute_spec
 
@@ -320,17 +320,31 @@ def record(o: RecordOptions, output: str | None, *, quiet: bool = False) -> None
             summary.print(quiet)
 
 
+@contextlib.contextmanager
+def _session_log(output: str | None, stdout: Any) -> Iterator[JsonlWriter]:
+    """Where the gateway's sessions go: stdout, or ``output`` appended to, a whole line per
+    session as it ends, flushed. A service's output is a log: whatever stops the gateway, even
+    SIGKILL, every session that ended is in the file, and a restart adds to it."""
+    if output is None or output == "-":
+        with open_output(None, stdout=stdout) as out:
+            yield out
+        return
+    with open(output, "ab") as stream:
+        yield JsonlWriter(stream, flush_each=True)
+
+
 def gateway(o: GatewayOptions, output: str | None, *, quiet: bool = False) -> None:
     """The production gateway (gateway.py) in front of ``o.upstream`` until SIGINT, SIGTERM or
-    SIGHUP: each ended session a rollout record on ``output`` (stdout when None, a line as each
-    ends), every open session written when it stops, then the summary."""
+    SIGHUP: each ended session a rollout record on ``output`` (stdout when None; a file is
+    appended to, a line as each session ends), every open session written when it stops, then
+    the summary."""
     from .gateway import FEEDBACK_REWARD, SESSION_HEADER, Gateway
     from .recorder import Recorder
 
     summary = Summary("rollout gateway", "sessions", "with a reward", "without a reward")
     spec = FEEDBACK_REWARD if o.reward == "feedback" else o.reward
     reward = rewards.function_reward(spec) if spec else None
-    with records_stdout() as stdout, open_output(output, stdout=stdout) as out:
+    with records_stdout() as stdout, _session_log(output, stdout) as out:
         gw = Gateway(out.write, summary, idle_timeout=o.idle_timeout, reward=reward)
 
         def on_call(call: dict) -> None:
