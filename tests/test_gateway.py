@@ -212,6 +212,47 @@ def test_in_front_of_a_real_vllm_a_session_becomes_a_training_step(vllm_server, 
     assert (tmp_path / "ckpt" / "config.json").exists()
 
 
+def test_promotion_switches_the_live_model_without_failing_a_request(tmp_path):
+    """--live: every call goes to the live model; /rl/promote switches it while calls are in
+    flight (they finish on the model they started on, none fails), refuses a model the
+    upstream does not serve, and a rollback is a promotion of the earlier model."""
+    import concurrent.futures
+
+    def get(path: str):
+        models = {"data": [{"id": "base"}, {"id": "cand"}]}
+        return (200, {}, models) if path == "/v1/models" else (404, {}, {})
+
+    out = tmp_path / "sessions.jsonl"
+    with CannedServer(lambda n: (200, {}, chat_completion("ok", token_ids=True)),
+                      delay=lambda n: 0.3, get=get) as up, \
+            gateway(up.base_url, out, "--live", "base") as gw:
+        api = httpx.Client(base_url=gw.root, timeout=10)
+        base = f"{gw.root}/v1"
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            asked = [pool.submit(_ask, base, f"q{i}", headers={"X-Session-Id": f"s{i}",
+                                                                  "X-Session-Done": "1"})
+                     for i in range(16)]
+            time.sleep(0.4)  # some calls in flight on base, others not yet sent
+            refused = api.post("/rl/promote", json={"model": "nope"})
+            assert refused.status_code == 404 and "stays 'base'" in refused.text
+            assert api.post("/rl/promote", json={"model": "cand"}).json()["before"] == "base"
+            assert all(f.result() for f in asked)  # no request failed
+        assert api.get("/rl/live").json()["model"] == "cand"
+        _ask(base, "after", headers={"X-Session-Id": "after", "X-Session-Done": "1"})
+        api.post("/rl/promote", json={"model": "base"})  # the rollback
+        _ask(base, "back", headers={"X-Session-Id": "back", "X-Session-Done": "1"})
+        live = api.get("/rl/live").json()
+        assert [p["model"] for p in live["promotions"]] == ["cand", "base"]
+        sent = [r["body"]["model"] for r in up.requests]
+    records = _records(out)
+    answered = {sid: r["calls"][0]["policy"] for sid, r in records.items()}
+    assert answered["after"] == "cand" and answered["back"] == "base"
+    assert {answered[f"s{i}"] for i in range(16)} == {"base", "cand"}
+    assert sent.count("cand") == sum(v == "cand" for v in answered.values())
+    assert all(not r["failed_calls"] for r in records.values())
+    assert "2 promotions" in gw.stderr_text
+
+
 def test_a_gateway_killed_mid_session_keeps_every_session_that_ended(upstream, tmp_path):
     """-o FILE is a log: each ended session a whole line, flushed as it ends; SIGKILL loses the
     open sessions only, and the next gateway appends."""

@@ -220,6 +220,10 @@ def record(output: str | None, quiet: bool, verbose: int, upstream: str, host: s
 @click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True),
               default=RG.idle_timeout, show_default=True,
               help="A session without a call for this many seconds ends (and is written).")
+@click.option("--live", metavar="MODEL", default=RG.live,
+              help="Send every call to this served model, whatever its client named, and let "
+                   "POST /rl/promote switch it (a candidate's adapter, a rollback); each call "
+                   "records the model that answered.")
 @click.option("--reward", metavar="feedback|FILE.py:FN", default=RG.reward,
               help="The reward of a session its client gave none: feedback (its users' last "
                    "thumbs: up 1, down 0) or a function (task, rollout); default: none.")
@@ -238,7 +242,7 @@ def gateway(output: str | None, quiet: bool, verbose: int, **options: Any) -> No
     of its own. The API: POST /rl/start_session, /rl/set_reward {session_id|completion_id,
     reward}, /rl/feedback {session_id, thumbs, text} (or /feedback), /rl/end_session
     {session_id}. A session also ends after --idle-timeout, and every open one when the
-    gateway stops.
+    gateway stops. With --live: POST /rl/promote {model}, GET /rl/live.
 
     \b
     Examples:

@@ -72,4 +72,5 @@ class GatewayOptions(RecordOptions):
     """What `rollout gateway` is asked to do: the recording proxy's options, and the sessions'."""
 
     idle_timeout: float = 600.0        # a session without a call this long ends
+    live: str | None = None            # the served model every call goes to (POST /rl/promote)
     reward: str | None = None          # feedback, or FILE.py:FN; None: only the client's

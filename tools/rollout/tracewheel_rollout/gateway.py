@@ -22,6 +22,14 @@ The feedback API (JSON bodies; AReaL's names, Trinity-RFT's /feedback):
 A session also ends when it has had no call for --idle-timeout seconds, and every open session
 is written when the gateway stops.
 
+With --live MODEL, every call goes to the served model MODEL, whatever model its client named,
+and each call records the model that answered it (``policy``). Promotion switches that model:
+  POST /rl/promote         {model}: calls from now on go to it (one the upstream does not serve
+                           is refused, 404, and the live model stays); calls in flight finish
+                           on the model they started on, so no request fails in a swap
+  GET  /rl/live            {model, promotions}: the live model and every switch so far
+A rollback is a promotion of an earlier model (a LoRA adapter stays loaded under its name).
+
 The reward of a session: the last reward its client set for the session; else the mean of the
 rewards set for its calls; else the reward function (--reward); else none, and the session is
 written and counted, not trained on (train skips a rollout without a reward).
@@ -39,6 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from tracewheel.cli import Summary
@@ -67,8 +76,7 @@ class Session:
     reward: float | None = None  # set by its client for the whole session
     call_rewards: dict[str, float] = field(default_factory=dict)  # by completion id
     feedback: list[dict] = field(default_factory=list)
-    started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                time.gmtime()))
+    started: str = field(default_factory=lambda: _now())
     last: float = field(default_factory=time.monotonic)
 
 
@@ -98,6 +106,8 @@ class Gateway:
         self.ended: dict[str, None] = {}  # ordered set of ended session ids
         self._reaper: asyncio.Task | None = None
         self._writing: set[asyncio.Task] = set()  # sessions ended, their records not yet out
+        self.recorder: Any = None  # set by whoever built the recorder with these hooks
+        self.promotions: list[dict] = []
 
     # --- the recorder's hooks ---------------------------------------------------------------
 
@@ -105,8 +115,10 @@ class Gateway:
         for path, handler in (("/rl/start_session", self._start_session),
                               ("/rl/set_reward", self._set_reward),
                               ("/rl/feedback", self._feedback), ("/feedback", self._feedback),
-                              ("/rl/end_session", self._end_session)):
+                              ("/rl/end_session", self._end_session),
+                              ("/rl/promote", self._promote)):
             app.router.add_post(path, handler)
+        app.router.add_get("/rl/live", self._live)
         app.on_startup.append(self._start_reaper)
         app.on_cleanup.append(self._stop_reaper)
 
@@ -218,6 +230,40 @@ class Gateway:
         calls = len(s.calls)
         await self._end(s.id, "client")
         return web.json_response({"ok": True, "session_id": s.id, "calls": calls})
+
+    async def _promote(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        if isinstance(body, web.Response):
+            return body
+        model = body.get("model")
+        if self.recorder is None or self.recorder.policies is None:
+            return _fail(400, "this gateway has no live model to switch (start it with --live)")
+        if not isinstance(model, str) or not model:
+            return _fail(400, "give model: the served model to promote")
+        served = await self._served_models()
+        if model not in served:
+            return _fail(404, f"the upstream does not serve {model!r} (it serves "
+                              f"{', '.join(sorted(served)) or 'nothing'}): the live model "
+                              f"stays {self.recorder.default_policy!r}")
+        before = self.recorder.default_policy
+        self.recorder.default_policy = model
+        self.promotions.append({"model": model, "before": before, "time": _now()})
+        self.summary.add("promotions")
+        return web.json_response({"ok": True, "model": model, "before": before})
+
+    async def _live(self, request: web.Request) -> web.Response:
+        live = self.recorder.default_policy if self.recorder is not None else None
+        return web.json_response({"model": live, "promotions": self.promotions})
+
+    async def _served_models(self) -> set[str]:
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http, \
+                    http.get(self.recorder.upstream + "/v1/models", headers=_auth(
+                        self.recorder.api_key)) as resp:
+                data = await resp.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return set()
+        return {str(m.get("id")) for m in (data or {}).get("data") or [] if isinstance(m, dict)}
 
     def _open(self, body: dict) -> Session | web.Response:
         sid = body.get("session_id")
@@ -337,6 +383,14 @@ async def _body(request: web.Request) -> dict | web.Response:
 
 def _fail(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"message": message, "code": status}}, status=status)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _auth(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def _bearer(auth: str | None) -> str | None:

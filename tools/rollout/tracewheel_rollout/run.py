@@ -358,7 +358,9 @@ def gateway(o: GatewayOptions, output: str | None, *, quiet: bool = False) -> No
                             weight_version=served_version(
                                 o.upstream, lambda msg: click.echo(f"rollout gateway: {msg}",
                                                                    err=True)),
-                            hooks=gw)
+                            hooks=gw, policies={} if o.live else None,
+                            default_policy=o.live)
+        gw.recorder = recorder
 
         def ready() -> None:
             click.echo(f"rollout gateway: serving at {recorder.base_url()} (upstream "
