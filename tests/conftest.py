@@ -35,6 +35,15 @@ def load_script(relative: str):
     return module
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now, for a server a test starts."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 EXAMPLE_WORKFLOW = f"{ROOT / 'examples' / 'math_agent.py'}:run"
 LEGACY_DB = ROOT / "tests" / "fixtures" / "studio" / "studio-1.0.5_agentscope-1.0.7.sqlite"
 REQUIRED_ARGS = {  # what a tool needs besides its input to get as far as reading it

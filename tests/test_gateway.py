@@ -19,22 +19,16 @@ import openai
 import pytest
 from canned import CannedServer, chat_completion
 
+from conftest import free_port
+
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
 def gateway(upstream: str, out: Path, *args: str):
     """The gateway as a process, writing to ``out``; yields its root URL and, after the block,
     the process is stopped with SIGINT (its summary in ``proc.stderr_text``)."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([str(BIN / "rollout"), "gateway", "--upstream", upstream,
                              "--port", str(port), "-o", str(out), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -257,7 +251,7 @@ def test_a_gateway_killed_mid_session_keeps_every_session_that_ended(upstream, t
     """-o FILE is a log: each ended session a whole line, flushed as it ends; SIGKILL loses the
     open sessions only, and the next gateway appends."""
     out = tmp_path / "sessions.jsonl"
-    port = _free_port()
+    port = free_port()
     command = [str(BIN / "rollout"), "gateway", "--upstream", upstream.base_url,
                "--port", str(port), "-o", str(out)]
     for run, session in enumerate(("first", "second")):

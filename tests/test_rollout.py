@@ -25,7 +25,7 @@ from tracewheel.vllm import CHAT_TEMPLATE
 from tracewheel_rollout.cli import main as rollout
 from tracewheel_rollout.recorder import Recorder, split_path
 
-from conftest import ROOT, studio_tasks
+from conftest import ROOT, free_port, studio_tasks
 
 WORKFLOWS = Path(__file__).resolve().parent / "fixtures" / "rollout" / "workflows.py"
 EXAMPLE = ROOT / "examples" / "math_agent.py"
@@ -445,7 +445,7 @@ def test_prints_of_the_workflow_do_not_reach_the_records(tmp_path):
 
 def test_rollout_record_writes_calls_until_stopped():
     with canned("hi there") as up:
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "rollout"), "record", "--upstream", up.base_url,
              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -477,7 +477,7 @@ def test_rollout_record_in_front_of_an_odd_version_probe_records_without_version
 
     with CannedServer(lambda n: (200, {}, chat_completion("hi", token_ids=True)),
                       get=get) as up:
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "rollout"), "record", "--upstream", up.base_url,
              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -507,7 +507,7 @@ def test_rollout_record_stops_on_ctrl_c_with_a_request_in_flight(signals):
     printed (before: aiohttp waited up to 60 s for the handler)."""
     replies = [(200, {}, chat_completion("done", token_ids=True))]
     with CannedServer(lambda n: replies[0], lambda n: 0 if n == 0 else 60) as up:
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "rollout"), "record", "--upstream", up.base_url,
              "--port", str(port), "--retries", "0"], stdout=subprocess.PIPE,
@@ -539,12 +539,6 @@ def test_rollout_record_stops_on_ctrl_c_with_a_request_in_flight(signals):
     assert [c["status"] for c in calls] == ["ok"], err
     assert "Traceback" not in err
     assert "rollout record: 1 calls" in err
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- the real thing ----------------------------------------------------------------------------
