@@ -135,6 +135,40 @@ def test_report_compares_two_runs_paired_by_task(tmp_path, capsys):
     assert report_main([str(tmp_path / "async"), "--against", str(tmp_path / "no")]) == 1
 
 
+def test_report_shows_what_a_checker_rejected_and_the_team_beside_the_solver_alone(tmp_path):
+    def checked(task_id, first_right, final_right, rejected_wrong):
+        r = rollout(task_id, 1.0 if final_right else 0.0)
+        verdicts = [{"round": 0, "answer_right": first_right,
+                     "rejected": rejected_wrong and not first_right}]
+        if not first_right and rejected_wrong:
+            verdicts.append({"round": 1, "answer_right": final_right, "rejected": False})
+        verdicts.append({"round": "probe", "answer_right": not final_right,
+                         "rejected": final_right})
+        r["metadata"] = {"verdicts": verdicts, "solver_alone_right": first_right}
+        return r
+
+    run = tmp_path / "agents"
+    # the start accepts everything; after iteration 1 it sends the two wrong first answers
+    # back, and the Solver gets them right the second time
+    write(run / "iter-0" / "eval-set.jsonl",
+          [checked(f"t{i}", i < 2, i < 2, False) for i in range(4)])
+    write(run / "iter-1" / "eval-set.jsonl",
+          [checked(f"t{i}", i < 2, True, True) for i in range(4)])
+    assert report_main([str(run)]) == 0
+    text = (run / "report.md").read_text()
+    section = text.split("## Checker verdicts (evaluation set)")[1].split("\n## ")[0]
+    start = next(line for line in section.splitlines() if line.startswith("| start |"))
+    assert start.split(" | ")[1:3] == ["0.000 [0.000, 0.000] (n=2)",
+                                       "0.000 [0.000, 0.000] (n=2)"]
+    after = next(line for line in section.splitlines()
+                 if line.startswith("| after iteration 1 |"))
+    # both wrong first answers rejected, no right one; the team 1.0 where the Solver alone
+    # was 0.5
+    assert after.split(" | ")[1:3] == ["1.000 [1.000, 1.000] (n=2)",
+                                       "0.000 [0.000, 0.000] (n=4)"]
+    assert after.endswith("| 0.500 [0.000, 1.000] (n=4) | +0.500 [+0.000, +1.000] |")
+
+
 def test_report_shows_each_policy_of_a_multi_agent_run(tmp_path):
     def two_agent(task_id, solved, checked):
         r = rollout(task_id, solved)

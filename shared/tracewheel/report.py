@@ -232,6 +232,7 @@ def report(run: Path) -> str:
         elif runs:
             curves.append((which.label, rewards))
     lines += policies_section(run)
+    lines += verdicts_section(run)
     lines += ["## Iterations", "",
               "*kl_old* is the drift: how far the trained policy moved from the one that sampled "
               "the iteration's rollouts (KL(sampler || trained) per token, estimated on the "
@@ -345,6 +346,56 @@ def policies_section(run: Path) -> list[str]:
             "task. *Right*: the answers of the rollouts it took part in.", "",
             "| model | policy | calls | reward | change from the model before | change from the "
             "start | right |", "|---|---|---|---|---|---|---|", *rows, ""]
+
+
+def verdicts_section(run: Path) -> list[str]:
+    """A checker's verdicts, model by model on the evaluation, where the workflow lists them
+    (``metadata.verdicts``: ``round``, ``answer_right``, ``rejected``; examples/solver_checker.py):
+    on the Solver's answers, its rejections of the wrong ones (recall) and of the right ones
+    (false rejections); on its probes, the same; and the team's right share beside the Solver
+    alone (``metadata.solver_alone_right``), paired by task."""
+    which = next((w for w in reversed(EVAL_SETS)
+                  if any((run / f"iter-{i}" / w.file).is_file() for i in iterations(run))),
+                 None)
+    rows = []
+    for i in iterations(run) if which else []:
+        rollouts = read(run / f"iter-{i}" / which.file)
+        verdicts = [(v, r) for r in rollouts
+                    for v in (r.get("metadata") or {}).get("verdicts") or []]
+        if not verdicts:
+            continue
+
+        team = task_solved(rollouts)
+        alone: dict[str, list[float]] = {}
+        for r in rollouts:
+            known = (r.get("metadata") or {}).get("solver_alone_right")
+            if known is not None:
+                alone.setdefault(r["task_id"], []).append(float(known))
+        solo = {t: statistics.fmean(v) for t, v in alone.items()}
+        name = "start" if i == 0 else f"after iteration {i}"
+        rows.append(f"| {name} | {_rejected(verdicts, False, False)} "
+                    f"| {_rejected(verdicts, False, True)} | {_rejected(verdicts, True, False)} "
+                    f"| {_rejected(verdicts, True, True)} "
+                    f"| {estimate([solo[t] for t in solo if t in team]) or '-'} "
+                    f"| {paired(team, solo) or '-'} |")
+    if not rows:
+        return []
+    return [f"## Checker verdicts ({which.title.lower()})", "",
+            "What the checker rejected, model by model: of the Solver's wrong answers (recall: "
+            "higher is better) and of its right ones (false rejections: lower is better), on "
+            "the team's rounds and on the probes (an answer of the other kind, so that both "
+            "are judged in every rollout); the team's right share against the Solver's first "
+            "answer alone, paired by task.", "",
+            "| model | rejected: wrong answers | rejected: right answers | probes: wrong "
+            "rejected | probes: right rejected | Solver alone right | team - Solver alone |",
+            "|---|---|---|---|---|---|---|", *rows, ""]
+
+
+def _rejected(verdicts: list[tuple[dict, dict]], probe: bool, right: bool) -> str:
+    """The share rejected of the verdicts on probes (or not) of right (or wrong) answers."""
+    picked = [float(v["rejected"]) for v, _ in verdicts
+              if (v.get("round") == "probe") == probe and v.get("answer_right") is right]
+    return str(estimate(picked)) if picked else "-"
 
 
 def sampled_by(samples: list[dict], trained_from: int) -> str:
