@@ -32,7 +32,6 @@ from .run import run_rollouts
 
 R = RunOptions(workflow="")  # the defaults, stated once (config.py)
 RC = RecordOptions()  # rollout record's
-RG = GatewayOptions()  # rollout gateway's
 
 
 def continuation_options(fn: Any) -> Any:
@@ -49,6 +48,30 @@ def continuation_options(fn: Any) -> Any:
              "tokens, then the new messages only, so ctx-merge merges every call exactly. "
              "auto: where the upstream is vLLM and its tokenizer loads (else one line says "
              "why not); on: fail where it cannot; off: the upstream renders every prompt.")(fn)
+
+
+def proxy_options(fn: Any) -> Any:
+    """The recording proxy's options (rollout record, rollout gateway): where it listens, the
+    upstream it records, and how it makes prompts."""
+    fn = continuation_options(fn)
+    for decorate in reversed([
+        click.option("--upstream", envvar="OPENAI_BASE_URL", show_envvar=True, required=True,
+                      help="The vLLM behind it, e.g. http://127.0.0.1:8000/v1."),
+        click.option("--host", default=RC.host, show_default=True,
+                     help="Address to bind (0.0.0.0: every interface; mind who can reach it)."),
+        click.option("--port", type=click.IntRange(0, 65535), default=RC.port,
+                     show_default=True, help="Port to listen on (0: a free one)."),
+        click.option("--api-key", envvar="OPENAI_API_KEY", show_envvar=True,
+                     help="Key sent upstream instead of the client's (never logged)."),
+        click.option("--retries", type=click.IntRange(0), default=RC.retries,
+                     show_default=True,
+                     help="Retries of upstream 429, 5xx and connection failures."),
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+                     default=RC.timeout, show_default=True,
+                     help="Seconds to wait for upstream data."),
+    ]):
+        fn = decorate(fn)
+    return fn
 
 
 @tool_group("rollout", default="run")
@@ -164,19 +187,7 @@ def run(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, v
               short_help="A recording proxy in front of a vLLM: every call as a JSON line.")
 @common_options
 @output_option
-@click.option("--upstream", envvar="OPENAI_BASE_URL", show_envvar=True, required=True,
-              help="The vLLM to record, e.g. http://127.0.0.1:8000/v1.")
-@click.option("--host", default=RC.host, show_default=True,
-              help="Address to bind (0.0.0.0: every interface; mind who can reach it).")
-@click.option("--port", type=click.IntRange(0, 65535), default=RC.port, show_default=True,
-              help="Port to listen on (0: a free one).")
-@click.option("--api-key", envvar="OPENAI_API_KEY", show_envvar=True,
-              help="Key sent upstream instead of the client's (never logged).")
-@click.option("--retries", type=click.IntRange(0), default=RC.retries, show_default=True,
-              help="Retries of upstream 429, 5xx and connection failures.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=RC.timeout,
-              show_default=True, help="Seconds to wait for upstream data.")
-@continuation_options
+@proxy_options
 def record(output: str | None, quiet: bool, verbose: int, upstream: str, host: str,
            port: int, api_key: str | None, retries: int, timeout: float, continuation: str,
            chat_template: str | None) -> None:
@@ -205,29 +216,17 @@ def record(output: str | None, quiet: bool, verbose: int, upstream: str, host: s
 @click.option("-o", "--output", metavar="FILE",
               help="Append each ended session to FILE, a whole line as it ends, instead of "
                    "writing to stdout.")
-@click.option("--upstream", envvar="OPENAI_BASE_URL", show_envvar=True, required=True,
-              help="The serving vLLM, e.g. http://127.0.0.1:8000/v1.")
-@click.option("--host", default=RG.host, show_default=True,
-              help="Address to bind (0.0.0.0: every interface; mind who can reach it).")
-@click.option("--port", type=click.IntRange(0, 65535), default=RG.port, show_default=True,
-              help="Port to listen on (0: a free one).")
-@click.option("--api-key", envvar="OPENAI_API_KEY", show_envvar=True,
-              help="Key sent upstream instead of the client's (never logged).")
-@click.option("--retries", type=click.IntRange(0), default=RG.retries, show_default=True,
-              help="Retries of upstream 429, 5xx and connection failures.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=RG.timeout,
-              show_default=True, help="Seconds to wait for upstream data.")
+@proxy_options
 @click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True),
-              default=RG.idle_timeout, show_default=True,
+              default=GatewayOptions.idle_timeout, show_default=True,
               help="A session without a call for this many seconds ends (and is written).")
-@click.option("--live", metavar="MODEL", default=RG.live,
+@click.option("--live", metavar="MODEL", default=GatewayOptions.live,
               help="Send every call to this served model, whatever its client named, and let "
                    "POST /rl/promote switch it (a candidate's adapter, a rollback); each call "
                    "records the model that answered.")
-@click.option("--reward", metavar="feedback|FILE.py:FN", default=RG.reward,
+@click.option("--reward", metavar="feedback|FILE.py:FN", default=GatewayOptions.reward,
               help="The reward of a session its client gave none: feedback (its users' last "
                    "thumbs: up 1, down 0) or a function (task, rollout); default: none.")
-@continuation_options
 def gateway(output: str | None, quiet: bool, verbose: int, **options: Any) -> None:
     """Serve agents in production and keep their conversations for training: an
     OpenAI-compatible proxy in front of the serving vLLM that records every call's token ids and

@@ -284,10 +284,22 @@ def _served_model(base_url: str, api_key: str | None, timeout: float) -> str:
     return models[0]
 
 
+def _proxy(o: RecordOptions, on_call: Callable[[dict], None], name: str, **more: Any) -> Any:
+    """The recording proxy that ``o`` describes (not started), its calls to ``on_call``; ``name``
+    says what warns about the upstream's weight versions."""
+    from .recorder import Recorder  # aiohttp: the [rollout] extra
+
+    return Recorder(o.upstream, on_call=on_call, host=o.host, port=o.port, api_key=o.api_key,
+                    retries=o.retries, timeout=o.timeout, continuation=o.continuation,
+                    chat_template=o.chat_template,
+                    weight_version=served_version(
+                        o.upstream, lambda msg: click.echo(f"{name}: {msg}", err=True)),
+                    **more)
+
+
 def record(o: RecordOptions, output: str | None, *, quiet: bool = False) -> None:
     """Record the calls through a proxy in front of ``o.upstream`` until SIGINT, SIGTERM or
     SIGHUP, each call a line of ``output`` (stdout when None), then print the summary."""
-    from .recorder import Recorder  # aiohttp: the [rollout] extra
 
     summary = Summary("rollout record", "calls", "failed")
     lock = threading.Lock()
@@ -298,12 +310,7 @@ def record(o: RecordOptions, output: str | None, *, quiet: bool = False) -> None
                 summary.add("calls" if call.get("status") == "ok" else "failed")
                 _count_retries(summary, call)
 
-        recorder = Recorder(o.upstream, on_call=on_call, host=o.host, port=o.port,
-                            api_key=o.api_key, retries=o.retries, timeout=o.timeout,
-                            continuation=o.continuation, chat_template=o.chat_template,
-                            weight_version=served_version(
-                                o.upstream, lambda msg: click.echo(f"rollout record: {msg}",
-                                                                   err=True)))
+        recorder = _proxy(o, on_call, "rollout record")
 
         def ready() -> None:
             click.echo(f"rollout record: recording at {recorder.base_url()} (upstream "
@@ -339,7 +346,6 @@ def gateway(o: GatewayOptions, output: str | None, *, quiet: bool = False) -> No
     appended to, a line as each session ends), every open session written when it stops, then
     the summary."""
     from .gateway import FEEDBACK_REWARD, SESSION_HEADER, Gateway
-    from .recorder import Recorder
 
     summary = Summary("rollout gateway", "sessions", "with a reward", "without a reward")
     spec = FEEDBACK_REWARD if o.reward == "feedback" else o.reward
@@ -352,20 +358,17 @@ def gateway(o: GatewayOptions, output: str | None, *, quiet: bool = False) -> No
             _count_retries(summary, call)
             gw.on_call(call)
 
-        recorder = Recorder(o.upstream, on_call=on_call, host=o.host, port=o.port,
-                            api_key=o.api_key, retries=o.retries, timeout=o.timeout,
-                            continuation=o.continuation, chat_template=o.chat_template,
-                            weight_version=served_version(
-                                o.upstream, lambda msg: click.echo(f"rollout gateway: {msg}",
-                                                                   err=True)),
-                            hooks=gw, policies={} if o.live else None,
-                            default_policy=o.live)
+        recorder = _proxy(o, on_call, "rollout gateway", hooks=gw,
+                          policies={} if o.live else None, default_policy=o.live)
         gw.recorder = recorder
 
         def ready() -> None:
             click.echo(f"rollout gateway: serving at {recorder.base_url()} (upstream "
                        f"{recorder.upstream}); sessions by /s/ID/v1, {SESSION_HEADER} or the "
                        f"key of POST /rl/start_session; Ctrl-C stops", err=True)
+            if recorder.continuation_off:
+                click.echo(f"rollout gateway: prompts are rendered by the upstream, not "
+                           f"continued as token ids: {recorder.continuation_off}", err=True)
 
         try:
             recorder.serve_forever(ready=ready)
