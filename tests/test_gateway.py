@@ -226,7 +226,11 @@ def test_promotion_switches_the_live_model_without_failing_a_request(tmp_path):
             asked = [pool.submit(_ask, base, f"q{i}", headers={"X-Session-Id": f"s{i}",
                                                                   "X-Session-Done": "1"})
                      for i in range(16)]
-            time.sleep(0.4)  # some calls in flight on base, others not yet sent
+            # promote once a call is in flight on base: the upstream answers one at a time,
+            # 0.3 s each, so most of the 16 are not yet sent
+            deadline = time.monotonic() + 60
+            while not up.requests and time.monotonic() < deadline:
+                time.sleep(0.01)
             refused = api.post("/rl/promote", json={"model": "nope"})
             assert refused.status_code == 404 and "stays 'base'" in refused.text
             assert api.post("/rl/promote", json={"model": "cand"}).json()["before"] == "base"
