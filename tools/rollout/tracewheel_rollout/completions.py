@@ -25,7 +25,7 @@ def chat_logprobs(logprobs: dict | None) -> dict | None:
     return {"content": content}
 
 
-def token_logprobs(logprobs: dict | None) -> list[float]:
+def completions_logprobs(logprobs: dict | None) -> list[float]:
     return [float(v) for v in ((logprobs or {}).get("token_logprobs") or [])]
 
 
@@ -73,7 +73,7 @@ class ChoiceStream:
         self.text += choice.get("text") or ""
         ids = choice.get("token_ids") or []
         self.token_ids.extend(ids)
-        self.logprobs.extend(token_logprobs(choice.get("logprobs")))
+        self.logprobs.extend(completions_logprobs(choice.get("logprobs")))
         extra = {}
         if asked_ids:
             extra["token_ids"] = ids

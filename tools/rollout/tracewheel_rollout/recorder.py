@@ -44,9 +44,9 @@ from .completions import (
     ChoiceStream,
     assistant_message,
     chat_logprobs,
+    completions_logprobs,
     envelope,
     finish,
-    token_logprobs,
 )
 from .config import RecordOptions
 from .continuation import CONTINUATION, Continuation, FinishedCall, Plan, parses_tools, tools_key
@@ -581,7 +581,7 @@ class Recorder:
             ids = choice.get("token_ids") or []
             self._record_choice(call, choice.get("index", 0),
                                 choice.get("prompt_token_ids") or prompt_ids, ids,
-                                token_logprobs(choice.get("logprobs")), _plain(message),
+                                completions_logprobs(choice.get("logprobs")), _plain(message),
                                 reason, reply.get("model"), reply.get("usage"))
             out["choices"].append({"index": choice.get("index", 0), "message": message,
                                    "logprobs": chat_logprobs(choice.get("logprobs")),

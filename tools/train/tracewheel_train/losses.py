@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(target) for each row of ``logits`` (K, V), in float32; cross-entropy's fused
     log-softmax keeps memory at one copy of the logits."""
     return -F.cross_entropy(logits.float(), targets, reduction="none")

@@ -44,7 +44,7 @@ from .checkpoint import (
 )
 from .config import RESUME_KEYS, TrainConfig
 from .data import Batch, Step, TrainSample, collate, pack, plan_steps, reward_stats
-from .losses import LossParts, token_logprobs
+from .losses import LossParts, target_logprobs
 from .objectives import objective
 
 # The metrics of a step, in the order they are written (None where they do not apply).
@@ -212,7 +212,7 @@ class Trainer:
                     cu_seq_lens_q=batch.cu_seq_lens, cu_seq_lens_k=batch.cu_seq_lens,
                     max_length_q=batch.max_len, max_length_k=batch.max_len,
                     shared_prefix=batch.prefix, logits_to_keep=batch.keep, use_cache=False)
-        return token_logprobs(out.logits[0], batch.targets)
+        return target_logprobs(out.logits[0], batch.targets)
 
     @torch.no_grad()
     def _reference_logprobs(self, batch: Batch) -> torch.Tensor:
