@@ -16,7 +16,7 @@ from tracewheel.errors import TracewheelError
 from tracewheel.vllm import VLLMServer
 from tracewheel.weight_updates import load_adapter
 
-from conftest import local_logprobs, served_greedy
+from conftest import free_port, local_logprobs, served_greedy
 
 pytestmark = pytest.mark.vllm
 
@@ -192,3 +192,52 @@ def test_two_agents_train_and_serve_each_on_its_own_adapter(server, adapters, tm
     versions = {(c["agent"], c["policy_version"]) for r in again for c in r["calls"]}
     assert versions == {("Solver", str((out / "solver").resolve())),
                         ("Checker", str(adapters["b"].resolve()))}
+
+
+def test_the_gateway_promotes_a_candidate_adapter_and_rolls_back(server, adapters, tmp_path):
+    """rollout gateway --live base in front of the adapter server: a candidate loaded under its
+    own name answers users only once promoted, then exactly as it answers directly; a name
+    the server does not serve is refused and the live model stays; a rollback is one call."""
+    import httpx
+    import openai
+
+    server.load_adapter("candidate", adapters["b"])
+    port = free_port()
+    proc = subprocess.Popen([shutil.which("rollout", path=os.path.dirname(sys.executable)),
+                             "gateway", "--upstream", server.base_url, "--port", str(port),
+                             "--live", "base", "-o", str(tmp_path / "sessions.jsonl")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    root = f"http://127.0.0.1:{port}"
+    client = openai.OpenAI(base_url=f"{root}/v1", api_key="EMPTY", max_retries=0)
+
+    def ask(session: str) -> str:
+        reply = client.chat.completions.create(
+            model="whatever-the-client-names", messages=MESSAGES, max_tokens=8, temperature=0,
+            extra_headers={"X-Session-Id": session, "X-Session-Done": "1"})
+        return reply.choices[0].message.content
+
+    try:
+        assert "serving at" in proc.stderr.readline()
+        direct = {m: served_greedy(server, m, MESSAGES)[1] for m in ("base", "candidate")}
+        assert direct["base"] != direct["candidate"]
+        before = ask("before")
+        refused = httpx.post(f"{root}/rl/promote", json={"model": "not-loaded"}, timeout=30)
+        assert refused.status_code == 404 and "stays 'base'" in refused.text
+        assert httpx.post(f"{root}/rl/promote", json={"model": "candidate"},
+                          timeout=30).is_success
+        promoted = ask("promoted")
+        httpx.post(f"{root}/rl/promote", json={"model": "base"}, timeout=30)
+        rolled_back = ask("rolled-back")
+    finally:
+        proc.send_signal(2)
+        _, err = proc.communicate(timeout=30)
+    records = {json.loads(line)["id"]: json.loads(line)
+               for line in (tmp_path / "sessions.jsonl").read_text().splitlines()}
+    answered = {sid: r["calls"][0] for sid, r in records.items()}
+    assert {sid: c["policy"] for sid, c in answered.items()} == {
+        "before": "base", "promoted": "candidate", "rolled-back": "base"}
+    assert answered["promoted"]["completion_ids"] == direct["candidate"]
+    assert answered["before"]["completion_ids"] == direct["base"]
+    assert answered["rolled-back"]["completion_ids"] == direct["base"]
+    assert promoted != before == rolled_back
+    assert proc.returncode == 0, err
