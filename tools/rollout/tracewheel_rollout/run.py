@@ -297,6 +297,13 @@ def _proxy(o: RecordOptions, on_call: Callable[[dict], None], name: str, **more:
                     **more)
 
 
+def _why_rendered(recorder: Any, name: str) -> None:
+    """One line where the proxy cannot continue prompts as token ids, and why."""
+    if recorder.continuation_off:
+        click.echo(f"{name}: prompts are rendered by the upstream, not continued as token "
+                   f"ids: {recorder.continuation_off}", err=True)
+
+
 def record(o: RecordOptions, output: str | None, *, quiet: bool = False) -> None:
     """Record the calls through a proxy in front of ``o.upstream`` until SIGINT, SIGTERM or
     SIGHUP, each call a line of ``output`` (stdout when None), then print the summary."""
@@ -315,9 +322,7 @@ def record(o: RecordOptions, output: str | None, *, quiet: bool = False) -> None
         def ready() -> None:
             click.echo(f"rollout record: recording at {recorder.base_url()} (upstream "
                        f"{recorder.upstream}); Ctrl-C stops", err=True)
-            if recorder.continuation_off:
-                click.echo(f"rollout record: prompts are rendered by the upstream, not "
-                           f"continued as token ids: {recorder.continuation_off}", err=True)
+            _why_rendered(recorder, "rollout record")
 
         try:
             recorder.serve_forever(ready=ready)
@@ -366,9 +371,7 @@ def gateway(o: GatewayOptions, output: str | None, *, quiet: bool = False) -> No
             click.echo(f"rollout gateway: serving at {recorder.base_url()} (upstream "
                        f"{recorder.upstream}); sessions by /s/ID/v1, {SESSION_HEADER} or the "
                        f"key of POST /rl/start_session; Ctrl-C stops", err=True)
-            if recorder.continuation_off:
-                click.echo(f"rollout gateway: prompts are rendered by the upstream, not "
-                           f"continued as token ids: {recorder.continuation_off}", err=True)
+            _why_rendered(recorder, "rollout gateway")
 
         try:
             recorder.serve_forever(ready=ready)
