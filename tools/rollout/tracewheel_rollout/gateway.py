@@ -54,7 +54,7 @@ from tracewheel.cli import Summary
 from tracewheel.jsonl import loads
 from tracewheel.messages import content_text
 
-from .recorder import CALL_EXTRA
+from .recorder import CALL_EXTRA, _bearer, _error
 from .rewards import RewardFn
 from .runner import CALL_FIELDS
 
@@ -128,7 +128,7 @@ class Gateway:
         extra: dict[str, Any] = {}
         session = None if from_path == "default" else from_path
         session = session or request.headers.get(SESSION_HEADER)
-        key = _bearer(request.headers.get("Authorization"))
+        key = _bearer(request.headers)
         if session is None and key in self.keys:
             session = self.keys[key]
         if key in self.keys:
@@ -172,7 +172,7 @@ class Gateway:
             return body
         sid = str(body.get("session_id") or uuid.uuid4().hex)
         if sid in self.sessions or sid in self.ended:
-            return _fail(409, f"session {sid!r} exists already")
+            return _error(409, f"session {sid!r} exists already")
         key = f"tw-{secrets.token_urlsafe(24)}"
         self.keys[key] = sid
         reference = body.get("reference")
@@ -189,12 +189,12 @@ class Gateway:
             return body
         reward = body.get("reward")
         if isinstance(reward, bool) or not isinstance(reward, (int, float)):
-            return _fail(400, "reward must be a number")
+            return _error(400, "reward must be a number")
         if body.get("completion_id") is not None:
             cid = str(body["completion_id"])
             sid = self.by_completion.get(cid)
             if sid is None or sid not in self.sessions:
-                return _fail(404, f"no open session has the completion {cid!r}")
+                return _error(404, f"no open session has the completion {cid!r}")
             self.sessions[sid].call_rewards[cid] = float(reward)
             return web.json_response({"ok": True, "session_id": sid})
         s = self._open(body)
@@ -209,9 +209,9 @@ class Gateway:
             return body
         thumbs, text = body.get("thumbs"), body.get("text")
         if thumbs not in (None, "up", "down"):
-            return _fail(400, "thumbs must be \"up\" or \"down\"")
+            return _error(400, "thumbs must be \"up\" or \"down\"")
         if thumbs is None and not isinstance(text, str):
-            return _fail(400, "feedback needs thumbs or text")
+            return _error(400, "feedback needs thumbs or text")
         s = self._open(body)
         if isinstance(s, web.Response):
             return s
@@ -237,12 +237,12 @@ class Gateway:
             return body
         model = body.get("model")
         if self.recorder is None or self.recorder.policies is None:
-            return _fail(400, "this gateway has no live model to switch (start it with --live)")
+            return _error(400, "this gateway has no live model to switch (start it with --live)")
         if not isinstance(model, str) or not model:
-            return _fail(400, "give model: the served model to promote")
+            return _error(400, "give model: the served model to promote")
         served = await self._served_models()
         if model not in served:
-            return _fail(404, f"the upstream does not serve {model!r} (it serves "
+            return _error(404, f"the upstream does not serve {model!r} (it serves "
                               f"{', '.join(sorted(served)) or 'nothing'}): the live model "
                               f"stays {self.recorder.default_policy!r}")
         before = self.recorder.default_policy
@@ -258,8 +258,8 @@ class Gateway:
     async def _served_models(self) -> set[str]:
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http, \
-                    http.get(self.recorder.upstream + "/v1/models", headers=_auth(
-                        self.recorder.api_key)) as resp:
+                    http.get(self.recorder.upstream + "/v1/models",
+                             headers=self.recorder._auth()) as resp:
                 data = await resp.json(content_type=None)
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
             return set()
@@ -268,12 +268,12 @@ class Gateway:
     def _open(self, body: dict) -> Session | web.Response:
         sid = body.get("session_id")
         if sid is None:
-            return _fail(400, "give session_id")
+            return _error(400, "give session_id")
         sid = str(sid)
         if sid in self.ended:
-            return _fail(409, f"session {sid!r} has ended")
+            return _error(409, f"session {sid!r} has ended")
         if sid not in self.sessions:
-            return _fail(404, f"no session {sid!r}: start one with /rl/start_session, or "
+            return _error(404, f"no session {sid!r}: start one with /rl/start_session, or "
                               f"send its first call with {SESSION_HEADER}")
         return self.sessions[sid]
 
@@ -375,25 +375,11 @@ async def _body(request: web.Request) -> dict | web.Response:
     try:
         body = loads(await request.read())
     except ValueError:
-        return _fail(400, "request body is not JSON")
+        return _error(400, "request body is not JSON")
     if not isinstance(body, dict):
-        return _fail(400, "request body must be a JSON object")
+        return _error(400, "request body must be a JSON object")
     return body
-
-
-def _fail(status: int, message: str) -> web.Response:
-    return web.json_response({"error": {"message": message, "code": status}}, status=status)
 
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _auth(key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
-def _bearer(auth: str | None) -> str | None:
-    if auth and auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return None
