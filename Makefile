@@ -16,7 +16,7 @@ HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
 PYTEST_ARGS ?=
 
 .PHONY: help deps install vllm model demo test lint docs bench sweep flywheel flywheel-loop \
-  gsm8k-test gsm8k-test-loop clean
+  gsm8k-test gsm8k-test-loop online online-loop clean
 
 help: ## list the targets, and the flywheel's variables
 	@grep -E '^[a-z0-9-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -97,6 +97,9 @@ flywheel: deps demo ## the whole loop on the embedded defaults: runs/$(RUN)/repo
 
 gsm8k-test: deps ## after make flywheel: the first and last model on GSM8K's test sample, in the report
 	@$(MAKE) --no-print-directory gsm8k-test-loop
+
+online: deps demo ## the deployed agent learning from its users: runs/$(RUN)/online/report.md (docs/architecture.md)
+	@$(MAKE) --no-print-directory online-loop
 
 clean: ## remove run outputs (keeps the environments and the model cache)
 	rm -rf runs .pytest_cache

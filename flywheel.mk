@@ -310,3 +310,28 @@ flywheel-phases:
 	    $(train_next) || exit 1; \
 	  fi; \
 	done
+
+# Online (`make online`, python -m tracewheel.online): the warm-up model (iteration 1) served with
+# LoRA adapters on, the production gateway in front of it, simulated users asking through it, and
+# candidates trained on their sessions, gated on GATE_SET and promoted when better.
+ONLINE ?= $(R)/online## where make online writes: report.md, online.jsonl, sessions.jsonl, users.jsonl
+ONLINE_MINUTES ?= 40## how long the simulated users ask
+ONLINE_USERS ?= 8## simulated users asking at once
+ONLINE_BATCH ?= 96## rewarded sessions a candidate is trained on (since the live model went live)
+ONLINE_TASKS ?= 3000## problems the users draw from: the template family (examples/math_eval.py, seed 1), none of GATE_SET
+GATE_SET ?= examples/math-eval.jsonl## labelled tasks each candidate and the live model are scored on (greedy)
+ONLINE_TRAIN_ARGS ?= --algo sft --min-reward 1 --lr 5e-4 --epochs 2## train's options for each candidate (a LoRA adapter)
+ONLINE_ARGS ?=## more python -m tracewheel.online options, e.g. --invert 2 (candidate 2 on inverted rewards)
+
+online-loop: $(call trained,1)
+	@if [ -e $(ONLINE)/online.jsonl ]; then echo "$(ONLINE) holds an online run already: remove it, or set ONLINE=" >&2; exit 1; fi
+	@mkdir -p $(ONLINE)
+	$(TRACEWHEEL_BIN)/python examples/math_eval.py -n $(ONLINE_TASKS) --seed 1 -o $(ONLINE)/tasks.jsonl
+	$(vllm) $(R)/iter-1/ckpt --lora-rank $(LORA_RANK) --max-model-len $(MAX_MODEL_LEN) \
+	  --log-file $(ONLINE)/vllm.log --exec $(TRACEWHEEL_BIN)/python -m tracewheel.online \
+	  --base $(R)/iter-1/ckpt --gate-set $(GATE_SET) -w $(WORKFLOW) --out $(ONLINE) \
+	  --batch $(ONLINE_BATCH) --lora-r $(LORA_RANK) --train-args "$(ONLINE_TRAIN_ARGS)" \
+	  --max-tokens $(MAX_TOKENS) --duration $$(($(ONLINE_MINUTES) * 60)) --seed $(SEED) \
+	  --traffic "$(TRACEWHEEL_BIN)/python examples/online_users.py $(ONLINE)/tasks.jsonl \
+	    --exclude $(GATE_SET) --users $(ONLINE_USERS) --duration $$(($(ONLINE_MINUTES) * 60)) \
+	    --seed $(SEED) -o $(ONLINE)/users.jsonl" $(ONLINE_ARGS)
