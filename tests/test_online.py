@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tracewheel.errors import TracewheelError
 from tracewheel.online import Loop, OnlineConfig
 from tracewheel.online_report import difference, write_report
 
@@ -37,6 +38,10 @@ def test_sessions_are_read_as_they_end_and_a_half_written_one_waits(tmp_path):
     loop.read_sessions()
     assert [s["id"] for s in loop.pool] == ["a", "c"]  # d had no call: nothing to learn from
     assert loop.counts["sessions"] == 4 and loop.counts["without a reward"] == 2
+    with open(path, "a") as f:
+        f.write("{not json\n")
+    with pytest.raises(TracewheelError, match=r"sessions.jsonl, line 5: not JSON"):
+        loop.read_sessions()
     loop.events.close()
 
 

@@ -113,6 +113,8 @@ class Loop:
         self.live = served_name            # the name the live model is served under
         self.live_adapter: Path | None = None
         self.read_upto = 0                 # bytes of the sessions file read
+        self.lines_read = 0
+        self.trained: set[str] = set()     # ids of the sessions some candidate learnt from
         self.pool: list[dict] = []         # rewarded sessions since the live model went live
         self.counts = {"sessions": 0, "with a reward": 0, "without a reward": 0,
                        "trained on": 0}
@@ -120,7 +122,6 @@ class Loop:
         self.wanted = cfg.batch            # rewarded sessions the next candidate waits for
         self.gate_scores: dict[str, Path] = {}
         self.events = open(self.out / "online.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-        self.started = time.time()
 
     def enough(self) -> bool:
         return 0 < self.cfg.max_candidates <= self.candidates
@@ -145,9 +146,14 @@ class Loop:
         end = data.rfind(b"\n") + 1
         self.read_upto += end
         for raw in data[:end].splitlines():
+            self.lines_read += 1
             if not raw.strip():
                 continue
-            record = loads(raw)
+            try:
+                record = loads(raw)
+            except ValueError as err:
+                raise TracewheelError(f"{self.sessions_path}, line {self.lines_read}: not "
+                                      f"JSON ({err})") from None
             self.counts["sessions"] += 1
             if record.get("reward") is None or not record.get("calls"):
                 self.counts["without a reward"] += 1
@@ -206,7 +212,8 @@ class Loop:
         verdict = decide(_rollouts(self.gate_score(self.live)),
                          _rollouts(self.gate_score(name)),
                          rule=self.cfg.rule, margin=self.cfg.margin)
-        self.counts["trained on"] += len(self.pool)
+        self.trained.update(r["id"] for r in self.pool)
+        self.counts["trained on"] = len(self.trained)
         promoted = False
         if verdict["decision"] == "promote":
             status, reply = _post(f"{self.gateway}/rl/promote", {"model": name})
