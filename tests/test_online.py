@@ -64,7 +64,8 @@ def test_the_report_shows_traffic_by_quarter_the_gate_per_candidate_and_calls_pe
                "inverted": True, "live": "cand-1", "promoted": False, "live_right": 0.4,
                "candidate_right": 0.1, "change": {"mean": -0.3, "low": -0.4, "high": -0.2},
                "tasks": 50, "reason": "the rule better needs its lower bound above 0"},
-              {"time": t0 + 1000, "event": "end", "live": "cand-1"}]
+              {"time": t0 + 1000, "event": "end", "live": "cand-1",
+               "counts": {"trained on": 60}}]
     users = [{"session": f"s{i}", "start": t0 + 10 * i, "end": t0 + 10 * i + 5,
               "right": i >= 50, "error": None} for i in range(100)]
     (tmp_path / "online.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
@@ -80,7 +81,8 @@ def test_the_report_shows_traffic_by_quarter_the_gate_per_candidate_and_calls_pe
     assert "| cand-2 (rewards inverted) | 30 | cand-1 | 0.400 | 0.100 | " in text
     assert "kept aside" in text
     assert "| base | 2 |" in text and "| cand-1 | 1 |" in text
-    assert "2 in, 1 with a reward" in text and "40 in promoted candidates (70 counting" in text
+    assert "2 in, 1 with a reward" in text
+    assert "40 in promoted candidates (60 learnt from by any candidate)" in text
     assert (tmp_path / "online.png").stat().st_size > 0
 
 

@@ -88,11 +88,15 @@ def sessions_section(sessions: list[dict], events: list[dict]) -> list[str]:
                   if s.get("reward") is not None)
     trained = sum(e["sessions"] for e in events
                   if e.get("event") == "candidate" and e.get("promoted"))
-    tried = sum(e["sessions"] for e in events if e.get("event") == "candidate")
+    # a refused candidate's sessions go on to the next: the loop counts them once
+    ends = [e for e in events if e.get("event") == "end"]
+    distinct = (ends[-1].get("counts") or {}).get("trained on") if ends else None
     lines = [f"Sessions: {len(sessions)} in, {rewarded} with a reward "
              f"({', '.join(f'{k}: {v}' for k, v in sorted(how.items()))}), "
              f"{len(sessions) - rewarded} without (counted, not trained on); "
-             f"{trained} in promoted candidates ({tried} counting the ones kept aside).",
+             f"{trained} in promoted candidates"
+             + (f" ({distinct} learnt from by any candidate)." if distinct is not None
+                else "."),
              "", f"Failed calls (of users' sessions; a run stopped mid-call fails the calls "
                  f"in flight): {failed}.", "",
              "| model | calls answered |", "|---|---|"]
