@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from math_agent import run as solve  # noqa: E402
 
 from tracewheel.answers import boxed_reward  # noqa: E402
+from tracewheel.dedup import normalize_text  # noqa: E402
 
 STYLES = ("key", "header", "path")
 SAMPLING = {"temperature": 1.0, "max_tokens": 128}  # the loop's training rollouts sample so
@@ -123,16 +124,13 @@ async def users(tasks: list[dict], gateway: str, out: Any, opts: dict) -> dict:
     return counts
 
 
-def _norm(query: str) -> str:
-    return " ".join(query.lower().split())
-
-
 @click.command()
 @click.argument("tasks", type=click.File("r"))
 @click.option("--gateway", required=True, envvar="TRACEWHEEL_GATEWAY", show_envvar=True,
               help="The gateway's root URL (no /v1).")
 @click.option("--exclude", type=click.File("r"), multiple=True,
-              help="Labelled tasks users never ask (a gate set): by id or normalised query.")
+              help="Labelled tasks users never ask (a gate set): by id or normalised query "
+                   "(the evaluation set's disjointness check's).")
 @click.option("-o", "--output", type=click.File("a"), default="-",
               help="Where each session's line goes (appended).")
 @click.option("--users", type=click.IntRange(1), default=8, show_default=True,
@@ -149,9 +147,9 @@ def _norm(query: str) -> str:
 def main(tasks: Any, gateway: str, exclude: tuple, output: Any, **opts: Any) -> None:
     """Simulated users of the math agent behind GATEWAY, on the labelled TASKS (JSONL)."""
     kept = [json.loads(line) for f in exclude for line in f if line.strip()]
-    ids, queries = {t["id"] for t in kept}, {_norm(t["query"]) for t in kept}
+    ids, queries = {t["id"] for t in kept}, {normalize_text(t["query"]) for t in kept}
     pool = [t for t in map(json.loads, filter(str.strip, tasks))
-            if t["id"] not in ids and _norm(t["query"]) not in queries]
+            if t["id"] not in ids and normalize_text(t["query"]) not in queries]
     if not pool:
         raise click.UsageError("no tasks (after --exclude)")
     click.echo(f"users: {len(pool)} tasks to ask", err=True)

@@ -47,7 +47,8 @@ from .cli import exit_status, tool_command
 from .errors import TracewheelError
 from .gate import MARGIN, RULES, decide
 from .jsonl import loads
-from .weight_updates import load_adapter
+from .report import read
+from .weight_updates import call_route, load_adapter
 
 GATEWAY_ENV = "TRACEWHEEL_GATEWAY"
 
@@ -209,8 +210,7 @@ class Loop:
                                                       or max(1, (os.cpu_count() or 2) // 2))})
         trained_s = time.monotonic() - t
         load_adapter(self.cfg.server, name, folder / "adapter")
-        verdict = decide(_rollouts(self.gate_score(self.live)),
-                         _rollouts(self.gate_score(name)),
+        verdict = decide(read(self.gate_score(self.live)), read(self.gate_score(name)),
                          rule=self.cfg.rule, margin=self.cfg.margin)
         self.trained.update(r["id"] for r in self.pool)
         self.counts["trained on"] = len(self.trained)
@@ -228,11 +228,6 @@ class Loop:
         if promoted:
             self.live, self.live_adapter, self.pool = name, folder / "adapter", []
             self.wanted = self.cfg.batch
-
-
-def _rollouts(path: Path) -> list[dict]:
-    with open(path, "rb") as f:
-        return [loads(line) for line in f if line.strip()]
 
 
 def run(command: list[str], env: dict[str, str] | None = None) -> None:
@@ -261,11 +256,11 @@ def spawn(command: list[str], **kwargs: object) -> subprocess.Popen:
 
 
 def _start_gateway(cfg: OnlineConfig, served: str, port: int) -> subprocess.Popen:
-    log = open(Path(cfg.out) / "gateway.log", "ab")  # noqa: SIM115
-    return spawn(
-        [tool("rollout"), "gateway", "--upstream", cfg.server, "--port", str(port),
-         "--live", served, "--reward", "feedback", "--idle-timeout", str(cfg.idle_timeout),
-         "-o", str(Path(cfg.out) / "sessions.jsonl")], stderr=log)
+    with open(Path(cfg.out) / "gateway.log", "ab") as log:  # the child keeps its own copy
+        return spawn(
+            [tool("rollout"), "gateway", "--upstream", cfg.server, "--port", str(port),
+             "--live", served, "--reward", "feedback", "--idle-timeout",
+             str(cfg.idle_timeout), "-o", str(Path(cfg.out) / "sessions.jsonl")], stderr=log)
 
 
 def _wait_up(url: str, proc: subprocess.Popen, seconds: float = 120.0) -> None:
@@ -300,8 +295,8 @@ def online(cfg: OnlineConfig) -> Path:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    served = next(m["id"] for m in _get(f"{cfg.server}/v1/models")["data"]
-                  if not m.get("parent"))
+    models = call_route(cfg.server, "/v1/models", None, 30, "listing its models", method="GET")
+    served = next(m["id"] for m in models.get("data") or [] if not m.get("parent"))
     port = free_port()
     loop = Loop(cfg, served, f"http://127.0.0.1:{port}")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))

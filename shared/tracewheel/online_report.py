@@ -26,9 +26,14 @@ def difference(first: list[float], last: list[float]) -> tuple[float, float, flo
     return d, d - 1.96 * se, d + 1.96 * se
 
 
-def traffic_section(users: list[dict], events: list[dict], t0: float) -> list[str]:
-    done = sorted((u for u in users if u.get("error") is None and u.get("right") is not None),
+def _known(users: list[dict]) -> list[dict]:
+    """The users' sessions that ended with a known outcome, in the order they ended."""
+    return sorted((u for u in users if u.get("error") is None and u.get("right") is not None),
                   key=lambda u: u["end"])
+
+
+def traffic_section(users: list[dict], events: list[dict], t0: float) -> list[str]:
+    done = _known(users)
     if not done:
         return ["No user sessions with a known outcome (no users.jsonl)."]
     start, end = done[0]["start"], done[-1]["end"]
@@ -105,8 +110,7 @@ def sessions_section(sessions: list[dict], events: list[dict]) -> list[str]:
 
 
 def plot_traffic(out: Path, users: list[dict], events: list[dict], t0: float) -> str | None:
-    done = sorted((u for u in users if u.get("error") is None and u.get("right") is not None),
-                  key=lambda u: u["end"])
+    done = _known(users)
     if len(done) < 8:
         return None
     import matplotlib
