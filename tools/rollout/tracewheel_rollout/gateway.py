@@ -47,16 +47,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from tracewheel.cli import Summary
 from tracewheel.jsonl import loads
 from tracewheel.messages import content_text
 
-from .recorder import CALL_EXTRA, _bearer, _error
+from .recorder import CALL_EXTRA
 from .rewards import RewardFn
 from .runner import CALL_FIELDS
+from .upstream import bearer, error_reply
 
 SESSION_HEADER = "X-Session-Id"
 TURN_HEADER = "X-Turn-Type"
@@ -128,7 +128,7 @@ class Gateway:
         extra: dict[str, Any] = {}
         session = None if from_path == "default" else from_path
         session = session or request.headers.get(SESSION_HEADER)
-        key = _bearer(request.headers)
+        key = bearer(request.headers)
         if session is None and key in self.keys:
             session = self.keys[key]
         if key in self.keys:
@@ -172,7 +172,7 @@ class Gateway:
             return body
         sid = str(body.get("session_id") or uuid.uuid4().hex)
         if sid in self.sessions or sid in self.ended:
-            return _error(409, f"session {sid!r} exists already")
+            return error_reply(409, f"session {sid!r} exists already")
         key = f"tw-{secrets.token_urlsafe(24)}"
         self.keys[key] = sid
         reference = body.get("reference")
@@ -189,12 +189,12 @@ class Gateway:
             return body
         reward = body.get("reward")
         if isinstance(reward, bool) or not isinstance(reward, (int, float)):
-            return _error(400, "reward must be a number")
+            return error_reply(400, "reward must be a number")
         if body.get("completion_id") is not None:
             cid = str(body["completion_id"])
             sid = self.by_completion.get(cid)
             if sid is None or sid not in self.sessions:
-                return _error(404, f"no open session has the completion {cid!r}")
+                return error_reply(404, f"no open session has the completion {cid!r}")
             self.sessions[sid].call_rewards[cid] = float(reward)
             return web.json_response({"ok": True, "session_id": sid})
         s = self._open(body)
@@ -209,9 +209,9 @@ class Gateway:
             return body
         thumbs, text = body.get("thumbs"), body.get("text")
         if thumbs not in (None, "up", "down"):
-            return _error(400, "thumbs must be \"up\" or \"down\"")
+            return error_reply(400, "thumbs must be \"up\" or \"down\"")
         if thumbs is None and not isinstance(text, str):
-            return _error(400, "feedback needs thumbs or text")
+            return error_reply(400, "feedback needs thumbs or text")
         s = self._open(body)
         if isinstance(s, web.Response):
             return s
@@ -237,14 +237,15 @@ class Gateway:
             return body
         model = body.get("model")
         if self.recorder is None or self.recorder.policies is None:
-            return _error(400, "this gateway has no live model to switch (start it with --live)")
+            return error_reply(400, "this gateway has no live model to switch (start it with "
+                                    "--live)")
         if not isinstance(model, str) or not model:
-            return _error(400, "give model: the served model to promote")
+            return error_reply(400, "give model: the served model to promote")
         served = await self._served_models()
         if model not in served:
-            return _error(404, f"the upstream does not serve {model!r} (it serves "
-                              f"{', '.join(sorted(served)) or 'nothing'}): the live model "
-                              f"stays {self.recorder.default_policy!r}")
+            return error_reply(404, f"the upstream does not serve {model!r} (it serves "
+                               f"{', '.join(sorted(served)) or 'nothing'}): the live model "
+                               f"stays {self.recorder.default_policy!r}")
         before = self.recorder.default_policy
         self.recorder.default_policy = model
         self.promotions.append({"model": model, "before": before, "time": _now()})
@@ -256,25 +257,18 @@ class Gateway:
         return web.json_response({"model": live, "promotions": self.promotions})
 
     async def _served_models(self) -> set[str]:
-        try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http, \
-                    http.get(self.recorder.upstream + "/v1/models",
-                             headers=self.recorder._auth()) as resp:
-                data = await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-            return set()
-        return {str(m.get("id")) for m in (data or {}).get("data") or [] if isinstance(m, dict)}
+        return {str(m.get("id")) for m in await self.recorder.upstream.models()}
 
     def _open(self, body: dict) -> Session | web.Response:
         sid = body.get("session_id")
         if sid is None:
-            return _error(400, "give session_id")
+            return error_reply(400, "give session_id")
         sid = str(sid)
         if sid in self.ended:
-            return _error(409, f"session {sid!r} has ended")
+            return error_reply(409, f"session {sid!r} has ended")
         if sid not in self.sessions:
-            return _error(404, f"no session {sid!r}: start one with /rl/start_session, or "
-                              f"send its first call with {SESSION_HEADER}")
+            return error_reply(404, f"no session {sid!r}: start one with /rl/start_session, or "
+                               f"send its first call with {SESSION_HEADER}")
         return self.sessions[sid]
 
     # --- ending sessions --------------------------------------------------------------------
@@ -375,9 +369,9 @@ async def _body(request: web.Request) -> dict | web.Response:
     try:
         body = loads(await request.read())
     except ValueError:
-        return _error(400, "request body is not JSON")
+        return error_reply(400, "request body is not JSON")
     if not isinstance(body, dict):
-        return _error(400, "request body must be a JSON object")
+        return error_reply(400, "request body must be a JSON object")
     return body
 
 

@@ -321,7 +321,7 @@ def record(o: RecordOptions, output: str | None, *, quiet: bool = False) -> None
 
         def ready() -> None:
             click.echo(f"rollout record: recording at {recorder.base_url()} (upstream "
-                       f"{recorder.upstream}); Ctrl-C stops", err=True)
+                       f"{recorder.upstream.url}); Ctrl-C stops", err=True)
             _why_rendered(recorder, "rollout record")
 
         try:
@@ -369,7 +369,7 @@ def gateway(o: GatewayOptions, output: str | None, *, quiet: bool = False) -> No
 
         def ready() -> None:
             click.echo(f"rollout gateway: serving at {recorder.base_url()} (upstream "
-                       f"{recorder.upstream}); sessions by /s/ID/v1, {SESSION_HEADER} or the "
+                       f"{recorder.upstream.url}); sessions by /s/ID/v1, {SESSION_HEADER} or the "
                        f"key of POST /rl/start_session; Ctrl-C stops", err=True)
             _why_rendered(recorder, "rollout gateway")
 
