@@ -110,7 +110,7 @@ def test_each_default_is_stated_once_all_the_way_down():
     from tracewheel.judge import JudgeSettings
     from tracewheel.models import MAX_MODEL_LEN
     from tracewheel.vllm import VLLMServer
-    from tracewheel.vllm import _command as vllm_command
+    from tracewheel.vllm_cli import _command as vllm_command
     from tracewheel_rollout.config import RecordOptions, RunOptions
     from tracewheel_rollout.recorder import Recorder
     from tracewheel_rollout.run import _settings

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from tracewheel.errors import TracewheelError
-from tracewheel.vllm import CHAT_TEMPLATE, VLLMServer, check, group_members
+from tracewheel.vllm import CHAT_TEMPLATE, VLLMServer, group_members
+from tracewheel.vllm_cli import check
 
 from conftest import local_logprobs
 
