@@ -37,7 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tracewheel.report import estimate, paired, read, sources, task_rewards, task_solved
+from tracewheel.estimates import estimate, paired, read, task_rewards, task_solved
+from tracewheel.report import sources
 from tracewheel_rollout.rewards import function_reward
 
 BIN = Path(sys.executable).parent

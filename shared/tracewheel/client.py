@@ -227,6 +227,7 @@ def bounded_map(
     STOPPING.clear()
     pool = cf.ThreadPoolExecutor(max_workers=workers)
     completed = False
+
     def fill() -> None:
         nonlocal in_flight
         while in_flight < window and len(pending) < 4 * window:
@@ -241,31 +242,12 @@ def bounded_map(
                 pending.append([item, pool.submit(fn, item), None])
                 in_flight += 1
 
-    def outcome(entry: list) -> Any:
-        nonlocal in_flight
-        fut = entry[1]
-        if fut is None:
-            return entry[2]
-        in_flight -= 1
-        exc = fut.exception()
-        return exc if exc is not None else fut.result()
-
     fill()
     try:
         while pending:
-            if ordered:
-                entry = pending.popleft()
-                if entry[1] is not None:
-                    cf.wait([entry[1]])
-            else:
-                index = next((i for i, e in enumerate(pending)
-                              if e[1] is None or e[1].done()), None)
-                if index is None:
-                    cf.wait([e[1] for e in pending], return_when=cf.FIRST_COMPLETED)
-                    index = next(i for i, e in enumerate(pending) if e[1].done())
-                entry = pending[index]
-                del pending[index]
-            yield entry[0], outcome(entry)
+            entry = _take(pending, ordered)
+            in_flight -= entry[1] is not None
+            yield entry[0], _outcome(entry)
             fill()
         completed = True
     finally:
@@ -277,6 +259,31 @@ def bounded_map(
             if abandoned is not None and fut.done() and fut.exception() is None:
                 abandoned(item, fut.result())
         pool.shutdown(wait=completed, cancel_futures=True)
+
+
+def _take(pending: deque[list], ordered: bool) -> list:
+    """bounded_map's next entry: the first (once its call ends), or the first that is done."""
+    if ordered:
+        entry = pending.popleft()
+        if entry[1] is not None:
+            cf.wait([entry[1]])
+        return entry
+    index = next((i for i, e in enumerate(pending) if e[1] is None or e[1].done()), None)
+    if index is None:
+        cf.wait([e[1] for e in pending], return_when=cf.FIRST_COMPLETED)
+        index = next(i for i, e in enumerate(pending) if e[1].done())
+    entry = pending[index]
+    del pending[index]
+    return entry
+
+
+def _outcome(entry: list) -> Any:
+    """An entry's result (known without a call, or its call's) or its call's exception."""
+    fut = entry[1]
+    if fut is None:
+        return entry[2]
+    exc = fut.exception()
+    return exc if exc is not None else fut.result()
 
 
 class LazyClient:

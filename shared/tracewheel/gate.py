@@ -24,8 +24,8 @@ import click
 
 from .cli import exit_status, tool_command
 from .errors import TracewheelError
+from .estimates import estimate, task_solved
 from .jsonl import loads
-from .report import estimate, task_solved
 
 RULES = ("not-worse", "better")
 RULE = "not-worse"

@@ -45,9 +45,9 @@ import click
 
 from .cli import exit_status, tool_command
 from .errors import TracewheelError
+from .estimates import read
 from .gate import MARGIN, RULES, decide
 from .jsonl import loads
-from .report import read
 from .weight_updates import call_route, load_adapter
 
 GATEWAY_ENV = "TRACEWHEEL_GATEWAY"

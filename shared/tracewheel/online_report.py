@@ -13,7 +13,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from .report import estimate, read
+from .estimates import estimate, read
 
 QUARTERS = 4
 

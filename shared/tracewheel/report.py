@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import statistics
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,7 +19,10 @@ import click
 
 from .cli import exit_status, tool_command
 from .errors import TracewheelError
-from .jsonl import atomic_path, loads
+from .estimates import estimate, iterations, paired, read, task_rewards, task_solved
+from .jsonl import atomic_path
+from .report_agents import policies_section, verdicts_section
+from .report_plots import plot
 
 # The drift (KL(sampler || trained) per token, estimated on the sampler's tokens) above which
 # an iteration's rollouts no longer describe the policy it trained. Measured on the demo (with
@@ -32,68 +34,6 @@ TASK_FILES = [("exported", "tasks.exported.jsonl"), ("kept by trace-filter", "ta
               ("made by task-augment", "tasks.augmented.jsonl"), ("training", "train.jsonl"),
               ("held out", "heldout.jsonl"),
               ("evaluation set", "eval-tasks.jsonl")]
-
-
-def read(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-
-
-BOOTSTRAP = 4000  # resamples behind every interval (seeded: the same report every time)
-
-
-@dataclass
-class Estimate:
-    """A mean with its 95% confidence interval: the percentile bootstrap over tasks, which
-    stays inside the values' range (a share of right answers is never below 0) and is not
-    too narrow at small n as a normal interval is."""
-
-    mean: float
-    low: float
-    high: float
-    n: int
-
-    def __str__(self) -> str:
-        return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}] (n={self.n})"
-
-
-def estimate(values: list[float]) -> Estimate | None:
-    if not values:
-        return None
-    import numpy as np
-
-    data = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(0)
-    means = data[rng.integers(0, len(data), size=(BOOTSTRAP, len(data)))].mean(axis=1)
-    low, high = np.quantile(means, [0.025, 0.975])
-    return Estimate(float(data.mean()), float(low), float(high), len(values))
-
-
-def task_rewards(rollouts: list[dict]) -> dict[str, float]:
-    """Each task's mean reward over its samples (a rollout without a reward counts 0: failing
-    to answer is not better than a wrong answer)."""
-    by_task: dict[str, list[float]] = {}
-    for r in rollouts:
-        by_task.setdefault(r["task_id"], []).append(r.get("reward") or 0.0)
-    return {task: statistics.fmean(values) for task, values in by_task.items()}
-
-
-def task_solved(rollouts: list[dict]) -> dict[str, float]:
-    """Each task's share of samples whose answer was right (``reward_info.match``), apart from a
-    shaped reward's partial credit; empty when the reward does not say."""
-    by_task: dict[str, list[float]] = {}
-    for r in rollouts:
-        match = (r.get("reward_info") or {}).get("match")
-        if match is not None:
-            by_task.setdefault(r["task_id"], []).append(float(match))
-    return {task: statistics.fmean(values) for task, values in by_task.items()}
-
-
-def iterations(run: Path) -> list[int]:
-    found = [int(m.group(1)) for p in run.glob("iter-*")
-             if (m := re.fullmatch(r"iter-(\d+)", p.name))]
-    return sorted(found)
 
 
 def log_line(run: Path, step: str) -> str | None:
@@ -137,14 +77,6 @@ EVAL_SETS = [
             "fixed sample of GSM8K's test split), reported only: never trained on, never used "
             "to choose a setting", False, "test-tasks.jsonl"),
 ]
-
-
-def paired(after: dict[str, float], before: dict[str, float]) -> str:
-    """The mean per-task change from ``before`` to ``after`` on the tasks both have, with its
-    95% interval; paired, so the tasks' own difficulty cancels out."""
-    common = sorted(set(before) & set(after))
-    diff = estimate([after[t] - before[t] for t in common])
-    return f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]" if diff else ""
 
 
 def evaluation(which: EvalSet, rewards: dict[int, dict[str, float]],
@@ -205,8 +137,19 @@ def sources(tasks: list[dict]) -> dict[str, set[str]]:
 
 
 def report(run: Path) -> str:
-    lines = [f"# Flywheel run `{run.name}`", ""]
-    lines += ["## Tasks", "", "| set | tasks |", "|---|---|"]
+    lines = [f"# Flywheel run `{run.name}`", "", *_tasks_section(run)]
+    evaluations, curves = _evaluations(run)
+    lines += evaluations
+    lines += policies_section(run, EVAL_SETS)
+    lines += verdicts_section(run, EVAL_SETS)
+    lines += _iterations_section(run)
+    for name, title in plot(run, curves):
+        lines += [f"![{title}]({name})", ""]
+    return "\n".join(lines)
+
+
+def _tasks_section(run: Path) -> list[str]:
+    lines = ["## Tasks", "", "| set | tasks |", "|---|---|"]
     for label, name in TASK_FILES:
         path = run / name
         lines.append(f"| {label} | {len(read(path)) if path.is_file() else '(not run)'} |")
@@ -214,8 +157,13 @@ def report(run: Path) -> str:
         line = log_line(run, step)
         if line:
             lines.append(f"\n`{line}`")
-    lines.append("")
+    return [*lines, ""]
 
+
+def _evaluations(run: Path) -> tuple[list[str], list[tuple[str, dict[int, dict[str, float]]]]]:
+    """Each evaluation's section, and its curves for the plot (a curve per source where its
+    tasks name several)."""
+    lines: list[str] = []
     curves: list[tuple[str, dict[int, dict[str, float]]]] = []
     for which in EVAL_SETS:
         runs = {i: read(run / f"iter-{i}" / which.file) for i in iterations(run)}
@@ -231,171 +179,72 @@ def report(run: Path) -> str:
                        for source, ids in groups.items()]
         elif runs:
             curves.append((which.label, rewards))
-    lines += policies_section(run)
-    lines += verdicts_section(run)
-    lines += ["## Iterations", "",
-              "*kl_old* is the drift: how far the trained policy moved from the one that sampled "
-              "the iteration's rollouts (KL(sampler || trained) per token, estimated on the "
-              "sampler's tokens, of its median step). Up to "
-              f"{KL_BOUND} the rollouts still describe the policy being trained; above it they "
-              "do not, and the update is out of bounds (lower --lr).", "",
-              "*Sampled by* is the model whose weights sampled the iteration's samples, and how "
-              "many versions it is behind the model trained (ASYNC=1 allows MAX_LAG).", "",
-              "| iteration | rollouts (ok) | sampled by | train reward | equal-reward groups "
-              "| calls -> samples | tokens separate -> merged | steps | last loss | tokens/s "
-              "| kl_old | clip frac |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    return lines, curves
+
+
+def _iterations_section(run: Path) -> list[str]:
+    lines = ["## Iterations", "",
+             "*kl_old* is the drift: how far the trained policy moved from the one that sampled "
+             "the iteration's rollouts (KL(sampler || trained) per token, estimated on the "
+             "sampler's tokens, of its median step). Up to "
+             f"{KL_BOUND} the rollouts still describe the policy being trained; above it they "
+             "do not, and the update is out of bounds (lower --lr).", "",
+             "*Sampled by* is the model whose weights sampled the iteration's samples, and how "
+             "many versions it is behind the model trained (ASYNC=1 allows MAX_LAG).", "",
+             "| iteration | rollouts (ok) | sampled by | train reward | equal-reward groups "
+             "| calls -> samples | tokens separate -> merged | steps | last loss | tokens/s "
+             "| kl_old | clip frac |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     warnings, logs = [], []
     for i in iterations(run):
         if i == 0:
             continue
-        folder = run / f"iter-{i}"
-        rollouts, samples = read(folder / "rollouts.jsonl"), read(folder / "samples.jsonl")
-        metrics = read(folder / "metrics.jsonl")
-        ok = sum(r.get("status") == "ok" for r in rollouts)
-        rewards = [r["reward"] for r in rollouts if r.get("reward") is not None]
-        groups: dict[str, list] = {}
-        for r in rollouts:
-            groups.setdefault(r["group"], []).append(r.get("reward"))
-        # groups of one (PER_TASK=1) have nothing to compare: no figure, not "all equal"
-        sized = [g for g in groups.values() if len(g) > 1]
-        flat = (f"{sum(1 for g in sized if None not in g and len(set(g)) == 1)} of "
-                f"{len(sized)}" if sized else "- (groups of 1)")
-        calls, n_samples, separate, merged = merge_figures(rollouts, samples)
-        saving = f" ({separate / merged:.2f}x)" if merged and separate else ""
-        losses = [m["loss"] for m in metrics if m.get("loss") is not None]
-        speeds = [m["tokens_per_s"] for m in metrics if m.get("tokens_per_s")]
-        drift = [m["kl_old"] for m in metrics if m.get("kl_old") is not None]
-        if drift and statistics.median(drift) > KL_BOUND:
-            warnings.append(f"**Iteration {i} is out of bounds**: its typical step's kl_old "
-                            f"was {statistics.median(drift):.2g} (bound {KL_BOUND}), so its "
-                            "rollouts no longer described the policy it trained; lower its "
-                            "learning rate.")
-        tail = (f"| {len(metrics)} | {losses[-1] if losses else float('nan'):.4f} | "
-                f"{statistics.fmean(speeds) if speeds else 0:.0f} | "
-                f"{_typical(metrics, 'kl_old')} | {_typical(metrics, 'clip_frac')} |")
-        if not rollouts:  # a warm-up: SFT on the production traces, not on rollouts
-            lines.append(f"| {i} (SFT on traces) | - | - | - | - | - -> {n_samples} "
-                         f"| - -> {merged} {tail}")
-        else:
-            mean = statistics.fmean(rewards) if rewards else float("nan")
-            lines.append(f"| {i} | {len(rollouts)} ({ok}) | {sampled_by(samples, i - 1)} "
-                         f"| {mean:.3f} | {flat} "
-                         f"| {calls} -> {n_samples} | {separate} -> {merged}{saving} {tail}")
+        row, warning = _iteration_row(run, i)
+        lines.append(row)
+        warnings += [warning] if warning else []
         # The steps' summaries go after the table: a line between rows would end it.
         said = [f"- `{line}`" for step in ("rollout", "merge", "train")
                 if (line := log_line(run, f"{step}-{i}"))]
         if said:
             logs += [f"Iteration {i}:", "", *said, ""]
     lines += ["", *warnings, ""] if warnings else [""]
-    lines += logs
-    for name, title in plot(run, curves):
-        lines += [f"![{title}]({name})", ""]
-    return "\n".join(lines)
+    return lines + logs
 
 
-def policy_rewards(rollouts: list[dict]) -> dict[str, tuple[int, dict[str, float]]]:
-    """Multi-agent: per policy (the ``policy`` of its calls), its calls and each task's mean
-    reward of its agents: their own (``agent_rewards``) where the workflow gave them, else the
-    rollout's (none counts 0)."""
-    calls: dict[str, int] = {}
-    by_task: dict[str, dict[str, list[float]]] = {}
+def _iteration_row(run: Path, i: int) -> tuple[str, str | None]:
+    """Iteration ``i``'s row of the table, and its warning where its drift was out of
+    bounds."""
+    folder = run / f"iter-{i}"
+    rollouts, samples = read(folder / "rollouts.jsonl"), read(folder / "samples.jsonl")
+    metrics = read(folder / "metrics.jsonl")
+    losses = [m["loss"] for m in metrics if m.get("loss") is not None]
+    speeds = [m["tokens_per_s"] for m in metrics if m.get("tokens_per_s")]
+    drift = [m["kl_old"] for m in metrics if m.get("kl_old") is not None]
+    warning = None
+    if drift and statistics.median(drift) > KL_BOUND:
+        warning = (f"**Iteration {i} is out of bounds**: its typical step's kl_old was "
+                   f"{statistics.median(drift):.2g} (bound {KL_BOUND}), so its rollouts no "
+                   "longer described the policy it trained; lower its learning rate.")
+    tail = (f"| {len(metrics)} | {losses[-1] if losses else float('nan'):.4f} | "
+            f"{statistics.fmean(speeds) if speeds else 0:.0f} | "
+            f"{_typical(metrics, 'kl_old')} | {_typical(metrics, 'clip_frac')} |")
+    calls, n_samples, separate, merged = merge_figures(rollouts, samples)
+    if not rollouts:  # a warm-up: SFT on the production traces, not on rollouts
+        return f"| {i} (SFT on traces) | - | - | - | - | - -> {n_samples} | - -> {merged} " \
+            f"{tail}", warning
+    groups: dict[str, list] = {}
     for r in rollouts:
-        agents: dict[str, set] = {}
-        for c in r.get("calls") or []:
-            if c.get("policy"):
-                calls[c["policy"]] = calls.get(c["policy"], 0) + 1
-                agents.setdefault(c["policy"], set()).add(c.get("agent"))
-        own = r.get("agent_rewards") or {}
-        for policy, names in agents.items():
-            values = [own[a] for a in names if own.get(a) is not None]
-            reward = statistics.fmean(values) if values else (r.get("reward") or 0.0)
-            by_task.setdefault(policy, {}).setdefault(r["task_id"], []).append(reward)
-    return {p: (calls[p], {t: statistics.fmean(v) for t, v in tasks.items()})
-            for p, tasks in by_task.items()}
-
-
-def policies_section(run: Path) -> list[str]:
-    """Each policy of a multi-agent run, model by model on the evaluation (the EVAL set where
-    there is one): its calls, its agents' reward with the paired change from the model before,
-    and the share of right answers of the rollouts it took part in."""
-    which = next((w for w in reversed(EVAL_SETS)
-                  if any((run / f"iter-{i}" / w.file).is_file() for i in iterations(run))),
-                 None)
-    if which is None:
-        return []
-    rows, before, first = [], {}, {}
-    for i in iterations(run):
-        rollouts = read(run / f"iter-{i}" / which.file)
-        found = policy_rewards(rollouts)
-        right = task_solved(rollouts)
-        for policy, (calls, rewards) in sorted(found.items()):
-            name = "start" if i == 0 else f"after iteration {i}"
-            change = paired(rewards, before[policy]) if policy in before else ""
-            since = paired(rewards, first[policy]) if policy in first and before.get(
-                policy) is not first[policy] else ""
-            rows.append(f"| {name} | {policy} | {calls} | {estimate(list(rewards.values()))} "
-                        f"| {change} | {since} | {estimate(list(right.values())) or ''} |")
-            before[policy] = rewards
-            first.setdefault(policy, rewards)
-    if not rows:
-        return []
-    return [f"## Policies ({which.title.lower()})", "",
-            "Each policy (a LoRA adapter) of the multi-agent run: *reward* is its agents' own "
-            "where the workflow rewards each agent, else the rollout's; the change is paired by "
-            "task. *Right*: the answers of the rollouts it took part in.", "",
-            "| model | policy | calls | reward | change from the model before | change from the "
-            "start | right |", "|---|---|---|---|---|---|---|", *rows, ""]
-
-
-def verdicts_section(run: Path) -> list[str]:
-    """A checker's verdicts, model by model on the evaluation, where the workflow lists them
-    (``metadata.verdicts``: ``round``, ``answer_right``, ``rejected``; examples/solver_checker.py):
-    on the Solver's answers, its rejections of the wrong ones (recall) and of the right ones
-    (false rejections); on its probes, the same; and the team's right share beside the Solver
-    alone (``metadata.solver_alone_right``), paired by task."""
-    which = next((w for w in reversed(EVAL_SETS)
-                  if any((run / f"iter-{i}" / w.file).is_file() for i in iterations(run))),
-                 None)
-    rows = []
-    for i in iterations(run) if which else []:
-        rollouts = read(run / f"iter-{i}" / which.file)
-        verdicts = [(v, r) for r in rollouts
-                    for v in (r.get("metadata") or {}).get("verdicts") or []]
-        if not verdicts:
-            continue
-
-        team = task_solved(rollouts)
-        alone: dict[str, list[float]] = {}
-        for r in rollouts:
-            known = (r.get("metadata") or {}).get("solver_alone_right")
-            if known is not None:
-                alone.setdefault(r["task_id"], []).append(float(known))
-        solo = {t: statistics.fmean(v) for t, v in alone.items()}
-        name = "start" if i == 0 else f"after iteration {i}"
-        rows.append(f"| {name} | {_rejected(verdicts, False, False)} "
-                    f"| {_rejected(verdicts, False, True)} | {_rejected(verdicts, True, False)} "
-                    f"| {_rejected(verdicts, True, True)} "
-                    f"| {estimate([solo[t] for t in solo if t in team]) or '-'} "
-                    f"| {paired(team, solo) or '-'} |")
-    if not rows:
-        return []
-    return [f"## Checker verdicts ({which.title.lower()})", "",
-            "What the checker rejected, model by model: of the Solver's wrong answers (recall: "
-            "higher is better) and of its right ones (false rejections: lower is better), on "
-            "the team's rounds and on the probes (an answer of the other kind, so that both "
-            "are judged in every rollout); the team's right share against the Solver's first "
-            "answer alone, paired by task.", "",
-            "| model | rejected: wrong answers | rejected: right answers | probes: wrong "
-            "rejected | probes: right rejected | Solver alone right | team - Solver alone |",
-            "|---|---|---|---|---|---|---|", *rows, ""]
-
-
-def _rejected(verdicts: list[tuple[dict, dict]], probe: bool, right: bool) -> str:
-    """The share rejected of the verdicts on probes (or not) of right (or wrong) answers."""
-    picked = [float(v["rejected"]) for v, _ in verdicts
-              if (v.get("round") == "probe") == probe and v.get("answer_right") is right]
-    return str(estimate(picked)) if picked else "-"
+        groups.setdefault(r["group"], []).append(r.get("reward"))
+    # groups of one (PER_TASK=1) have nothing to compare: no figure, not "all equal"
+    sized = [g for g in groups.values() if len(g) > 1]
+    flat = (f"{sum(1 for g in sized if None not in g and len(set(g)) == 1)} of "
+            f"{len(sized)}" if sized else "- (groups of 1)")
+    rewards = [r["reward"] for r in rollouts if r.get("reward") is not None]
+    mean = statistics.fmean(rewards) if rewards else float("nan")
+    saving = f" ({separate / merged:.2f}x)" if merged and separate else ""
+    ok = sum(r.get("status") == "ok" for r in rollouts)
+    return (f"| {i} | {len(rollouts)} ({ok}) | {sampled_by(samples, i - 1)} | {mean:.3f} "
+            f"| {flat} | {calls} -> {n_samples} | {separate} -> {merged}{saving} {tail}"), warning
 
 
 def sampled_by(samples: list[dict], trained_from: int) -> str:
@@ -448,81 +297,6 @@ def _typical(metrics: list[dict], key: str) -> str:
     trained token whose recorded logprob is not its own gives one step a kl_old of 1e4."""
     values = [m[key] for m in metrics if m.get(key) is not None]
     return f"{statistics.median(values):.2g}" if values else "-"
-
-
-def plot(run: Path, curves: list[tuple[str, dict[int, dict[str, float]]]]
-         ) -> list[tuple[str, str]]:
-    """Draw the figures the run has data for; their file names and titles. No figure, and no
-    panel, without data. ``curves``: each evaluation's name and its per-task rewards by
-    iteration."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    drawn = []
-    lines = [(label, [(i, e) for i, r in sorted(evals.items())
-                      if (e := estimate(list(r.values())))]) for label, evals in curves]
-    lines = [(label, points) for label, points in lines if points]
-    train = [(i, [r["reward"] for r in read(run / f"iter-{i}" / "rollouts.jsonl")
-                  if r.get("reward") is not None]) for i in iterations(run) if i > 0]
-    train = [(i - 1, statistics.fmean(r)) for i, r in train if r]
-    if lines or train:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for label, points in lines:
-            below = [e.mean - e.low for _, e in points]
-            above = [e.high - e.mean for _, e in points]
-            ax.errorbar([i for i, _ in points], [e.mean for _, e in points],
-                        yerr=[below, above], marker="o", capsize=4,
-                        label=f"{label} reward (95% CI)")
-        if train:
-            ax.plot([i for i, _ in train], [m for _, m in train], "s--",
-                    label="training rollouts (model before the iteration)")
-        ax.set_xlabel("iteration (0: the starting model)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole numbers
-        ax.set_ylabel("mean reward per rollout (0 to 1)")
-        ax.set_title(f"{run.name}: reward per iteration")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(run / "reward.png", dpi=100)
-        plt.close(fig)
-        drawn.append(("reward.png", "reward per iteration"))
-
-    runs = []
-    offset = 0
-    for i in iterations(run):
-        metrics = read(run / f"iter-{i}" / "metrics.jsonl")
-        if metrics:
-            steps = [offset + (m.get("step") or k + 1) for k, m in enumerate(metrics)]
-            runs.append((i, steps, metrics))
-            offset = steps[-1]
-    if not runs:
-        return drawn
-    rewarded = any(m.get("reward_mean") is not None for _, _, ms in runs for m in ms)
-    fig, axes = plt.subplots(1, 2 if rewarded else 1, figsize=(10 if rewarded else 6, 4),
-                             squeeze=False)
-    loss_ax = axes[0][0]
-    for i, steps, metrics in runs:
-        loss_ax.plot(steps, [m.get("loss") for m in metrics], marker=".", label=f"iteration {i}")
-    loss_ax.set_title("training loss")
-    loss_ax.set_ylabel("loss per trained token (SFT: nats; GRPO: objective)")
-    if rewarded:
-        reward_ax = axes[0][1]
-        for i, steps, metrics in runs:
-            if any(m.get("reward_mean") is not None for m in metrics):
-                reward_ax.plot(steps, [m.get("reward_mean") for m in metrics], marker=".",
-                               label=f"iteration {i}")
-        reward_ax.set_title("reward of the trained rollouts")
-        reward_ax.set_ylabel("mean reward per rollout (0 to 1)")
-    for ax in axes[0]:
-        ax.set_xlabel("optimizer step (iterations one after another)")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(run / "training.png", dpi=100)
-    plt.close(fig)
-    drawn.append(("training.png", "training"))
-    return drawn
 
 
 @tool_command("tracewheel.report")

@@ -68,41 +68,26 @@ def export(
     from .turns import tasks_of_run
 
     cfg = cfg or ExportConfig()
-    projects, runs, agents, status = cfg.projects, cfg.runs, cfg.agents, cfg.status
-    since, until = cfg.since, cfg.until
     summary = summary or Summary("trace-export")
+    told = _Faults(database, summary, warn)
     conn = open_readonly(database, cfg.timeout)
     try:
         schema = detect_schema(conn, database)
         now_ns = datetime.now(timezone.utc).timestamp() * 1e9
         extra = {"database": os.path.basename(database), "studio_schema": schema.layout.version}
-
-        def corrupt(span_id: str, problem: str) -> None:
-            summary.add("corrupt spans")
-            warn(f"{database}: span {span_id}: {problem}; skipped")
-
-        def unreadable(run: Run, turn: Turn) -> None:
-            summary.add("unreadable turns")
-            warn(f"{database}: run {run.id}, span {turn.span.id}: the agent's input is not a "
-                 f"message we can read ({turn.unreadable}); the turn is skipped")
-
-        def orphans(n: int) -> None:
-            summary.add("spans without a run", n)
-            warn(f"{database}: {n} spans have no run id; they belong to no turn and are skipped")
-
-        for run, spans in progress(iter_runs(conn, schema, on_corrupt=corrupt,
-                                             on_orphans=orphans),
+        for run, spans in progress(iter_runs(conn, schema, on_corrupt=told.corrupt,
+                                             on_orphans=told.orphans),
                                    desc="trace-export", unit="run", quiet=quiet):
             summary.add("runs")
-            if projects and run.project not in projects:
-                continue
-            if runs and run.id not in runs and run.name not in runs:
+            if (cfg.projects and run.project not in cfg.projects) or \
+                    (cfg.runs and run.id not in cfg.runs and run.name not in cfg.runs):
                 continue
             last_end = max((s.end_ns for s in spans), default=0)
             run_settled = run.status == "done" or now_ns - last_end > cfg.settle * 1e9
             try:
                 records = list(tasks_of_run(run, spans, unit=cfg.unit, source_extra=extra,
-                                            on_unreadable=lambda turn, r=run: unreadable(r, turn)))
+                                            on_unreadable=lambda turn, r=run: told.unreadable(
+                                                r, turn)))
             except (AttributeError, TypeError, KeyError, ValueError):
                 # Spans of a shape no Studio writes are corrupt spans already (spans.py checks
                 # every key the export reads); this is the net under that check: the run is
@@ -112,30 +97,11 @@ def export(
                      f"the run is skipped")
                 continue
             for i, record in enumerate(records):
-                src = record["source"]
-                if agents and src.get("agent") not in agents:
+                if not _selected(record, cfg, f"{database}: run {run.id}"):
                     continue
-                if (since or until) and src.get("time"):
-                    try:
-                        when = parse_time(src["time"])
-                    except ValueError as err:
-                        raise TracewheelError(f"{database}: run {run.id}: the time of "
-                                              f"{record['id']}: {err}") from None
-                    if (since and when < since) or (until and when >= until):
-                        continue
-                if status and record["status"] != status:
+                if state is not None and not _due(record, records[i + 1:], run_settled, state,
+                                                  summary):
                     continue
-                if state is not None:
-                    if record["id"] in state.done:
-                        summary.add("already exported")
-                        continue
-                    # A run's last turn may still get feedback: wait until the run is over.
-                    later = any(r["source"].get("agent") == src.get("agent")
-                                for r in records[i + 1:])
-                    if not (later or run_settled):
-                        summary.add("in progress")
-                        continue
-                    state.done.add(record["id"])
                 if record["status"] == "error":
                     summary.add("errored")
                 if references is not None and record["reference"] is None:
@@ -147,6 +113,56 @@ def export(
         conn.close()
 
 
+class _Faults:
+    """What the export skips, counted and told (``warn``) with where it is."""
+
+    def __init__(self, database: str, summary: Summary, warn: Callable[[str], None]):
+        self.database, self.summary, self.warn = database, summary, warn
+
+    def corrupt(self, span_id: str, problem: str) -> None:
+        self.summary.add("corrupt spans")
+        self.warn(f"{self.database}: span {span_id}: {problem}; skipped")
+
+    def unreadable(self, run: Run, turn: Turn) -> None:
+        self.summary.add("unreadable turns")
+        self.warn(f"{self.database}: run {run.id}, span {turn.span.id}: the agent's input is "
+                  f"not a message we can read ({turn.unreadable}); the turn is skipped")
+
+    def orphans(self, n: int) -> None:
+        self.summary.add("spans without a run", n)
+        self.warn(f"{self.database}: {n} spans have no run id; they belong to no turn and are "
+                  f"skipped")
+
+
+def _selected(record: dict, cfg: ExportConfig, where: str) -> bool:
+    """Whether a task passes --agent, --since, --until and --status."""
+    src = record["source"]
+    if cfg.agents and src.get("agent") not in cfg.agents:
+        return False
+    if (cfg.since or cfg.until) and src.get("time"):
+        try:
+            when = parse_time(src["time"])
+        except ValueError as err:
+            raise TracewheelError(f"{where}: the time of {record['id']}: {err}") from None
+        if (cfg.since and when < cfg.since) or (cfg.until and when >= cfg.until):
+            return False
+    return not cfg.status or record["status"] == cfg.status
+
+
+def _due(record: dict, later: list[dict], run_settled: bool, state: State,
+         summary: Summary) -> bool:
+    """With --state: whether a task goes out now (and is marked exported). Not when an earlier
+    export had it; not while it is its agent's last turn in a run still going (that turn may
+    still get feedback)."""
+    if record["id"] in state.done:
+        summary.add("already exported")
+        return False
+    agent = record["source"].get("agent")
+    if not run_settled and not any(r["source"].get("agent") == agent for r in later):
+        summary.add("in progress")
+        return False
+    state.done.add(record["id"])
+    return True
 
 
 def run(cfg: ExportConfig, database: str, output: str | None, *, quiet: bool = False) -> None:

@@ -5,7 +5,7 @@ Plain functions over ``FilterOptions`` and ``LearnOptions`` (config.py)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import click
@@ -41,15 +41,7 @@ def filter_tasks(o: FilterOptions, input: IO[bytes], output: str | None, *,
         drop_errors=o.drop_errors, require_reference=o.require_reference, check=check,
         min_len=o.min_len, max_len=o.max_len, require_boxed=o.require_boxed,
         require_regex=o.require_regex)
-    deduper = None
-    if o.dedup:
-        from tracewheel.dedup import Deduper  # datasketch imports scipy: only when asked
-
-        deduper = Deduper(threshold=o.similarity)
-    if deduper and o.against:
-        n = _load_corpus(deduper, o.against)
-        if verbose:
-            click.echo(f"trace-filter: {n} tasks of {o.against} remembered for --dedup", err=True)
+    deduper = _deduper(o, verbose)
 
     def echo(msg: str) -> None:
         click.echo(f"trace-filter: {msg}", err=True)
@@ -57,16 +49,7 @@ def filter_tasks(o: FilterOptions, input: IO[bytes], output: str | None, *,
     with contextlib.ExitStack() as stack:
         judge = cache = settings = client = None
         if o.use_judge:
-            endpoint, client = judge_client(stack, o, echo)
-            settings = JudgeSettings(endpoint=endpoint, rubrics=rubrics_text(o.rubrics),
-                                     temperature=o.temperature, max_tokens=o.max_tokens,
-                                     parse_retries=o.parse_retries,
-                                     structured=not o.no_structured)
-            judge = Judge(settings, client, on_retry=lambda n, err, d: summary.add("retries"))
-            if not o.no_cache:
-                cache = stack.enter_context(
-                    Cache(o.cache_path or default_cache_path("trace-filter")))
-
+            judge, cache, settings, client = _judge(stack, o, echo, summary)
         stats = ReadStats()
         records = read_input(input, "task", skip_invalid=skip_invalid, stats=stats,
                              tool="trace-filter", verbose=verbose,
@@ -105,6 +88,34 @@ def filter_tasks(o: FilterOptions, input: IO[bytes], output: str | None, *,
             if cache is not None:
                 summary.extra.append(f"{cache.hits} cached")
             summary.print(quiet)
+
+
+def _deduper(o: FilterOptions, verbose: int) -> Any:
+    """--dedup's deduper, with --against's tasks remembered; None without --dedup."""
+    if not o.dedup:
+        return None
+    from tracewheel.dedup import Deduper  # datasketch imports scipy: only when asked
+
+    deduper = Deduper(threshold=o.similarity)
+    if o.against:
+        n = _load_corpus(deduper, o.against)
+        if verbose:
+            click.echo(f"trace-filter: {n} tasks of {o.against} remembered for --dedup", err=True)
+    return deduper
+
+
+def _judge(stack: contextlib.ExitStack, o: FilterOptions, echo: Callable[[str], None],
+           summary: Summary) -> tuple[Judge, Cache | None, JudgeSettings, Any]:
+    """The judge (its client closed with ``stack``), its cache, its settings, its client."""
+    endpoint, client = judge_client(stack, o, echo)
+    settings = JudgeSettings(endpoint=endpoint, rubrics=rubrics_text(o.rubrics),
+                             temperature=o.temperature, max_tokens=o.max_tokens,
+                             parse_retries=o.parse_retries, structured=not o.no_structured)
+    judge = Judge(settings, client, on_retry=lambda n, err, d: summary.add("retries"))
+    cache = None
+    if not o.no_cache:
+        cache = stack.enter_context(Cache(o.cache_path or default_cache_path("trace-filter")))
+    return judge, cache, settings, client
 
 
 def _load_corpus(deduper: Any, path: str) -> int:

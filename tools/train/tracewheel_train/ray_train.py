@@ -56,6 +56,22 @@ def _failure(err: Exception) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
+def _start_ray(address: str, workers: int, verbose: int) -> bool:
+    """Ray started here, unless it runs already (then False: it is not ours to stop)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address == "local":
+        # The dashboard stays off; worker logs reach our stderr only with -v (they are in Ray's
+        # session logs either way).
+        ray.init(include_dashboard=False, num_cpus=max(os.cpu_count() or 1, workers),
+                 log_to_driver=bool(verbose), configure_logging=bool(verbose))
+    else:
+        ray.init(address=address, log_to_driver=bool(verbose))
+    return True
+
+
 def run(cfg: TrainConfig, samples: list[TrainSample], fingerprint: str, *, address: str,
         workers: int, gpu: bool | None, emit: Callable[[dict], None],
         log: Callable[[str], None], verbose: int = 0) -> None:
@@ -67,15 +83,7 @@ def run(cfg: TrainConfig, samples: list[TrainSample], fingerprint: str, *, addre
     from ray.util.queue import Empty, Queue
 
     storage = None
-    started_here = not ray.is_initialized()
-    if started_here:
-        if address == "local":
-            # The dashboard stays off; worker logs reach our stderr only with -v (they are in
-            # Ray's session logs either way).
-            ray.init(include_dashboard=False, num_cpus=max(os.cpu_count() or 1, workers),
-                     log_to_driver=bool(verbose), configure_logging=bool(verbose))
-        else:
-            ray.init(address=address, log_to_driver=bool(verbose))
+    started_here = _start_ray(address, workers, verbose)
     try:
         use_gpu = gpu if gpu is not None else ray.cluster_resources().get("GPU", 0) >= workers
         queue = Queue(actor_options={"num_cpus": 0})
