@@ -41,6 +41,25 @@ def test_429_and_500_are_retried_until_an_answer():
         assert retried == [1, 2, 3]
 
 
+def test_a_call_after_a_stopped_bounded_map_retries_again():
+    """A bounded_map whose caller stopped ends its calls' retries; once they have ended, a
+    later call in the same process retries as usual (it made none: the order of the tests
+    decided whether this file passed)."""
+    from tracewheel.client import STOPPING
+
+    mapped = bounded_map(lambda i: time.sleep(0.2), range(4), workers=2)
+    next(mapped)
+    mapped.close()  # the caller stops
+    for _ in range(100):
+        if not STOPPING.is_set():
+            break
+        time.sleep(0.05)
+    script = [(429, {}, {"error": "slow down"}), (200, {}, chat_completion("fine"))]
+    with CannedServer(lambda n: script[n]) as server:
+        resp = ask(Endpoint(server.base_url, "m", SECRET, retries=2))
+        assert resp.choices[0].message.content == "fine"
+
+
 def test_an_endpoint_that_stays_down_raises_after_the_retries():
     with CannedServer(lambda n: (500, {}, {"error": "down"})) as server:
         with pytest.raises(openai.InternalServerError):

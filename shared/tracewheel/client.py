@@ -144,7 +144,8 @@ def backoff_delay(attempt: int, base: float = 0.5, cap: float = 20.0) -> float:
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})  # HTTP statuses worth another try
 # Set while a bounded_map's caller has stopped (a signal, a failure): the calls still in flight
-# on its threads make no more retries, and their waits end at once.
+# on its threads make no more retries, and their waits end at once. Cleared once they have
+# ended: a later call in the same process (a library user's, a test's) retries again.
 STOPPING = threading.Event()
 BASE_DELAY, MAX_DELAY = 0.5, 20.0
 
@@ -259,6 +260,14 @@ def bounded_map(
             if abandoned is not None and fut.done() and fut.exception() is None:
                 abandoned(item, fut.result())
         pool.shutdown(wait=completed, cancel_futures=True)
+        if not completed:
+            threading.Thread(target=_stopped, args=(pool,), daemon=True).start()
+
+
+def _stopped(pool: cf.ThreadPoolExecutor) -> None:
+    """STOPPING cleared once the calls a stopped bounded_map left in flight have ended."""
+    pool.shutdown(wait=True)
+    STOPPING.clear()
 
 
 def _take(pending: deque[list], ordered: bool) -> list:
