@@ -45,6 +45,35 @@ def test_sessions_are_read_as_they_end_and_a_half_written_one_waits(tmp_path):
     loop.events.close()
 
 
+def test_a_step_of_a_stopped_loop_is_stopped_with_sigterm_and_cleans_up(tmp_path):
+    """The loop stopped by a signal while a step runs: the step gets SIGTERM (and can remove
+    its half-written output), not the SIGKILL that subprocess.run sends."""
+    import os
+    import signal
+    import threading
+
+    from tracewheel.online import run
+
+    marker, started = tmp_path / "stopped", tmp_path / "started"
+    child = ("import signal, sys, time, pathlib\n"
+             f"def term(*_): pathlib.Path({str(marker)!r}).write_text('TERM'); sys.exit(143)\n"
+             "signal.signal(signal.SIGTERM, term)\n"
+             f"pathlib.Path({str(started)!r}).write_text('')\n"
+             "time.sleep(60)\n")
+
+    def interrupt() -> None:
+        for _ in range(200):
+            if started.exists():
+                break
+            threading.Event().wait(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run([sys.executable, "-c", child])
+    assert marker.read_text() == "TERM"
+
+
 def test_the_difference_of_two_shares_and_its_interval():
     d, low, high = difference([0.0] * 50 + [1.0] * 50, [0.0] * 20 + [1.0] * 80)
     assert d == pytest.approx(0.3)

@@ -231,11 +231,17 @@ class Loop:
 
 
 def run(command: list[str], env: dict[str, str] | None = None) -> None:
-    """A step of the loop; its failure is a TracewheelError with the step's command."""
-    done = subprocess.run(command, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-                          env=env)
-    if done.returncode != 0:
-        raise TracewheelError(f"{Path(command[0]).name} exited with {done.returncode}: "
+    """A step of the loop; its failure is a TracewheelError with the step's command. The loop
+    stopped meanwhile (a signal) stops the step with SIGTERM, so it cleans up as a tool does
+    (subprocess.run would SIGKILL it: a rollout's half-written output file was left behind)."""
+    proc = spawn(command, env=env)
+    try:
+        code = proc.wait()
+    except BaseException:
+        _stop(proc)
+        raise
+    if code != 0:
+        raise TracewheelError(f"{Path(command[0]).name} exited with {code}: "
                               f"{shlex.join(command)}")
 
 
