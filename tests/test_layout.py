@@ -39,3 +39,26 @@ def test_every_module_lives_at_its_import_path():
             continue  # importing it runs the command
         module = importlib.import_module(name)
         assert Path(module.__file__).resolve() == path.resolve(), name
+
+
+# Rooms that grew past these sizes held several jobs each (the recorder had six); split by job,
+# a module stays readable in one sitting and a function on one screen.
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 500, 60
+
+
+def test_no_module_or_function_outgrows_a_reader():
+    import ast
+
+    too_long = []
+    for folder in (ROOT / "shared", ROOT / "tools"):
+        for path in sorted(folder.rglob("*.py")):
+            text = path.read_text()
+            where = path.relative_to(ROOT)
+            if len(text.splitlines()) > MAX_MODULE_LINES:
+                too_long.append(f"{where}: {len(text.splitlines())} lines")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > MAX_FUNCTION_LINES:
+                        too_long.append(f"{where}:{node.lineno}: {node.name}, {lines} lines")
+    assert not too_long, "split by job: " + "; ".join(too_long)

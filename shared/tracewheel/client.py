@@ -254,11 +254,8 @@ def bounded_map(
     finally:
         if not completed:  # the caller stopped: no waiting on the calls in flight
             STOPPING.set()
-        for item, fut, _ in pending:
-            if fut is None or fut.cancel():
-                continue
-            if abandoned is not None and fut.done() and fut.exception() is None:
-                abandoned(item, fut.result())
+        if abandoned is not None:
+            _abandon(pending, abandoned)
         pool.shutdown(wait=completed, cancel_futures=True)
         if not completed:
             threading.Thread(target=_stopped, args=(pool,), daemon=True).start()
@@ -268,6 +265,16 @@ def _stopped(pool: cf.ThreadPoolExecutor) -> None:
     """STOPPING cleared once the calls a stopped bounded_map left in flight have ended."""
     pool.shutdown(wait=True)
     STOPPING.clear()
+
+
+def _abandon(pending: deque[list], abandoned: Callable[[Any, Any], None]) -> None:
+    """The calls not begun are cancelled; each that succeeded but was not yielded goes to
+    ``abandoned``."""
+    for item, fut, _ in pending:
+        if fut is None or fut.cancel():
+            continue
+        if fut.done() and fut.exception() is None:
+            abandoned(item, fut.result())
 
 
 def _take(pending: deque[list], ordered: bool) -> list:
