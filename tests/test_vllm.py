@@ -416,3 +416,20 @@ def test_without_vllm_the_error_names_every_place_looked(no_vllm_here, monkeypat
     with pytest.raises(TracewheelError, match="TRACEWHEEL_VLLM_PYTHON is .*missing, which is "
                                               "not an executable file"):
         vllm_python()
+
+
+def test_a_second_vllm_on_a_cpu_takes_the_cores_no_worker_holds(monkeypatch):
+    """vLLM's CPU build binds its worker to core 0 however many vLLMs run: a second one
+    beside the first took 10 minutes to load. The launcher gives it the cores left."""
+    import tracewheel.vllm as launcher
+
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    monkeypatch.setattr(launcher, "has_cuda", lambda: False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    server = VLLMServer("smollm2-135m")
+    for held, bound in [(set(), None), ({0}, "1,2,3"), ({0, 2}, "1,3"), ({0, 1, 2, 3}, None)]:
+        monkeypatch.setattr(launcher, "cores_in_use", lambda held=held: held)
+        assert server._env().get("VLLM_CPU_OMP_THREADS_BIND") == bound, held
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0")  # the user's own choice stays
+    monkeypatch.setattr(launcher, "cores_in_use", lambda: {0})
+    assert server._env()["VLLM_CPU_OMP_THREADS_BIND"] == "0"

@@ -167,6 +167,22 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def cores_in_use() -> set[int]:
+    """The cores the vLLM CPU workers running on this machine are bound to (Linux's /proc;
+    none known elsewhere)."""
+    used: set[int] = set()
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                if Path(f"/proc/{entry}/comm").read_text().startswith("VLLM::Worker"):
+                    used |= os.sched_getaffinity(int(entry))
+            except OSError:
+                continue
+    return used
+
+
 def _rpc_folder() -> str:
     """A new folder for vLLM's IPC sockets, short enough for their paths: a socket path holds at
     most 107 bytes, and vLLM names each socket by a 36-character uuid. A long temp folder (a
@@ -299,6 +315,13 @@ class VLLMServer:
         env.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
         env.setdefault("DO_NOT_TRACK", "1")
+        if not has_cuda() and "VLLM_CPU_OMP_THREADS_BIND" not in env:
+            free = sorted(set(os.sched_getaffinity(0)) - cores_in_use())
+            if free and len(free) < len(os.sched_getaffinity(0)):
+                # Another vLLM runs here: its worker holds the cores vLLM's "auto" would pick
+                # (both workers on core 0; the second took 10 minutes to load). This one's
+                # worker takes the cores no worker holds.
+                env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, free))
         if self.lora_rank:
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         if self.weight_updates:
