@@ -111,13 +111,13 @@ def test_each_default_is_stated_once_all_the_way_down():
     from tracewheel.models import MAX_MODEL_LEN
     from tracewheel.vllm import VLLMServer
     from tracewheel.vllm_cli import _command as vllm_command
-    from tracewheel_rollout.config import RecordOptions, RunOptions
+    from tracewheel_rollout.config import RecordConfig, RunConfig
     from tracewheel_rollout.recorder import Recorder
     from tracewheel_rollout.run import _settings
     from tracewheel_rollout.runner import RunnerSettings
     from tracewheel_task_augment.config import GenerationConfig
     from tracewheel_task_augment.engine import AskSettings
-    from tracewheel_trace_filter.config import FilterOptions
+    from tracewheel_trace_filter.config import FilterConfig
 
     for inner in (RunnerSettings, AskSettings):
         own = [f.name for f in dataclasses.fields(inner)
@@ -125,7 +125,7 @@ def test_each_default_is_stated_once_all_the_way_down():
                or f.default_factory is not dataclasses.MISSING]
         assert own == [], f"{inner.__name__} states defaults of its own: {own}"
 
-    run = RunOptions(workflow="examples/math_agent.py:run")
+    run = RunConfig(workflow="examples/math_agent.py:run")
     built = _settings(run, {"upstream": "http://127.0.0.1:1/v1", "model": "m"})
     assert (built.per_task, built.jobs, built.timeout, built.seed, built.ordered) == \
         (run.per_task, run.jobs, run.rollout_timeout, run.seed, not run.unordered)
@@ -135,12 +135,12 @@ def test_each_default_is_stated_once_all_the_way_down():
     asked = {f.name for f in dataclasses.fields(AskSettings)} - {"endpoint"}
     assert asked <= {f.name for f in dataclasses.fields(GenerationConfig)}  # one name each
 
-    record = RecordOptions()
+    record = RecordConfig()
     signature = inspect.signature(Recorder.__init__).parameters
     for name in ("host", "retries", "timeout", "continuation"):
         assert signature[name].default == getattr(record, name), name
 
-    judged = FilterOptions()
+    judged = FilterConfig()
     judge = JudgeSettings(endpoint=None, rubrics=None)
     assert (judged.temperature, judged.max_tokens, judged.parse_retries) == \
         (judge.temperature, judge.max_tokens, judge.parse_retries)

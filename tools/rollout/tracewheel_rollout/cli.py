@@ -23,15 +23,15 @@ from tracewheel.models import EMBEDDED_MODEL
 from tracewheel.policies import parse_policy_map
 from tracewheel.workflow import load_workflow
 
-from .config import GatewayOptions, RecordOptions, RunOptions
+from .config import GatewayConfig, RecordConfig, RunConfig
 from .continuation import CONTINUATION
 from .rewards import BUILT_IN
 from .run import gateway as run_gateway
 from .run import record as record_calls
 from .run import run_rollouts
 
-R = RunOptions(workflow="")  # the defaults, stated once (config.py)
-RC = RecordOptions()  # rollout record's
+R = RunConfig(workflow="")  # the defaults, stated once (config.py)
+RC = RecordConfig()  # rollout record's
 
 
 def continuation_options(fn: Any) -> Any:
@@ -162,7 +162,7 @@ def run(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, v
           -n 8 -j 64 --reward judge --rubrics rubrics.txt tasks.jsonl -o rollouts.jsonl
       rollout -w my_agents:workflow --ray auto -n 4 tasks.jsonl > rollouts.jsonl
     """
-    opts = RunOptions(**options)
+    opts = RunConfig(**options)
     if opts.serve and opts.base_url:
         raise click.UsageError("--serve and --base-url cannot be used together")
     require("rollout", "aiohttp", "agentscope", *(["ray"] if opts.ray_address else []))
@@ -205,8 +205,9 @@ def record(output: str | None, quiet: bool, verbose: int, upstream: str, host: s
       rollout record --upstream http://gpu:8000/v1 --host 0.0.0.0 -o calls.jsonl
     """
     require("rollout", "aiohttp")
-    record_calls(RecordOptions(upstream, host, port, api_key, retries, timeout, continuation,
-                               chat_template), output, quiet=quiet)
+    record_calls(RecordConfig(upstream=upstream, host=host, port=port, api_key=api_key,
+                              retries=retries, timeout=timeout, continuation=continuation,
+                              chat_template=chat_template), output, quiet=quiet)
 
 
 @main.command("gateway", cls=ToolCommand, context_settings=CONTEXT_SETTINGS,
@@ -218,13 +219,13 @@ def record(output: str | None, quiet: bool, verbose: int, upstream: str, host: s
                    "writing to stdout.")
 @proxy_options
 @click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True),
-              default=GatewayOptions.idle_timeout, show_default=True,
+              default=GatewayConfig.idle_timeout, show_default=True,
               help="A session without a call for this many seconds ends (and is written).")
-@click.option("--live", metavar="MODEL", default=GatewayOptions.live,
+@click.option("--live", metavar="MODEL", default=GatewayConfig.live,
               help="Send every call to this served model, whatever its client named, and let "
                    "POST /rl/promote switch it (a candidate's adapter, a rollback); each call "
                    "records the model that answered.")
-@click.option("--reward", metavar="feedback|FILE.py:FN", default=GatewayOptions.reward,
+@click.option("--reward", metavar="feedback|FILE.py:FN", default=GatewayConfig.reward,
               help="The reward of a session its client gave none: feedback (its users' last "
                    "thumbs: up 1, down 0) or a function (task, rollout); default: none.")
 def gateway(output: str | None, quiet: bool, verbose: int, **options: Any) -> None:
@@ -249,7 +250,7 @@ def gateway(output: str | None, quiet: bool, verbose: int, **options: Any) -> No
       rollout gateway --upstream http://gpu:8000/v1 --reward feedback | ctx-merge > samples.jsonl
     """
     require("rollout", "aiohttp")
-    opts = GatewayOptions(**options)
+    opts = GatewayConfig(**options)
     if opts.reward and opts.reward != "feedback" and ":" not in opts.reward:
         raise click.UsageError(f"--reward {opts.reward!r}: feedback, or FILE.py:FN")
     run_gateway(opts, output, quiet=quiet)

@@ -12,7 +12,7 @@ from tracewheel.models import MAX_MODEL_LEN
 
 
 @dataclass
-class RunOptions:
+class RunConfig:
     """What `rollout run` is asked to do; its options, named as on the command line."""
 
     workflow: str
@@ -54,7 +54,7 @@ class RunOptions:
 
 
 @dataclass
-class RecordOptions:
+class RecordConfig:
     """What `rollout record` is asked to do; its options, named as on the command line."""
 
     upstream: str = ""                 # the vLLM recorded, e.g. http://127.0.0.1:8000/v1
@@ -68,7 +68,7 @@ class RecordOptions:
 
 
 @dataclass
-class GatewayOptions(RecordOptions):
+class GatewayConfig(RecordConfig):
     """What `rollout gateway` is asked to do: the recording proxy's options, and the sessions'."""
 
     idle_timeout: float = 600.0        # a session without a call this long ends

@@ -54,7 +54,7 @@ from .completions import (
     strip_choice,
     strip_reply,
 )
-from .config import RecordOptions
+from .config import RecordConfig
 from .continuation import CONTINUATION, Continuation, FinishedCall, Plan, parses_tools, tools_key
 from .service import SHUTDOWN_GRACE, Service
 from .upstream import Upstream, bearer, error_reply
@@ -88,9 +88,9 @@ class Recorder(Service):
     """
 
     def __init__(self, upstream: str, *, on_call: Callable[[dict], None],
-                 host: str = RecordOptions.host, port: int = 0, api_key: str | None = None,
-                 retries: int = RecordOptions.retries, timeout: float = RecordOptions.timeout,
-                 continuation: str = RecordOptions.continuation,
+                 host: str = RecordConfig.host, port: int = 0, api_key: str | None = None,
+                 retries: int = RecordConfig.retries, timeout: float = RecordConfig.timeout,
+                 continuation: str = RecordConfig.continuation,
                  chat_template: str | None = None, weight_version: str | None = None,
                  policies: dict[str, str] | None = None, default_policy: str | None = None,
                  policy_versions: dict[str, str] | None = None, hooks: Any = None):

@@ -25,7 +25,7 @@ from tracewheel.messages import content_text
 from tracewheel.workflow import load_callable
 
 if TYPE_CHECKING:
-    from .config import RunOptions
+    from .config import RunConfig
 
 RewardFn = Callable[[dict, dict], Awaitable[tuple[float | None, dict]]]
 
@@ -89,7 +89,7 @@ def function_reward(spec: str) -> RewardFn:
     return score
 
 
-def _judge_from_options(o: RunOptions, engine: dict) -> RewardFn:
+def _judge_from_options(o: RunConfig, engine: dict) -> RewardFn:
     """``--reward judge``: the judge of ``--rubrics``, asked at ``--judge-base-url`` (default:
     the served engine, with its model)."""
     from tracewheel.client import Endpoint, make_client
@@ -117,7 +117,7 @@ def _judge_from_options(o: RunOptions, engine: dict) -> RewardFn:
 @dataclass(frozen=True)
 class BuiltIn:
     help: str
-    make: Callable[[RunOptions, dict], RewardFn]
+    make: Callable[[RunConfig, dict], RewardFn]
 
 
 BUILT_IN: dict[str, BuiltIn] = {
@@ -128,7 +128,7 @@ BUILT_IN: dict[str, BuiltIn] = {
 }
 
 
-def reward_for(o: RunOptions, engine: dict) -> RewardFn | None:
+def reward_for(o: RunConfig, engine: dict) -> RewardFn | None:
     """The reward ``--reward`` names: a built-in, or a user's ``FILE.py:FN`` or ``MODULE:FN``;
     None without ``--reward`` (the workflow's own reward, if any, stands)."""
     if o.reward_kind is None:

@@ -1,7 +1,7 @@
 """A rollout run, as `rollout run` carries it out: bring up the engine (vLLM, unless given, and
 the recorder) when the first task arrives, run the workflow N times per task, write a record
 per rollout, and sum them up; and `rollout record`, the recorder on its own. Plain functions
-over ``RunOptions`` and ``RecordOptions`` (config.py)."""
+over ``RunConfig`` and ``RecordConfig`` (config.py)."""
 
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ from tracewheel.models import EMBEDDED_MODEL
 from tracewheel.workflow import absolute_spec
 
 from . import rewards
-from .config import GatewayOptions, RecordOptions, RunOptions
+from .config import GatewayConfig, RecordConfig, RunConfig
 from .runner import RecordingEndpoint, Runner, RunnerSettings, Sessions
 
 
-def run_rollouts(o: RunOptions, input: IO[bytes], output: str | None, *, skip_invalid: bool,
+def run_rollouts(o: RunConfig, input: IO[bytes], output: str | None, *, skip_invalid: bool,
                  quiet: bool, verbose: int) -> None:
     """Every rollout of every task of ``input``, one record each, to ``output`` (stdout)."""
     def echo(msg: str) -> None:
@@ -71,7 +71,7 @@ def run_rollouts(o: RunOptions, input: IO[bytes], output: str | None, *, skip_in
             summary.print(quiet)
 
 
-def _start(o: RunOptions, stack: contextlib.ExitStack, sessions: Sessions, engine: dict,
+def _start(o: RunConfig, stack: contextlib.ExitStack, sessions: Sessions, engine: dict,
            echo: Any) -> tuple[str, str]:
     """Bring up vLLM (unless given) and the recorder: on the first task, not before."""
     upstream, name = o.base_url, o.model
@@ -103,7 +103,7 @@ def _start(o: RunOptions, stack: contextlib.ExitStack, sessions: Sessions, engin
     return recorder.base_url().removesuffix("/v1"), name
 
 
-def _policies(o: RunOptions, upstream: str) -> tuple[dict[str, str] | None, dict[str, str]]:
+def _policies(o: RunConfig, upstream: str) -> tuple[dict[str, str] | None, dict[str, str]]:
     """The policy map, each policy checked to be served upstream (a policy's adapter not
     loaded is an error before any rollout), and each policy's version: where its adapter was
     loaded from, as the server lists it."""
@@ -163,14 +163,14 @@ def _versions(versions: Counter, summary: Summary) -> None:
             f"{v}: {n}" for v, n in answered.items()))
 
 
-def _settings(o: RunOptions, engine: dict) -> RunnerSettings:
+def _settings(o: RunConfig, engine: dict) -> RunnerSettings:
     reward_fn = rewards.reward_for(o, engine)
     return RunnerSettings(workflow=absolute_spec(o.workflow), per_task=o.per_task, jobs=o.jobs,
                           timeout=o.rollout_timeout, sampling=o.sampling(), seed=o.seed,
                           reward=reward_fn, ordered=not o.unordered)
 
 
-def _submitter(o: RunOptions) -> Any:
+def _submitter(o: RunConfig) -> Any:
     if o.ray_address is None:
         return None
     from .ray_exec import ray_submitter
@@ -226,7 +226,7 @@ def tied(rewards: list) -> bool:
 
 
 async def _topped_up(runner: Runner, tasks: Iterator[dict], groups: dict[str, list],
-                     o: RunOptions, summary: Summary) -> AsyncIterator[dict]:
+                     o: RunConfig, summary: Summary) -> AsyncIterator[dict]:
     """The rollouts of every task, then rounds of --per-task more for the tasks whose rewards
     tie (DAPO's dynamic sampling, on a fixed set of tasks), up to --top-up more each. The
     reader fills ``groups`` with each record's reward before it asks for the next one, so a
@@ -284,7 +284,7 @@ def _served_model(base_url: str, api_key: str | None, timeout: float) -> str:
     return models[0]
 
 
-def _proxy(o: RecordOptions, on_call: Callable[[dict], None], name: str, **more: Any) -> Any:
+def _proxy(o: RecordConfig, on_call: Callable[[dict], None], name: str, **more: Any) -> Any:
     """The recording proxy that ``o`` describes (not started), its calls to ``on_call``; ``name``
     says what warns about the upstream's weight versions."""
     from .recorder import Recorder  # aiohttp: the [rollout] extra
@@ -304,7 +304,7 @@ def _why_rendered(recorder: Any, name: str) -> None:
                    f"ids: {recorder.continuation_off}", err=True)
 
 
-def record(o: RecordOptions, output: str | None, *, quiet: bool = False) -> None:
+def record(o: RecordConfig, output: str | None, *, quiet: bool = False) -> None:
     """Record the calls through a proxy in front of ``o.upstream`` until SIGINT, SIGTERM or
     SIGHUP, each call a line of ``output`` (stdout when None), then print the summary."""
 
@@ -345,7 +345,7 @@ def _session_log(output: str | None, stdout: Any) -> Iterator[JsonlWriter]:
         yield JsonlWriter(stream, flush_each=True)
 
 
-def gateway(o: GatewayOptions, output: str | None, *, quiet: bool = False) -> None:
+def gateway(o: GatewayConfig, output: str | None, *, quiet: bool = False) -> None:
     """The production gateway (gateway.py) in front of ``o.upstream`` until SIGINT, SIGTERM or
     SIGHUP: each ended session a rollout record on ``output`` (stdout when None; a file is
     appended to, a line as each session ends), every open session written when it stops, then

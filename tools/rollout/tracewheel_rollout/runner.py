@@ -61,7 +61,7 @@ class Sessions:
 
 @dataclass(kw_only=True)
 class RunnerSettings:
-    """What the runner does, filled from RunOptions (run.py), where the defaults are stated."""
+    """What the runner does, filled from RunConfig (run.py), where the defaults are stated."""
 
     workflow: str
     per_task: int

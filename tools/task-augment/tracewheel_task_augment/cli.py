@@ -129,8 +129,10 @@ def expand(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool
       task-augment expand -n 1000 --base-url http://gpu:8000/v1 --model Qwen3-8B \\
           --max-thread 64 tasks.jsonl -o more.jsonl
     """
-    run.expand(_generation(opts), ExpandConfig(count, per_request, shots, max_attempts), input,
-               output, skip_invalid=skip_invalid, quiet=quiet, verbose=verbose)
+    config = ExpandConfig(count=count, per_request=per_request, shots=shots,
+                          max_attempts=max_attempts)
+    run.expand(_generation(opts), config, input, output, skip_invalid=skip_invalid, quiet=quiet,
+               verbose=verbose)
 
 
 @main.command("paraphrase", cls=ToolCommand, context_settings=CONTEXT_SETTINGS,
@@ -200,6 +202,7 @@ def docs(documents: tuple[str, ...], output: str | None, quiet: bool, verbose: i
       task-augment docs manual.md -n 100 > doc-tasks.jsonl
       task-augment docs docs/ --examples tasks.jsonl --chunk-size 1500 -o doc-tasks.jsonl
     """
-    run.docs(_generation(opts), DocsConfig(count, chunk_size, per_request, shots, max_attempts),
-             documents, output, examples, skip_invalid=skip_invalid, quiet=quiet,
-             verbose=verbose)
+    config = DocsConfig(count=count, chunk_size=chunk_size, per_request=per_request, shots=shots,
+                        max_attempts=max_attempts)
+    run.docs(_generation(opts), config, documents, output, examples, skip_invalid=skip_invalid,
+             quiet=quiet, verbose=verbose)

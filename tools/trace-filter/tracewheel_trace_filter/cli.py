@@ -20,7 +20,7 @@ from tracewheel.cli import (
 )
 from tracewheel.client import endpoint_options
 
-from .config import FilterOptions, LearnOptions
+from .config import FilterConfig, LearnConfig
 from .run import filter_tasks, learn_from_examples
 
 
@@ -34,7 +34,7 @@ def _regex(value: str | None) -> str | None:
     return value
 
 
-F, L = FilterOptions(), LearnOptions()  # the defaults, stated once (config.py)
+F, L = FilterConfig(), LearnConfig()  # the defaults, stated once (config.py)
 
 
 @tool_group("trace-filter", default="filter")
@@ -105,7 +105,7 @@ def filter_command(input: IO[bytes], output: str | None, skip_invalid: bool, qui
       trace-filter --base-url http://gpu:8000/v1 --model Qwen3-8B --max-thread 64 \\
           --rubrics "Drop the task if the answer is wrong." --annotate < t.jsonl > judged.jsonl
     """
-    o = FilterOptions(**options)
+    o = FilterConfig(**options)
     check_cache_options(o.cache_path, o.no_cache)
     if o.annotate and o.invert:
         raise click.UsageError("--annotate and --invert cannot be used together "
@@ -161,7 +161,7 @@ def learn_rubrics_command(input: IO[bytes], output: str | None, skip_invalid: bo
       trace-filter learn-rubrics examples.jsonl -o rubrics.txt
       trace-filter --rubrics rubrics.txt < tasks.jsonl > kept.jsonl
     """
-    o = LearnOptions(**options)
+    o = LearnConfig(**options)
     check_cache_options(o.cache_path, o.no_cache)
     learn_from_examples(o, input, output, skip_invalid=skip_invalid,
                         quiet=quiet, verbose=verbose)

@@ -14,7 +14,7 @@ from .learn import LearnSettings
 
 
 @dataclass
-class AskOptions:
+class AskConfig:
     """The options of both commands: the judge's endpoint, and how it is asked."""
 
     base_url: str | None = None        # default: the embedded model, served on first use
@@ -30,7 +30,7 @@ class AskOptions:
 
 
 @dataclass
-class FilterOptions(AskOptions):
+class FilterConfig(AskConfig):
     """What `trace-filter filter` is asked to do; its options, named as on the command line."""
 
     rubrics: str | None = None
@@ -55,7 +55,7 @@ class FilterOptions(AskOptions):
 
 
 @dataclass
-class LearnOptions(AskOptions):
+class LearnConfig(AskConfig):
     """What `trace-filter learn-rubrics` is asked to do; its options, as on the command line."""
 
     rubrics: str | None = None         # the text to start from

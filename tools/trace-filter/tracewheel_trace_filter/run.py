@@ -1,6 +1,6 @@
 """A filter run, as `trace-filter filter` carries it out: rules, then dedup, then the judge
 (asked concurrently, its verdicts cached), each record written or dropped in input order.
-Plain functions over ``FilterOptions`` and ``LearnOptions`` (config.py)."""
+Plain functions over ``FilterConfig`` and ``LearnConfig`` (config.py)."""
 
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ from tracewheel.judge import Judge, JudgeSettings, VerdictError, rubrics_text
 from tracewheel.models import EMBEDDED_MODEL
 
 from . import learn, rules
-from .config import AskOptions, FilterOptions, LearnOptions
+from .config import AskConfig, FilterConfig, LearnConfig
 from .learn import LearnSettings
 
 
-def filter_tasks(o: FilterOptions, input: IO[bytes], output: str | None, *,
+def filter_tasks(o: FilterConfig, input: IO[bytes], output: str | None, *,
                  skip_invalid: bool, quiet: bool, verbose: int) -> None:
     summary = Summary("trace-filter", "read", "kept", "dropped", "error", "invalid")
     check = rules.ReferenceCheck(o.undecided or "keep") if o.check_reference else None
@@ -90,7 +90,7 @@ def filter_tasks(o: FilterOptions, input: IO[bytes], output: str | None, *,
             summary.print(quiet)
 
 
-def _deduper(o: FilterOptions, verbose: int) -> Any:
+def _deduper(o: FilterConfig, verbose: int) -> Any:
     """--dedup's deduper, with --against's tasks remembered; None without --dedup."""
     if not o.dedup:
         return None
@@ -104,7 +104,7 @@ def _deduper(o: FilterOptions, verbose: int) -> Any:
     return deduper
 
 
-def _judge(stack: contextlib.ExitStack, o: FilterOptions, echo: Callable[[str], None],
+def _judge(stack: contextlib.ExitStack, o: FilterConfig, echo: Callable[[str], None],
            summary: Summary) -> tuple[Judge, Cache | None, JudgeSettings, Any]:
     """The judge (its client closed with ``stack``), its cache, its settings, its client."""
     endpoint, client = judge_client(stack, o, echo)
@@ -140,7 +140,7 @@ def _drop(by: str, reason: str) -> dict:
     return {"verdict": "drop", "by": by, "reason": reason}
 
 
-def judge_client(stack: contextlib.ExitStack, o: AskOptions, echo) -> tuple[Endpoint, LazyClient]:
+def judge_client(stack: contextlib.ExitStack, o: AskConfig, echo) -> tuple[Endpoint, LazyClient]:
     """The judge's endpoint, and its client: the embedded model, served on first use, when no
     --base-url is given."""
     if o.base_url and not o.model:
@@ -208,7 +208,7 @@ def decide(records: Iterator[dict], *, rule_list: list, deduper: Any, judge: Jud
             yield record, result
 
 
-def learn_from_examples(o: LearnOptions, input: IO[bytes], output: str | None, *,
+def learn_from_examples(o: LearnConfig, input: IO[bytes], output: str | None, *,
                         skip_invalid: bool, quiet: bool, verbose: int) -> None:
     """Rubrics learned from the labelled examples of ``input``, written to ``output``."""
     settings = LearnSettings(o.candidates, o.rounds, o.shots, o.seed, o.temperature,
