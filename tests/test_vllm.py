@@ -418,18 +418,44 @@ def test_without_vllm_the_error_names_every_place_looked(no_vllm_here, monkeypat
         vllm_python()
 
 
-def test_a_second_vllm_on_a_cpu_takes_the_cores_no_worker_holds(monkeypatch):
+def test_a_second_vllm_on_a_cpu_takes_the_cores_no_other_server_holds(monkeypatch, tmp_path):
     """vLLM's CPU build binds its worker to core 0 however many vLLMs run: a second one
-    beside the first took 10 minutes to load. The launcher gives it the cores left."""
-    import tracewheel.vllm as launcher
+    beside the first took 10 minutes to load. Each server the launcher starts claims its cores;
+    one started beside others (even at the same moment) takes the cores left."""
+    from tracewheel import cpu_cores
 
-    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
-    monkeypatch.setattr(launcher, "has_cuda", lambda: False)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    server = VLLMServer("smollm2-135m")
-    for held, bound in [(set(), None), ({0}, "1,2,3"), ({0, 2}, "1,3"), ({0, 1, 2, 3}, None)]:
-        monkeypatch.setattr(launcher, "cores_in_use", lambda held=held: held)
-        assert server._env().get("VLLM_CPU_OMP_THREADS_BIND") == bound, held
-    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0")  # the user's own choice stays
-    monkeypatch.setattr(launcher, "cores_in_use", lambda: {0})
-    assert server._env()["VLLM_CPU_OMP_THREADS_BIND"] == "0"
+    monkeypatch.setattr(cpu_cores.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(cpu_cores.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(cpu_cores, "cores_in_use", set)
+    monkeypatch.delenv(cpu_cores.BIND, raising=False)
+    live = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+            for _ in range(2)]
+    try:
+        first: dict[str, str] = {}
+        with cpu_cores.choosing(first) as claim:  # alone: vLLM's own choice, from core 0
+            claim(live[0].pid)
+        assert first == {}
+        second: dict[str, str] = {}
+        with cpu_cores.choosing(second) as claim:  # the first has not bound its worker yet
+            claim(live[1].pid)
+        assert second == {cpu_cores.BIND: "1,2,3"}
+        live[0].kill()
+        live[0].wait()
+        third: dict[str, str] = {}
+        with cpu_cores.choosing(third):  # the first is gone: its claim is void
+            pass
+        assert third == {cpu_cores.BIND: "0"}
+        cpu_cores.release(live[1].pid)
+        mine = {cpu_cores.BIND: "2"}  # the user's own choice stays
+        with cpu_cores.choosing(mine):
+            pass
+        assert mine == {cpu_cores.BIND: "2"}
+        monkeypatch.setattr(cpu_cores, "cores_in_use", lambda: {0})  # a vLLM started by hand
+        fourth: dict[str, str] = {}
+        with cpu_cores.choosing(fourth):
+            pass
+        assert fourth == {cpu_cores.BIND: "1,2,3"}
+    finally:
+        for proc in live:
+            proc.kill()
+            proc.wait()

@@ -31,6 +31,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from .cpu_cores import choosing, release
 from .errors import TracewheelError
 from .models import MAX_MODEL_LEN, resolve_model
 from .weight_updates import WEIGHT_UPDATE_TIMEOUT, load_adapter, load_weights
@@ -167,22 +168,6 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def cores_in_use() -> set[int]:
-    """The cores the vLLM CPU workers running on this machine are bound to (Linux's /proc;
-    none known elsewhere)."""
-    used: set[int] = set()
-    with contextlib.suppress(OSError):
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                if Path(f"/proc/{entry}/comm").read_text().startswith("VLLM::Worker"):
-                    used |= os.sched_getaffinity(int(entry))
-            except OSError:
-                continue
-    return used
-
-
 def _rpc_folder() -> str:
     """A new folder for vLLM's IPC sockets, short enough for their paths: a socket path holds at
     most 107 bytes, and vLLM names each socket by a 36-character uuid. A long temp folder (a
@@ -315,13 +300,6 @@ class VLLMServer:
         env.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
         env.setdefault("DO_NOT_TRACK", "1")
-        if not has_cuda() and "VLLM_CPU_OMP_THREADS_BIND" not in env:
-            free = sorted(set(os.sched_getaffinity(0)) - cores_in_use())
-            if free and len(free) < len(os.sched_getaffinity(0)):
-                # Another vLLM runs here: its worker holds the cores vLLM's "auto" would pick
-                # (both workers on core 0; the second took 10 minutes to load). This one's
-                # worker takes the cores no worker holds.
-                env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, free))
         if self.lora_rank:
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         if self.weight_updates:
@@ -357,11 +335,14 @@ class VLLMServer:
         _LIVE.add(self)
         started = time.monotonic()
         try:
-            with open(self.log_path, "ab") as log:
+            # On a CPU, the cores its worker binds to: none another server here holds.
+            cores = contextlib.nullcontext(lambda pid: None) if has_cuda() else choosing(env)
+            with cores as claim, open(self.log_path, "ab") as log:
                 # A new session: the server leads a process group we can stop whole.
                 self.process = subprocess.Popen(
                     command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     env=env, start_new_session=True)
+                claim(self.process.pid)
             self._wait_ready()
         except BaseException:
             self._temp_log = self._temp_log and self.process is None  # else the error names it
@@ -406,6 +387,8 @@ class VLLMServer:
         try:
             self._stop_process(proc, timeout)
         finally:
+            if proc is not None:
+                release(proc.pid)
             self._remove_temp_files(keep_log=crashed)
 
     def _remove_temp_files(self, keep_log: bool) -> None:
