@@ -318,8 +318,10 @@ ONLINE ?= $(R)/online## where make online writes: report.md, online.jsonl, sessi
 ONLINE_MINUTES ?= 40## how long the simulated users ask
 ONLINE_USERS ?= 8## simulated users asking at once
 ONLINE_BATCH ?= 96## rewarded sessions a candidate is trained on (since the live model went live)
-ONLINE_TASKS ?= 3000## problems the users draw from: the template family (examples/math_eval.py, seed 1), none of GATE_SET
-GATE_SET ?= examples/math-eval.jsonl## labelled tasks each candidate and the live model are scored on (greedy)
+ONLINE_TASKS ?= 3000## problems the users draw from: the template family (examples/math_eval.py, seed 1), none of GATE_SET or EVAL
+GATE_SET ?= $(ONLINE)/gate.jsonl## labelled tasks each candidate and the live model are scored on (greedy); made when missing: GATE_TASKS of the template family, seed 2
+GATE_TASKS ?= 100## the made gate set's size: 100 cannot tell +0.07 from noise, 300 could, but a model scored 104 tasks in 5.3 minutes on 2 idle cores (300: about 15)
+ONLINE_TEMPERATURE ?= 0.7## the deployed agent's sampling temperature for its users
 ONLINE_TRAIN_ARGS ?= --algo sft --min-reward 1 --lr 5e-4 --epochs 2## train's options for each candidate (a LoRA adapter)
 ONLINE_ARGS ?=## more python -m tracewheel.online options, e.g. --invert 2 (candidate 2 on inverted rewards)
 
@@ -327,11 +329,13 @@ online-loop: $(call trained,1)
 	@if [ -e $(ONLINE)/online.jsonl ]; then echo "$(ONLINE) holds an online run already: remove it, or set ONLINE=" >&2; exit 1; fi
 	@mkdir -p $(ONLINE)
 	$(TRACEWHEEL_BIN)/python examples/math_eval.py -n $(ONLINE_TASKS) --seed 1 -o $(ONLINE)/tasks.jsonl
+	@[ -e $(GATE_SET) ] || $(TRACEWHEEL_BIN)/python examples/math_eval.py -n $(GATE_TASKS) --seed 2 -o $(GATE_SET)
 	$(vllm) $(R)/iter-1/ckpt --lora-rank $(LORA_RANK) --max-model-len $(MAX_MODEL_LEN) \
 	  --log-file $(ONLINE)/vllm.log --exec $(TRACEWHEEL_BIN)/python -m tracewheel.online \
 	  --base $(R)/iter-1/ckpt --gate-set $(GATE_SET) -w $(WORKFLOW) --out $(ONLINE) \
 	  --batch $(ONLINE_BATCH) --lora-r $(LORA_RANK) --train-args "$(ONLINE_TRAIN_ARGS)" \
 	  --max-tokens $(MAX_TOKENS) --duration $$(($(ONLINE_MINUTES) * 60)) --seed $(SEED) \
 	  --traffic "$(TRACEWHEEL_BIN)/python examples/online_users.py $(ONLINE)/tasks.jsonl \
-	    --exclude $(GATE_SET) --users $(ONLINE_USERS) --duration $$(($(ONLINE_MINUTES) * 60)) \
+	    $(foreach f,$(GATE_SET) $(EVAL),--exclude $(f)) --users $(ONLINE_USERS) \
+	    --temperature $(ONLINE_TEMPERATURE) --duration $$(($(ONLINE_MINUTES) * 60)) \
 	    --seed $(SEED) -o $(ONLINE)/users.jsonl" $(ONLINE_ARGS)

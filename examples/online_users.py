@@ -39,21 +39,22 @@ from tracewheel.answers import boxed_reward  # noqa: E402
 from tracewheel.dedup import normalize_text  # noqa: E402
 
 STYLES = ("key", "header", "path")
-SAMPLING = {"temperature": 1.0, "max_tokens": 128}  # the loop's training rollouts sample so
+MAX_TOKENS = 128  # the loop's rollouts' budget
 
 
 class UserHandle:
     """What the math agent's workflow needs (``handle.model``), on the gateway, one session's
     way in."""
 
-    def __init__(self, base_url: str, api_key: str, headers: dict[str, str]):
+    def __init__(self, base_url: str, api_key: str, headers: dict[str, str],
+                 temperature: float):
         from agentscope.model import OpenAIChatModel
 
         self.model = OpenAIChatModel(
             "math-agent", api_key=api_key,
             client_kwargs={"base_url": base_url, "max_retries": 0, "timeout": 600.0,
                            "default_headers": headers},
-            generate_kwargs=dict(SAMPLING))
+            generate_kwargs={"temperature": temperature, "max_tokens": MAX_TOKENS})
 
     async def aclose(self) -> None:
         await self.model.client.close()
@@ -81,7 +82,7 @@ async def session(http: aiohttp.ClientSession, gateway: str, task: dict, style: 
     line: dict[str, Any] = {"session": sid, "task_id": task["id"], "style": style,
                             "start": round(time.time(), 3), "right": None,
                             "judged": None, "error": None}
-    handle = UserHandle(base, key, headers)
+    handle = UserHandle(base, key, headers, opts["temperature"])
     try:
         answer = await solve(task, handle)
         line["right"] = boxed_reward(answer, task.get("reference"))[0] == 1.0
@@ -143,6 +144,9 @@ async def users(tasks: list[dict], gateway: str, out: Any, opts: dict) -> dict:
               help="Share of the sessions whose client sets a reward.")
 @click.option("--thumbs-share", type=click.FloatRange(0, 1), default=0.3, show_default=True,
               help="Share whose user gives thumbs up or down (the rest: nothing).")
+@click.option("--temperature", type=click.FloatRange(0), default=0.7, show_default=True,
+              help="The deployed agent's sampling temperature (its users' answers are drawn "
+                   "so; the gate scores greedily).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def main(tasks: Any, gateway: str, exclude: tuple, output: Any, **opts: Any) -> None:
     """Simulated users of the math agent behind GATEWAY, on the labelled TASKS (JSONL)."""
