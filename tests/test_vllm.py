@@ -424,7 +424,7 @@ def test_a_second_vllm_on_a_cpu_takes_the_cores_no_other_server_holds(monkeypatc
     one started beside others (even at the same moment) takes the cores left."""
     from tracewheel import cpu_cores
 
-    monkeypatch.setattr(cpu_cores.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(cpu_cores, "CLAIMS_ROOT", str(tmp_path))
     monkeypatch.setattr(cpu_cores.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.setattr(cpu_cores, "cores_in_use", set)
     monkeypatch.delenv(cpu_cores.BIND, raising=False)

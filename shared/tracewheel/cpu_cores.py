@@ -3,7 +3,7 @@ not share a core. vLLM's CPU build binds its worker by itself ("auto": on x86, c
 core kept for its scheduler) whatever else runs: a second server beside a first took 10 minutes
 to load, both workers on core 0.
 
-Each server the launcher starts claims its cores in a file of its own under the temp folder
+Each server the launcher starts claims its cores in a file of its own under /dev/shm (or /tmp)
 (named by the server's process id; a claim whose process is gone is void), under a lock, so two
 servers started at the same moment see each other. A server with nothing else running keeps
 vLLM's own choice, and claims the core it starts from; a server started beside others takes
@@ -22,8 +22,13 @@ from pathlib import Path
 BIND = "VLLM_CPU_OMP_THREADS_BIND"
 
 
+# Machine-wide, whatever TMPDIR each program has (the claims must meet), and apart from the
+# temp folder a server is checked to leave as it found it.
+CLAIMS_ROOT = next((p for p in ("/dev/shm", "/tmp") if os.path.isdir(p)), tempfile.gettempdir())
+
+
 def _claims_dir() -> Path:
-    path = Path(tempfile.gettempdir()) / f"tracewheel-vllm-cores-{os.getuid()}"
+    path = Path(CLAIMS_ROOT) / f"tracewheel-cores-{os.getuid()}"
     path.mkdir(exist_ok=True)
     return path
 
