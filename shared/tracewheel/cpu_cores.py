@@ -27,9 +27,10 @@ BIND = "VLLM_CPU_OMP_THREADS_BIND"
 CLAIMS_ROOT = next((p for p in ("/dev/shm", "/tmp") if os.path.isdir(p)), tempfile.gettempdir())
 
 
-def _claims_dir() -> Path:
+def _claims_dir(make: bool = True) -> Path:
     path = Path(CLAIMS_ROOT) / f"tracewheel-cores-{os.getuid()}"
-    path.mkdir(exist_ok=True)
+    if make:
+        path.mkdir(exist_ok=True)
     return path
 
 
@@ -90,4 +91,4 @@ def choosing(env: dict[str, str]) -> Iterator[Callable[[int], None]]:
 def release(pid: int) -> None:
     """The server ``pid`` stopped: its claim goes."""
     with contextlib.suppress(OSError):
-        (_claims_dir() / f"{pid}.cores").unlink(missing_ok=True)
+        (_claims_dir(make=False) / f"{pid}.cores").unlink(missing_ok=True)
