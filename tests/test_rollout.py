@@ -827,3 +827,20 @@ def test_a_stream_that_ends_before_done_is_a_failed_call_not_a_reply(finished):
     assert calls[0]["status"] == "error"
     assert ("[DONE]" if finished else "choice 0 finished") in calls[0]["error"]
 
+
+
+def test_a_client_that_hangs_up_mid_request_is_neither_recorded_nor_logged(caplog):
+    calls = []
+    with canned("hi") as up, Recorder(up.base_url, on_call=calls.append) as rec:
+        host, port = rec.base_url("s1").split("//")[1].split("/")[0].split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"POST /s/s1/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"mo")
+            time.sleep(0.3)  # the recorder is waiting for the rest of the body
+        time.sleep(0.3)
+        client = openai.OpenAI(base_url=rec.base_url("s1"), api_key="k", max_retries=0)
+        reply = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}])
+        assert reply.choices[0].message.content == "hi"
+    assert [c["status"] for c in calls] == ["ok"]
+    assert not [r for r in caplog.records if r.exc_info], caplog.text

@@ -190,6 +190,12 @@ class Recorder(Service):
         return headers
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            await request.read()  # kept by aiohttp for the handlers' own read()
+        except ConnectionResetError:
+            # The client hung up before its request arrived (an agent stopped with its rollout,
+            # `rollout | head -1`): no call to record, nobody to answer, nothing to log.
+            return web.Response(status=499)
         session, agent, path = split_path(request.path)
         if self.hooks is not None:
             session = self.hooks.session(request, session)
