@@ -34,19 +34,26 @@ def _claims_dir(make: bool = True) -> Path:
     return path
 
 
-def cores_in_use() -> set[int]:
-    """The cores the vLLM CPU workers running on this machine are bound to (Linux's /proc;
-    none known elsewhere)."""
-    used: set[int] = set()
+def processes(file: str) -> Iterator[tuple[int, str]]:
+    """``(pid, text)`` of ``/proc/PID/FILE`` for each process whose file can be read (Linux's
+    /proc; none elsewhere)."""
     with contextlib.suppress(OSError):
         for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                if Path(f"/proc/{entry}/comm").read_text().startswith("VLLM::Worker"):
-                    used |= os.sched_getaffinity(int(entry))
-            except OSError:
-                continue
+            if entry.isdigit():
+                try:
+                    yield int(entry), Path(f"/proc/{entry}/{file}").read_text()
+                except OSError:
+                    continue
+
+
+def cores_in_use() -> set[int]:
+    """The cores the vLLM CPU workers running on this machine are bound to (none known where
+    there is no /proc)."""
+    used: set[int] = set()
+    for pid, name in processes("comm"):
+        if name.startswith("VLLM::Worker"):
+            with contextlib.suppress(OSError):
+                used |= os.sched_getaffinity(pid)
     return used
 
 

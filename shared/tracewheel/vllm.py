@@ -31,7 +31,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cpu_cores import choosing, release
+from .cpu_cores import choosing, processes, release
 from .errors import TracewheelError
 from .models import MAX_MODEL_LEN, resolve_model
 from .weight_updates import WEIGHT_UPDATE_TIMEOUT, load_adapter, load_weights
@@ -147,24 +147,18 @@ def _watch_exit() -> None:
 
 
 def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group ``pgid``; Linux's /proc, else none known.
+    """Live (not zombie) processes of process group ``pgid`` (none known where there is no
+    /proc).
 
     A zombie has freed its memory but still counts for ``killpg``: where PID 1 does not reap
     orphans (some containers), signalling the group would say it is still there.
     """
     members = []
-    with contextlib.suppress(OSError):
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-            fields = stat[stat.rfind(")") + 2:].split()
-            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(entry))
+    for pid, stat in processes("stat"):
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(pid)
     return members
 
 
