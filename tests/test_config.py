@@ -149,3 +149,32 @@ def test_each_default_is_stated_once_all_the_way_down():
     served = {p.name: p.default for p in vllm_command.params}
     assert run.max_model_len == MAX_MODEL_LEN == served["max_model_len"] == \
         inspect.signature(VLLMServer.__init__).parameters["max_model_len"].default
+
+
+def test_every_tool_that_asks_a_model_reads_the_same_options_into_the_same_fields():
+    import dataclasses
+
+    from tracewheel.cli import AskConfig, ask_config
+    from tracewheel_task_augment.cli import main as task_augment
+    from tracewheel_task_augment.config import GenerationConfig
+    from tracewheel_trace_filter.cli import main as trace_filter
+    from tracewheel_trace_filter.config import FilterConfig, LearnConfig
+
+    asked = [f.name for f in dataclasses.fields(AskConfig)]
+    for config in (FilterConfig, LearnConfig, GenerationConfig):
+        names = [f.name for f in dataclasses.fields(config)]
+        assert names[:len(asked)] == asked, config.__name__
+        assert not [n for n in names if n.startswith("no_")], config.__name__  # positive names
+
+    flags = ["--base-url", "http://127.0.0.1:1/v1", "--model", "m", "--max-thread", "3",
+             "--no-structured", "--no-cache"]
+    built = []
+    for group, name in ((trace_filter, "filter"), (trace_filter, "learn-rubrics"),
+                        (task_augment, "expand"), (task_augment, "paraphrase")):
+        command = group.commands[name]
+        params = command.make_context(name, list(flags), resilient_parsing=True).params
+        built.append(ask_config(dict(params)))
+    assert all(b == built[0] for b in built)
+    assert built[0]["endpoint"].base_url == "http://127.0.0.1:1/v1"
+    assert (built[0]["max_thread"], built[0]["structured"], built[0]["use_cache"]) == \
+        (3, False, False)

@@ -119,7 +119,7 @@ def test_expand_writes_new_tasks_with_provenance_and_stable_ids():
 
 
 def test_expand_as_a_function_of_its_configs(tmp_path):
-    """What the command runs is run.expand over two configs, which other code can build."""
+    """What the command runs is run.run_expand over two configs, which other code can build."""
     import io
 
     from tracewheel.client import Endpoint
@@ -130,7 +130,7 @@ def test_expand_as_a_function_of_its_configs(tmp_path):
     with CannedServer(new_tasks()) as server:
         gen = GenerationConfig(endpoint=Endpoint(server.base_url, "m"), use_cache=False,
                                use_history=False, structured=False)
-        augment.expand(gen, ExpandConfig(count=2, per_request=2), io.BytesIO(
+        augment.run_expand(gen, ExpandConfig(count=2, per_request=2), io.BytesIO(
             seeds_jsonl().encode()), str(out), quiet=True)
         body = server.requests[0]["body"]
     assert sorted(json.loads(line)["query"] for line in out.read_text().splitlines()) == \

@@ -12,10 +12,12 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar
 
 import click
 
+from .client import Endpoint
 from .config import load_config_defaults
 from .errors import DataError, TracewheelError
 from .extras import missing_extra
@@ -246,9 +248,10 @@ def ask_options(tool: str, *, requests: str = "Requests",
     reply cache with its switch. ``check_cache_options`` refuses --cache with --no-cache."""
     def decorate(f: F) -> F:
         for option in reversed([
-            click.option("--max-thread", type=click.IntRange(1), default=MAX_THREAD,
+            click.option("--max-thread", type=click.IntRange(1), default=AskConfig.max_thread,
                          show_default=True, help=f"{requests} in flight at once."),
-            click.option("--parse-retries", type=click.IntRange(0), default=PARSE_RETRIES,
+            click.option("--parse-retries", type=click.IntRange(0),
+                         default=AskConfig.parse_retries,
                          show_default=True,
                          help=f"Asks again when a reply is not the JSON asked for; then "
                               f"{unparsed}."),
@@ -269,6 +272,36 @@ def ask_options(tool: str, *, requests: str = "Requests",
 def check_cache_options(cache_path: str | None, no_cache: bool) -> None:
     if cache_path and no_cache:
         raise click.UsageError("--cache and --no-cache cannot be used together")
+
+
+@dataclass(kw_only=True)
+class AskConfig:
+    """How a tool asks a model for JSON: the fields of ``endpoint_options`` and ``ask_options``,
+    the same names in every tool that asks (each tool's config extends it)."""
+
+    # no base_url: the embedded model, served by vLLM for the run
+    endpoint: Endpoint = field(default_factory=lambda: Endpoint(None, None))
+    max_thread: int = MAX_THREAD       # requests in flight at once
+    parse_retries: int = PARSE_RETRIES  # asks again when a reply is not the JSON asked for
+    structured: bool = True            # ask for JSON-schema output
+    cache: str | None = None           # the reply cache [default: in the tool's cache folder]
+    use_cache: bool = True
+
+
+def ask_config(options: dict[str, Any]) -> dict[str, Any]:
+    """AskConfig's fields, taken out of a command's ``options`` (the flags of
+    ``endpoint_options`` and ``ask_options``), after the checks that span them."""
+    base_url, model = options.pop("base_url"), options.pop("model")
+    if base_url and not model:
+        raise click.UsageError("--model is needed with --base-url (or TRACEWHEEL_MODEL)")
+    cache, no_cache = options.pop("cache_path"), options.pop("no_cache")
+    check_cache_options(cache, no_cache)
+    return {"endpoint": Endpoint(base_url, model, options.pop("api_key"),
+                                 options.pop("timeout"), options.pop("retries")),
+            "max_thread": options.pop("max_thread"),
+            "parse_retries": options.pop("parse_retries"),
+            "structured": not options.pop("no_structured"), "cache": cache,
+            "use_cache": not no_cache}
 
 
 def output_option(f: F) -> F:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from .errors import TracewheelError
+from .models import EMBEDDED_MODEL
 
 if TYPE_CHECKING:
     import openai
@@ -319,6 +320,14 @@ class LazyClient:
         self._client: openai.OpenAI | None = None
         self._lock = threading.Lock()
         self._failed: TracewheelError | None = None  # the server could not start: said once
+
+    @classmethod
+    def of(cls, endpoint: Endpoint, *, echo: Callable[[str], None] = lambda msg: None
+           ) -> LazyClient:
+        """A tool's client: the endpoint given, or with no base URL the embedded model, served
+        for the run (and named as the model when none is)."""
+        return cls(replace(endpoint, model=endpoint.model or EMBEDDED_MODEL),
+                   serve=None if endpoint.base_url else EMBEDDED_MODEL, echo=echo)
 
     def __call__(self) -> openai.OpenAI:
         with self._lock:

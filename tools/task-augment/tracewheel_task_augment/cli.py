@@ -11,18 +11,18 @@ import click
 from tracewheel.cli import (
     CONTEXT_SETTINGS,
     ToolCommand,
+    ask_config,
     ask_options,
-    check_cache_options,
     common_options,
     input_options,
     output_option,
     tool_group,
 )
-from tracewheel.client import Endpoint, endpoint_options
+from tracewheel.client import endpoint_options
 
-from . import questions as questions_mod
 from . import run
 from .config import DocsConfig, ExpandConfig, GenerationConfig, ParaphraseConfig
+from .questions import PER_CHUNK
 
 TOOL = run.TOOL
 F = Callable[..., Any]
@@ -69,21 +69,13 @@ def generation_options(f: F) -> F:
 
 def _generation(opts: dict[str, Any]) -> GenerationConfig:
     """The shared options as a GenerationConfig, after the checks that span options."""
-    if opts["base_url"] and not opts["model"]:
-        raise click.UsageError("--model is needed with --base-url (or TRACEWHEEL_MODEL)")
     if opts["no_history"] and opts["history_path"]:
         raise click.UsageError("--history and --no-history cannot be used together")
-    check_cache_options(opts["cache_path"], opts["no_cache"])
     return GenerationConfig(
-        endpoint=Endpoint(opts["base_url"], opts["model"], opts["api_key"], opts["timeout"],
-                          opts["retries"]),
-        temperature=opts["temperature"], max_tokens=opts["max_tokens"],
-        max_thread=opts["max_thread"], parse_retries=opts["parse_retries"],
-        structured=not opts["no_structured"], seed=opts["seed"],
-        request_seeds=opts["request_seeds"], similarity=opts["similarity"],
-        against=tuple(opts["against"]), history=opts["history_path"],
-        use_history=not opts["no_history"], cache=opts["cache_path"],
-        use_cache=not opts["no_cache"])
+        **ask_config(dict(opts)), temperature=opts["temperature"],
+        max_tokens=opts["max_tokens"], seed=opts["seed"], request_seeds=opts["request_seeds"],
+        similarity=opts["similarity"], against=tuple(opts["against"]),
+        history=opts["history_path"], use_history=not opts["no_history"])
 
 
 @tool_group(TOOL, default="expand")
@@ -108,7 +100,7 @@ def main() -> None:
               help="Requests (before parse retries) at most; then the run stops short of -n "
                    "[default: 4 x the requests -n needs, at least 10].")
 @generation_options
-def expand(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool,
+def expand_command(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool,
            verbose: int, count: int, per_request: int, shots: int, max_attempts: int | None,
            **opts: Any) -> None:
     """New tasks on the topics and in the style, language and length of the example tasks in
@@ -131,7 +123,7 @@ def expand(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool
     """
     config = ExpandConfig(count=count, per_request=per_request, shots=shots,
                           max_attempts=max_attempts)
-    run.expand(_generation(opts), config, input, output, skip_invalid=skip_invalid, quiet=quiet,
+    run.run_expand(_generation(opts), config, input, output, skip_invalid=skip_invalid, quiet=quiet,
                verbose=verbose)
 
 
@@ -146,7 +138,7 @@ def expand(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool
               show_default=True,
               help="Requests (before parse retries) per input task at most.")
 @generation_options
-def paraphrase(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool,
+def paraphrase_command(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool,
                verbose: int, count: int, max_attempts: int, **opts: Any) -> None:
     """Rewordings of each task of INPUT (default stdin) that ask for the same thing with the
     same numbers, so its `reference` answer still holds: the new task keeps it, and its
@@ -159,7 +151,7 @@ def paraphrase(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: 
       task-augment paraphrase -n 2 < tasks.jsonl > reworded.jsonl
       cat tasks.jsonl reworded.jsonl | rollout -w examples/math_agent.py:run > r.jsonl
     """
-    run.paraphrase(_generation(opts), ParaphraseConfig(count, max_attempts), input, output,
+    run.run_paraphrase(_generation(opts), ParaphraseConfig(count, max_attempts), input, output,
                    skip_invalid=skip_invalid, quiet=quiet, verbose=verbose)
 
 
@@ -169,7 +161,7 @@ def paraphrase(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: 
 @click.argument("documents", nargs=-1, required=True, type=click.Path(exists=True))
 @output_option
 @click.option("-n", "--count", type=click.IntRange(1),
-              help=f"Questions to write [default: {questions_mod.PER_CHUNK} per chunk].")
+              help=f"Questions to write [default: {PER_CHUNK} per chunk].")
 @click.option("--chunk-size", type=click.IntRange(200), default=D.chunk_size,
               show_default=True,
               help="Characters of one excerpt at most (headings above it not counted).")
@@ -187,7 +179,7 @@ def paraphrase(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: 
               help="Requests (before parse retries) at most [default: 4 x the requests -n "
                    "needs, at least 10].")
 @generation_options
-def docs(documents: tuple[str, ...], output: str | None, quiet: bool, verbose: int,
+def docs_command(documents: tuple[str, ...], output: str | None, quiet: bool, verbose: int,
          count: int | None, chunk_size: int, per_request: int, examples: IO[bytes] | None,
          shots: int, skip_invalid: bool, max_attempts: int | None, **opts: Any) -> None:
     """Questions grounded in DOCUMENTS (text, Markdown, HTML; PDF with pypdf, DOCX with
@@ -204,5 +196,5 @@ def docs(documents: tuple[str, ...], output: str | None, quiet: bool, verbose: i
     """
     config = DocsConfig(count=count, chunk_size=chunk_size, per_request=per_request, shots=shots,
                         max_attempts=max_attempts)
-    run.docs(_generation(opts), config, documents, output, examples, skip_invalid=skip_invalid,
+    run.run_docs(_generation(opts), config, documents, output, examples, skip_invalid=skip_invalid,
              quiet=quiet, verbose=verbose)

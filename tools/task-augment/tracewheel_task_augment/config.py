@@ -4,29 +4,24 @@ tests and other code build them directly)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from tracewheel.cli import MAX_THREAD, PARSE_RETRIES
-from tracewheel.client import Endpoint
+from tracewheel.cli import AskConfig
 
 
-@dataclass
-class GenerationConfig:
-    # where to ask: no base_url means the embedded model, served by vLLM for the run
-    endpoint: Endpoint = field(default_factory=lambda: Endpoint(None, None))
+@dataclass(kw_only=True)
+class GenerationConfig(AskConfig):
+    """How every subcommand asks (AskConfig: where, how many at once, the cache), samples, and
+    keeps new tasks new."""
+
     temperature: float = 0.8           # retries of unparseable replies use at least 0.7
     max_tokens: int = 1024             # response length of one request
-    max_thread: int = MAX_THREAD       # requests in flight at once
-    parse_retries: int = PARSE_RETRIES  # asks again when a reply is not the JSON asked for
-    structured: bool = True            # ask for JSON-schema output
     seed: int = 0                      # the choice of examples and the sampling
     request_seeds: bool = False        # send each request a seed derived from `seed`
     similarity: float = 0.8            # near-duplicate threshold (MinHash Jaccard, 5-grams)
     against: tuple[str, ...] = ()      # task corpora new tasks must not repeat
     history: str | None = None         # earlier runs' tasks [default: in the cache folder]
     use_history: bool = True
-    cache: str | None = None           # the reply cache [default: in the cache folder]
-    use_cache: bool = True
 
 
 @dataclass

@@ -43,8 +43,8 @@ def _sample(order: list[Seed], groups: dict, index: int, shots: int, seed: int) 
     return Shots(anchor, tuple(chosen))
 
 
-def expand(seeds: list[Seed], *, count: int, engine: Engine, gate: Gate, per_request: int = 5,
-           shots: int = 3, max_attempts: int | None = None, seed: int = 0,
+def expand(seeds: list[Seed], *, count: int, engine: Engine, gate: Gate, per_request: int,
+           shots: int, max_attempts: int | None, seed: int,
            source: dict | None = None) -> Iterator[dict]:
     """Up to ``count`` new tasks like ``seeds``, in at most ``max_attempts`` attempts."""
     if not seeds:

@@ -30,7 +30,7 @@ def _batches(seeds: Iterable[Seed], size: int) -> Iterator[list[Seed]]:
 
 
 def paraphrase(seeds: Iterable[Seed], *, per_task: int, engine: Engine, gate: Gate,
-               max_attempts: int = 3, source: dict | None = None) -> Iterator[dict]:
+               max_attempts: int, source: dict | None = None) -> Iterator[dict]:
     """Up to ``per_task`` rewordings of each of ``seeds``, in input order, each with its
     parent's reference and system messages."""
     settings = engine.asker.settings

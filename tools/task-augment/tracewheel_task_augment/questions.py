@@ -95,8 +95,8 @@ def _order(chunks: list[Chunk], seed: int) -> list[Chunk]:
 
 
 def questions(documents: list[Document], *, count: int, engine: Engine, gate: Gate,
-              per_request: int = 3, max_attempts: int | None = None, seed: int = 0,
-              style: list[Seed] = (), shots: int = 3) -> Iterator[dict]:
+              per_request: int, max_attempts: int | None, seed: int, style: list[Seed],
+              shots: int) -> Iterator[dict]:
     """Up to ``count`` questions from the chunks of ``documents``."""
     chunks = [c for d in documents for c in d.chunks]
     if not chunks:

@@ -4,7 +4,6 @@ what tests call."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sys
 from collections.abc import Iterator
 from typing import IO
@@ -14,16 +13,16 @@ from tracewheel.cli import Summary, input_name, progress, read_input
 from tracewheel.client import LazyClient, describe_api_error, retryable
 from tracewheel.errors import TracewheelError
 from tracewheel.jsonl import ReadStats, open_output
-from tracewheel.models import EMBEDDED_MODEL, cache_dir
+from tracewheel.models import cache_dir
 
-from . import expand as expand_mod
-from . import questions as questions_mod
 from .config import DocsConfig, ExpandConfig, GenerationConfig, ParaphraseConfig
 from .documents import load_documents
 from .engine import Asker, AskSettings, EndpointFailure, Engine
+from .expand import expand
 from .gate import Gate
 from .novelty import History, Novelty, load_corpus
-from .paraphrase import paraphrase as paraphrase_tasks
+from .paraphrase import paraphrase
+from .questions import PER_CHUNK, questions
 from .tasks import Seed, seed_of
 
 TOOL = "task-augment"
@@ -37,7 +36,7 @@ def _echo(msg: str) -> None:
     print(f"{TOOL}: {msg}", file=sys.stderr)
 
 
-class Run:
+class Job:
     """What one subcommand run sets up: summary, novelty index (inputs, corpus, history), the
     reply cache, the lazily started client, the engine and the gate."""
 
@@ -45,11 +44,8 @@ class Run:
                  verbose: int = 0):
         self.summary = summary
         self.verbose = verbose
-        given = gen.endpoint
-        self.endpoint = dataclasses.replace(given, model=given.model or EMBEDDED_MODEL)
-        self.client = stack.enter_context(
-            LazyClient(self.endpoint, serve=None if given.base_url else EMBEDDED_MODEL,
-                       echo=_echo))
+        self.client = stack.enter_context(LazyClient.of(gen.endpoint, echo=_echo))
+        self.endpoint = self.client.endpoint
         self.settings = AskSettings(endpoint=self.endpoint, temperature=gen.temperature,
                                     max_tokens=gen.max_tokens, parse_retries=gen.parse_retries,
                                     structured=gen.structured, seed=gen.seed,
@@ -125,12 +121,12 @@ def _summary() -> Summary:
 
 
 
-def expand(gen: GenerationConfig, cfg: ExpandConfig, input: IO[bytes], output: str | None, *,
-           skip_invalid: bool = False, quiet: bool = False, verbose: int = 0) -> None:
+def run_expand(gen: GenerationConfig, cfg: ExpandConfig, input: IO[bytes], output: str | None,
+               *, skip_invalid: bool = False, quiet: bool = False, verbose: int = 0) -> None:
     """New tasks in the style of the example tasks in ``input``, written to ``output``."""
     summary = _summary()
     with contextlib.ExitStack() as stack:
-        job = Run(stack, gen, summary, verbose)
+        job = Job(stack, gen, summary, verbose)
         try:
             seeds = job.seeds(input, skip_invalid)
             if not seeds:
@@ -139,38 +135,38 @@ def expand(gen: GenerationConfig, cfg: ExpandConfig, input: IO[bytes], output: s
                 with open_output(output):
                     pass
                 return
-            tasks = expand_mod.expand(seeds, count=cfg.count, engine=job.engine, gate=job.gate,
-                                      per_request=cfg.per_request, shots=cfg.shots,
-                                      max_attempts=cfg.max_attempts, seed=gen.seed)
+            tasks = expand(seeds, count=cfg.count, engine=job.engine, gate=job.gate,
+                           per_request=cfg.per_request, shots=cfg.shots,
+                           max_attempts=cfg.max_attempts, seed=gen.seed)
             job.write(tasks, output, quiet, total=cfg.count)
         finally:
             job.finish(quiet)
 
 
-def paraphrase(gen: GenerationConfig, cfg: ParaphraseConfig, input: IO[bytes],
-               output: str | None, *, skip_invalid: bool = False, quiet: bool = False,
-               verbose: int = 0) -> None:
+def run_paraphrase(gen: GenerationConfig, cfg: ParaphraseConfig, input: IO[bytes],
+                   output: str | None, *, skip_invalid: bool = False, quiet: bool = False,
+                   verbose: int = 0) -> None:
     """Rewordings of each task of ``input`` that keep its reference, written to ``output``."""
     summary = _summary()
     with contextlib.ExitStack() as stack:
-        job = Run(stack, gen, summary, verbose)
+        job = Job(stack, gen, summary, verbose)
         try:
             seeds = job.seeds(input, skip_invalid)
-            tasks = paraphrase_tasks(seeds, per_task=cfg.count, engine=job.engine, gate=job.gate,
-                                     max_attempts=cfg.max_attempts)
+            tasks = paraphrase(seeds, per_task=cfg.count, engine=job.engine, gate=job.gate,
+                               max_attempts=cfg.max_attempts)
             job.write(tasks, output, quiet, total=cfg.count * len(seeds))
         finally:
             job.finish(quiet)
 
 
-def docs(gen: GenerationConfig, cfg: DocsConfig, documents: tuple[str, ...], output: str | None,
-         examples: IO[bytes] | None = None, *, skip_invalid: bool = False, quiet: bool = False,
-         verbose: int = 0) -> None:
+def run_docs(gen: GenerationConfig, cfg: DocsConfig, documents: tuple[str, ...],
+             output: str | None, examples: IO[bytes] | None = None, *,
+             skip_invalid: bool = False, quiet: bool = False, verbose: int = 0) -> None:
     """Questions grounded in ``documents``, in the style of ``examples``, written to ``output``."""
     summary = Summary(TOOL, "documents", "chunks", "produced", "with reference", "unparseable",
                       "duplicate", "off-spec", "requests", "cached")
     with contextlib.ExitStack() as stack:
-        job = Run(stack, gen, summary, verbose)
+        job = Job(stack, gen, summary, verbose)
         try:
             style = job.seeds(examples, skip_invalid) if examples is not None else []
             loaded = load_documents(list(documents), cfg.chunk_size)
@@ -179,11 +175,10 @@ def docs(gen: GenerationConfig, cfg: DocsConfig, documents: tuple[str, ...], out
             summary.add("chunks", chunks)
             if not chunks and not quiet:
                 _echo("no text in the documents: nothing to ask about")
-            total = cfg.count if cfg.count is not None else questions_mod.PER_CHUNK * chunks
-            tasks = questions_mod.questions(loaded, count=total, engine=job.engine,
-                                            gate=job.gate, per_request=cfg.per_request,
-                                            max_attempts=cfg.max_attempts, seed=gen.seed,
-                                            style=style, shots=cfg.shots)
+            total = cfg.count if cfg.count is not None else PER_CHUNK * chunks
+            tasks = questions(loaded, count=total, engine=job.engine, gate=job.gate,
+                              per_request=cfg.per_request, max_attempts=cfg.max_attempts,
+                              seed=gen.seed, style=style, shots=cfg.shots)
             job.write(tasks, output, quiet, total=total)
         finally:
             job.finish(quiet)

@@ -74,7 +74,7 @@ def export(
     try:
         schema = detect_schema(conn, database)
         now_ns = datetime.now(timezone.utc).timestamp() * 1e9
-        extra = {"database": os.path.basename(database), "studio_schema": schema.layout.version}
+        extra = {"database": os.path.basename(database), "studio_schema": schema.studio.version}
         for run, spans in progress(iter_runs(conn, schema, on_corrupt=told.corrupt,
                                              on_orphans=told.orphans),
                                    desc="trace-export", unit="run", quiet=quiet):

@@ -22,9 +22,9 @@ from .turns import Run
 
 
 @dataclass(frozen=True)
-class Layout:
-    """One layout of Studio's span_table, an entry of ``LAYOUTS``: a new Studio schema is its
-    span function (spans.py) and one entry."""
+class StudioVersion:
+    """The span_table of one Studio version, an entry of ``STUDIO_VERSIONS``: a new Studio
+    schema is its span function (spans.py) and one entry."""
 
     version: str                 # the Studio version whose schema this is
     marks: frozenset[str]        # span_table columns that tell it from the others
@@ -37,9 +37,9 @@ class Layout:
 
 @dataclass
 class Schema:
-    """What an export found in a database: its layout, and what that database has of it."""
+    """What an export found in a database: its Studio version, and what it has of it."""
 
-    layout: Layout
+    studio: StudioVersion
     has_run_table: bool
     columns: list[str]     # the span columns read (events, links, ... are not)
 
@@ -118,9 +118,9 @@ def detect_schema(conn: sqlite3.Connection, path: str) -> Schema:
     columns = {r[1] for r in conn.execute("PRAGMA table_info(span_table)")}
     has_runs = "run_table" in tables
     read = [c for c in _WANTED if c in columns]
-    for layout in LAYOUTS:
-        if layout.marks <= columns:
-            return Schema(layout, has_runs, read)
+    for studio in STUDIO_VERSIONS:
+        if studio.marks <= columns:
+            return Schema(studio, has_runs, read)
     raise TracewheelError(f"{path}: span_table has an unknown layout "
                         f"(columns: {', '.join(sorted(columns))})")
 
@@ -159,7 +159,7 @@ def iter_runs(
     corrupt JSON is reported through ``on_corrupt(span_id, problem)`` and left out; spans with
     no run id are counted through ``on_orphans``.
     """
-    run_col = schema.layout.run_column
+    run_col = schema.studio.run_column
     with read_transaction(conn):
         runs = load_runs(conn, schema)
         bound = conn.execute("SELECT max(rowid) FROM span_table").fetchone()[0] or 0
@@ -187,8 +187,8 @@ def iter_runs(
 def _batches(reader: sqlite3.Connection, conn: sqlite3.Connection, schema: Schema,
              runs: dict[str, Run], bound: int, batch: int, ids_sql: str, rows_where: str,
              on_corrupt: Callable[[str, str], None]) -> Iterator[tuple[Run, list[Span]]]:
-    run_col, columns, make = schema.layout.run_column, schema.columns, schema.layout.span
-    run_of = schema.layout.run_of or (lambda conn, run_id: Run(run_id, None, None))
+    run_col, columns, make = schema.studio.run_column, schema.columns, schema.studio.span
+    run_of = schema.studio.run_of or (lambda conn, run_id: Run(run_id, None, None))
     table = "span_table" if reader is conn else "studio.span_table"
     cursor = reader.cursor()
     cursor.row_factory = None  # plain tuples: cheaper than sqlite3.Row for millions of rows
@@ -202,7 +202,7 @@ def _batches(reader: sqlite3.Connection, conn: sqlite3.Connection, schema: Schem
             where = rows_where.format(marks=", ".join("?" * len(ids)))
             rows = cursor.execute(
                 f"SELECT {', '.join(columns)} FROM {table} WHERE {where} "
-                f"ORDER BY {run_col}, {schema.layout.order_column}", (*ids, bound)).fetchall()
+                f"ORDER BY {run_col}, {schema.studio.order_column}", (*ids, bound)).fetchall()
         with read_transaction(conn):
             found = {run_id: runs.get(run_id) or run_of(conn, run_id)
                      for run_id in dict.fromkeys(r[run_index] for r in rows)}
@@ -265,10 +265,10 @@ def _run_from_resource(conn: sqlite3.Connection, run_id: str) -> Run:
     return Run(run_id, project, (attrs.get("deployment") or {}).get("environment"))
 
 
-# Tried in order; the first whose marks the span_table has is the database's layout.
-LAYOUTS = (
-    Layout("1.0.5", frozenset({"spanKind", "run_id", "startTime"}), "run_id", "startTime",
-           legacy_span),
-    Layout("1.0.9", frozenset({"conversationId", "spanId", "startTimeUnixNano"}),
-           "conversationId", "startTimeUnixNano", otel_span, run_of=_run_from_resource),
+# Tried in order; the first whose marks the span_table has is the database's version.
+STUDIO_VERSIONS = (
+    StudioVersion("1.0.5", frozenset({"spanKind", "run_id", "startTime"}), "run_id",
+                  "startTime", legacy_span),
+    StudioVersion("1.0.9", frozenset({"conversationId", "spanId", "startTimeUnixNano"}),
+                  "conversationId", "startTimeUnixNano", otel_span, run_of=_run_from_resource),
 )

@@ -11,8 +11,8 @@ import click
 from tracewheel.cli import (
     CONTEXT_SETTINGS,
     ToolCommand,
+    ask_config,
     ask_options,
-    check_cache_options,
     common_options,
     input_options,
     output_option,
@@ -105,8 +105,7 @@ def filter_command(input: IO[bytes], output: str | None, skip_invalid: bool, qui
       trace-filter --base-url http://gpu:8000/v1 --model Qwen3-8B --max-thread 64 \\
           --rubrics "Drop the task if the answer is wrong." --annotate < t.jsonl > judged.jsonl
     """
-    o = FilterConfig(**options)
-    check_cache_options(o.cache_path, o.no_cache)
+    o = FilterConfig(**ask_config(options), **options)
     if o.annotate and o.invert:
         raise click.UsageError("--annotate and --invert cannot be used together "
                                "(--annotate already writes every record)")
@@ -161,7 +160,6 @@ def learn_rubrics_command(input: IO[bytes], output: str | None, skip_invalid: bo
       trace-filter learn-rubrics examples.jsonl -o rubrics.txt
       trace-filter --rubrics rubrics.txt < tasks.jsonl > kept.jsonl
     """
-    o = LearnConfig(**options)
-    check_cache_options(o.cache_path, o.no_cache)
+    o = LearnConfig(**ask_config(options), **options)
     learn_from_examples(o, input, output, skip_invalid=skip_invalid,
                         quiet=quiet, verbose=verbose)

@@ -6,32 +6,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tracewheel.cli import MAX_THREAD, PARSE_RETRIES
-from tracewheel.client import RETRIES, TIMEOUT
+from tracewheel.cli import AskConfig
 from tracewheel.judge import JudgeSettings
 
 from .learn import LearnSettings
 
 
-@dataclass
-class AskConfig:
-    """The options of both commands: the judge's endpoint, and how it is asked."""
-
-    base_url: str | None = None        # default: the embedded model, served on first use
-    model: str | None = None
-    api_key: str | None = None
-    timeout: float = TIMEOUT
-    retries: int = RETRIES
-    max_thread: int = MAX_THREAD
-    parse_retries: int = PARSE_RETRIES
-    no_structured: bool = False
-    cache_path: str | None = None
-    no_cache: bool = False
-
-
-@dataclass
+@dataclass(kw_only=True)
 class FilterConfig(AskConfig):
-    """What `trace-filter filter` is asked to do; its options, named as on the command line."""
+    """What `trace-filter filter` is asked to do: how it asks (AskConfig, the judge's endpoint
+    and its asking), then its own options, named as on the command line."""
 
     rubrics: str | None = None
     use_judge: bool = True
@@ -54,7 +38,7 @@ class FilterConfig(AskConfig):
     unordered: bool = False
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LearnConfig(AskConfig):
     """What `trace-filter learn-rubrics` is asked to do; its options, as on the command line."""
 

@@ -12,7 +12,7 @@ import click
 
 from tracewheel.ask import JsonAsker
 from tracewheel.cache import Cache, default_cache_path
-from tracewheel.cli import Summary, progress, read_input
+from tracewheel.cli import AskConfig, Summary, progress, read_input
 from tracewheel.client import (
     Endpoint,
     LazyClient,
@@ -24,10 +24,9 @@ from tracewheel.client import (
 from tracewheel.errors import TracewheelError
 from tracewheel.jsonl import ReadStats, atomic_path, open_output, read_jsonl
 from tracewheel.judge import Judge, JudgeSettings, VerdictError, rubrics_text
-from tracewheel.models import EMBEDDED_MODEL
 
 from . import learn, rules
-from .config import AskConfig, FilterConfig, LearnConfig
+from .config import FilterConfig, LearnConfig
 from .learn import LearnSettings
 
 
@@ -110,12 +109,15 @@ def _judge(stack: contextlib.ExitStack, o: FilterConfig, echo: Callable[[str], N
     endpoint, client = judge_client(stack, o, echo)
     settings = JudgeSettings(endpoint=endpoint, rubrics=rubrics_text(o.rubrics),
                              temperature=o.temperature, max_tokens=o.max_tokens,
-                             parse_retries=o.parse_retries, structured=not o.no_structured)
+                             parse_retries=o.parse_retries, structured=o.structured)
     judge = Judge(settings, client, on_retry=lambda n, err, d: summary.add("retries"))
-    cache = None
-    if not o.no_cache:
-        cache = stack.enter_context(Cache(o.cache_path or default_cache_path("trace-filter")))
-    return judge, cache, settings, client
+    return judge, _cache(stack, o), settings, client
+
+
+def _cache(stack: contextlib.ExitStack, o: AskConfig) -> Cache | None:
+    if not o.use_cache:
+        return None
+    return stack.enter_context(Cache(o.cache or default_cache_path("trace-filter")))
 
 
 def _load_corpus(deduper: Any, path: str) -> int:
@@ -140,15 +142,12 @@ def _drop(by: str, reason: str) -> dict:
     return {"verdict": "drop", "by": by, "reason": reason}
 
 
-def judge_client(stack: contextlib.ExitStack, o: AskConfig, echo) -> tuple[Endpoint, LazyClient]:
+def judge_client(stack: contextlib.ExitStack, o: AskConfig,
+                 echo: Callable[[str], None]) -> tuple[Endpoint, LazyClient]:
     """The judge's endpoint, and its client: the embedded model, served on first use, when no
     --base-url is given."""
-    if o.base_url and not o.model:
-        raise click.UsageError("--model is needed with --base-url (or TRACEWHEEL_MODEL)")
-    endpoint = Endpoint(o.base_url, o.model or EMBEDDED_MODEL, o.api_key, o.timeout, o.retries)
-    client = stack.enter_context(
-        LazyClient(endpoint, serve=None if o.base_url else EMBEDDED_MODEL, echo=echo))
-    return endpoint, client
+    client = stack.enter_context(LazyClient.of(o.endpoint, echo=echo))
+    return client.endpoint, client
 
 
 def decide(records: Iterator[dict], *, rule_list: list, deduper: Any, judge: Judge | None,
@@ -211,8 +210,9 @@ def decide(records: Iterator[dict], *, rule_list: list, deduper: Any, judge: Jud
 def learn_from_examples(o: LearnConfig, input: IO[bytes], output: str | None, *,
                         skip_invalid: bool, quiet: bool, verbose: int) -> None:
     """Rubrics learned from the labelled examples of ``input``, written to ``output``."""
-    settings = LearnSettings(o.candidates, o.rounds, o.shots, o.seed, o.temperature,
-                             o.max_tokens, o.parse_retries)
+    settings = LearnSettings(candidates=o.candidates, rounds=o.rounds, shots=o.shots,
+                             seed=o.seed, temperature=o.temperature, max_tokens=o.max_tokens,
+                             parse_retries=o.parse_retries)
     summary = Summary("trace-filter learn-rubrics", "examples", "invalid")
 
     def echo(msg: str) -> None:
@@ -222,17 +222,16 @@ def learn_from_examples(o: LearnConfig, input: IO[bytes], output: str | None, *,
                                  verbose=verbose)
     with contextlib.ExitStack() as stack:
         endpoint, client = judge_client(stack, o, echo)
-        cache = None if o.no_cache else stack.enter_context(
-            Cache(o.cache_path or default_cache_path("trace-filter")))
+        cache = _cache(stack, o)
         on_retry = lambda n, err, d: summary.add("retries")  # noqa: E731
-        propose = learn.Proposer(JsonAsker(endpoint, client, structured=not o.no_structured,
+        propose = learn.Proposer(JsonAsker(endpoint, client, structured=o.structured,
                                            on_retry=on_retry), settings, cache)
 
         def score(text: str | None) -> list[dict]:
             judge_settings = JudgeSettings(endpoint=endpoint, rubrics=text,
                                            temperature=o.temperature, max_tokens=o.max_tokens,
                                            parse_retries=o.parse_retries,
-                                           structured=not o.no_structured)
+                                           structured=o.structured)
             judge = Judge(judge_settings, client, on_retry=on_retry)
             return [verdict for _, verdict in decide(
                 iter(examples), rule_list=[], deduper=None, judge=judge, settings=judge_settings,
