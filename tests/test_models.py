@@ -41,3 +41,16 @@ def test_any_model_directory_works(tmp_path):
 def test_unknown_models_are_clear_errors(tmp_path, make, problem):
     with pytest.raises(TracewheelError, match=re.escape(problem)):
         resolve_model(str(make(tmp_path)))
+
+
+def test_converting_the_embedded_model_without_torch_says_what_to_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    from tracewheel import models
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("torch", "gguf") else real(name, *a))
+    with pytest.raises(TracewheelError, match=r"needs torch and gguf .*tracewheel\[train\]"):
+        models._convert_gguf(tmp_path / "model.gguf", tmp_path / "models" / "m")
+    assert not (tmp_path / "models").exists()

@@ -86,6 +86,13 @@ def embedded_model_dir() -> Path:
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
+    missing = [m for m in ("torch", "gguf", "transformers") if importlib.util.find_spec(m) is None]
+    if missing:  # transformers without them fails with an import error of its own
+        raise TracewheelError(
+            f"the embedded model is converted once from its GGUF file into {target.parent}, "
+            f"which needs {' and '.join(missing)} in this environment (pip install "
+            f"'tracewheel[train]', with torch's CPU wheel where there is no GPU); or give a "
+            f"model directory instead")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tmp = target.with_name(target.name + ".partial")
