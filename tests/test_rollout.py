@@ -844,3 +844,15 @@ def test_a_client_that_hangs_up_mid_request_is_neither_recorded_nor_logged(caplo
         assert reply.choices[0].message.content == "hi"
     assert [c["status"] for c in calls] == ["ok"]
     assert not [r for r in caplog.records if r.exc_info], caplog.text
+
+
+def test_a_server_that_cannot_start_is_tried_once_and_named(tmp_path):
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"id": f"t{i}", "query": f"What is {i}+{i}?"}) + "\n"
+                             for i in range(8)))
+    missing = tmp_path / "no-model"
+    result = CliRunner().invoke(rollout, ["-w", f"{EXAMPLE}:run", "--serve", str(missing),
+                                          "-j", "4", str(tasks)])
+    assert result.exit_code == 1
+    assert result.output.count("serving") == 1, result.output  # not once per waiting rollout
+    assert f"{missing}: no such model directory" in result.output

@@ -84,13 +84,20 @@ class RecordingEndpoint:
     root: str | None = None
     model_name: str | None = None
     _lock: asyncio.Lock | None = None
+    _failed: BaseException | None = None
 
     async def ready(self) -> tuple[str, str]:
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:  # the first rollouts all arrive at once: start it once
+            if self._failed is not None:  # tried once: the rollouts waiting do not try again
+                raise self._failed
             if self.root is None:
-                self.root, self.model_name = await asyncio.to_thread(self.start)
+                try:
+                    self.root, self.model_name = await asyncio.to_thread(self.start)
+                except BaseException as err:
+                    self._failed = err
+                    raise
         assert self.model_name is not None
         return self.root, self.model_name
 
