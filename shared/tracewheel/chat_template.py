@@ -14,7 +14,9 @@ from typing import Any
 
 from .errors import TracewheelError
 from .models import resolve_model
-from .vllm import CHAT_TEMPLATE
+
+# The ChatML-with-tools template the project's vLLM launcher serves every model with.
+CHAT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "chatml_tools.jinja"
 
 MODEL_TEMPLATE = "model"  # --chat-template model: the tokenizer's own template
 

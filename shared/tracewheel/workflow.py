@@ -20,7 +20,6 @@ scores itself.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import importlib.util
 import inspect
@@ -173,6 +172,8 @@ async def call_workflow(fn: Workflow, task: dict, handle: Handle) -> Result:
         finally:
             await handle.aclose()
     else:
+        import asyncio  # running: already imported by the loop; not at --help
+
         value = await asyncio.to_thread(fn, task, handle)
         if inspect.isawaitable(value):
             value = await value

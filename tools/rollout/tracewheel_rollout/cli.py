@@ -23,12 +23,8 @@ from tracewheel.models import EMBEDDED_MODEL
 from tracewheel.policies import parse_policy_map
 from tracewheel.workflow import load_workflow
 
-from .config import GatewayConfig, RecordConfig, RunConfig
-from .continuation import CONTINUATION
+from .config import CONTINUATION, GatewayConfig, RecordConfig, RunConfig
 from .rewards import BUILT_IN
-from .run import gateway as run_gateway
-from .run import record as record_calls
-from .run import run_rollouts
 
 R = RunConfig(workflow="")  # the defaults, stated once (config.py)
 RC = RecordConfig()  # rollout record's
@@ -180,6 +176,8 @@ def run(input: IO[bytes], output: str | None, skip_invalid: bool, quiet: bool, v
         raise click.UsageError(f"--policy: {err.message}") from None
     if opts.ray_address is None:
         load_workflow(opts.workflow)  # a broken workflow is an error before anything starts
+    from .run import run_rollouts  # the runner and its clients: not at --help
+
     run_rollouts(opts, input, output, skip_invalid=skip_invalid, quiet=quiet, verbose=verbose)
 
 
@@ -205,6 +203,8 @@ def record(output: str | None, quiet: bool, verbose: int, upstream: str, host: s
       rollout record --upstream http://gpu:8000/v1 --host 0.0.0.0 -o calls.jsonl
     """
     require("rollout", "aiohttp")
+    from .run import record as record_calls
+
     record_calls(RecordConfig(upstream=upstream, host=host, port=port, api_key=api_key,
                               retries=retries, timeout=timeout, continuation=continuation,
                               chat_template=chat_template), output, quiet=quiet)
@@ -253,6 +253,8 @@ def gateway(output: str | None, quiet: bool, verbose: int, **options: Any) -> No
     opts = GatewayConfig(**options)
     if opts.reward and opts.reward != "feedback" and ":" not in opts.reward:
         raise click.UsageError(f"--reward {opts.reward!r}: feedback, or FILE.py:FN")
+    from .run import gateway as run_gateway
+
     run_gateway(opts, output, quiet=quiet)
 
 

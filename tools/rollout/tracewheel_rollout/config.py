@@ -10,6 +10,8 @@ from typing import Any
 from tracewheel.client import RETRIES, TIMEOUT
 from tracewheel.models import MAX_MODEL_LEN
 
+CONTINUATION = ("auto", "on", "off")  # rollout --continuation
+
 
 @dataclass
 class RunConfig:

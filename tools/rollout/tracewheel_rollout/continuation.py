@@ -31,7 +31,6 @@ from typing import Any
 from tracewheel.chat_template import encode, render, server_tools
 from tracewheel.messages import message_key, tools_key
 
-CONTINUATION = ("auto", "on", "off")  # rollout --continuation
 MAX_SESSIONS = 4096  # timelines kept for `rollout record`, whose sessions never say they ended
 
 # Chat request keys that mean the same in vLLM's completions API.

@@ -54,8 +54,8 @@ from .completions import (
     strip_choice,
     strip_reply,
 )
-from .config import RecordConfig
-from .continuation import CONTINUATION, Continuation, FinishedCall, Plan, parses_tools, tools_key
+from .config import CONTINUATION, RecordConfig
+from .continuation import Continuation, FinishedCall, Plan, parses_tools, tools_key
 from .service import SHUTDOWN_GRACE, Service
 from .upstream import Upstream, bearer, error_reply
 

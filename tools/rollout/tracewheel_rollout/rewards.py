@@ -12,14 +12,12 @@ served endpoint's ``upstream`` URL and ``model`` once the engine is up.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tracewheel.answers import boxed_reward
 from tracewheel.errors import TracewheelError
 from tracewheel.messages import content_text
 from tracewheel.workflow import load_callable
@@ -31,6 +29,8 @@ RewardFn = Callable[[dict, dict], Awaitable[tuple[float | None, dict]]]
 
 
 async def boxed(task: dict, rollout: dict) -> tuple[float | None, dict]:
+    from tracewheel.answers import boxed_reward  # 17 ms: not at --help
+
     return boxed_reward(content_text(rollout.get("final")), task.get("reference"))
 
 
@@ -59,6 +59,8 @@ def judge_reward(judge: Any) -> RewardFn:
                   "trajectory": tool_trajectory(rollout.get("calls") or []),
                   "reference": task.get("reference"), "feedback": []}
         try:
+            import asyncio  # running: imported by the loop already
+
             verdict = await asyncio.to_thread(judge, record)
         except VerdictError as err:
             return None, {"method": "judge", "error": str(err)}
