@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tracewheel.chat_template import CHAT_TEMPLATE
 from tracewheel.records import validate_sample
-from tracewheel.vllm import CHAT_TEMPLATE
 from tracewheel_ctx_merge.cli import main as ctx_merge
 from tracewheel_ctx_merge.merge import merge_rollout
 from tracewheel_ctx_merge.mismatch import splice_offset

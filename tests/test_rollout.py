@@ -20,8 +20,8 @@ import pytest
 from canned import CannedServer, chat_completion
 from click.testing import CliRunner
 
+from tracewheel.chat_template import CHAT_TEMPLATE
 from tracewheel.errors import TracewheelError
-from tracewheel.vllm import CHAT_TEMPLATE
 from tracewheel_rollout.cli import main as rollout
 from tracewheel_rollout.recorder import Recorder, split_path
 

@@ -17,8 +17,9 @@ import openai
 import pytest
 import torch
 
+from tracewheel.chat_template import CHAT_TEMPLATE
 from tracewheel.errors import TracewheelError
-from tracewheel.vllm import CHAT_TEMPLATE, VLLMServer, group_members
+from tracewheel.vllm import VLLMServer, group_members
 from tracewheel.vllm_cli import check
 
 from conftest import local_logprobs
